@@ -1,0 +1,298 @@
+//! Reading SlapOS configuration files (`slapos.cfg`, `slapos-client.cfg`).
+//!
+//! SlapOS reads its files with Python's `configparser`: `[section]` headers,
+//! `key = value` or `key: value`, `#`/`;` comment lines, values continued on
+//! indented lines (joined with `\n`), option names case-insensitive (lowered),
+//! section names case-sensitive. This crate gives the same view, keeps the
+//! file's section order (`[multimaster/<url>]` sections are ordered), and
+//! offers the typed getters every part needs (booleans exactly `true`/`false`
+//! in any case, integers) with errors that name the option and the value.
+//!
+//! The file search order of the `slapos` command lives here too, so that the
+//! master, the node and the client commands agree on it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Errors reading or interpreting a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("cannot read configuration file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("option '{key}' of section [{section}] needs to be \"True\" or \"False\", wrong value: '{value}'")]
+    Bool { section: String, key: String, value: String },
+    #[error("option '{key}' of section [{section}] must be an integer, wrong value: '{value}'")]
+    Int { section: String, key: String, value: String },
+    #[error("parameter '{key}' is not defined (section [{section}])")]
+    Required { section: String, key: String },
+}
+
+/// One `[section]`: option name (lower case) → value, in file order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Section {
+    entries: Vec<(String, String)>,
+}
+
+impl Section {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let key = key.to_ascii_lowercase();
+        self.entries.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
+    }
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        let key = key.to_ascii_lowercase();
+        let value = value.into();
+        match self.entries.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.entries.push((key, value)),
+        }
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A parsed configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    path: Option<PathBuf>,
+    sections: Vec<(String, Section)>,
+}
+
+impl Config {
+    /// Reads and parses `path`. A missing file is an error (SlapOS refuses to
+    /// start without its configuration).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Missing { path: path.to_path_buf() });
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut config = Config::parse(&text)
+            .map_err(|message| ConfigError::Read { path: path.to_path_buf(), message })?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses configuration text (Python `configparser` rules, no interpolation).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        // Section order and duplicate detection are ours; the line grammar
+        // (continuations, separators, comments) is the configparser crate's.
+        let mut ini = configparser::ini::Ini::new_cs();
+        ini.set_multiline(true);
+        ini.set_comment_symbols(&['#', ';']);
+        let map = ini.read(text.to_string())?;
+        let mut order: Vec<String> = Vec::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if let Some(rest) = t.strip_prefix('[') {
+                if let Some(name) = rest.strip_suffix(']') {
+                    let name = name.trim().to_string();
+                    if !order.contains(&name) {
+                        order.push(name);
+                    }
+                }
+            }
+        }
+        let mut sections = Vec::new();
+        for name in order {
+            let Some(values) = map.get(&name) else { continue };
+            let mut section = Section::default();
+            // keep file order of the options
+            let mut keys: Vec<(&String, &Option<String>)> = values.iter().collect();
+            keys.sort_by_key(|(k, _)| position_of_key(text, &name, k));
+            for (k, v) in keys {
+                section.set(k, v.clone().unwrap_or_default());
+            }
+            sections.push((name, section));
+        }
+        Ok(Config { path: None, sections })
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+    pub fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|(n, _)| n == name).map(|(_, s)| s)
+    }
+    pub fn section_mut(&mut self, name: &str) -> &mut Section {
+        if let Some(i) = self.sections.iter().position(|(n, _)| n == name) {
+            return &mut self.sections[i].1;
+        }
+        self.sections.push((name.to_string(), Section::default()));
+        &mut self.sections.last_mut().unwrap().1
+    }
+    pub fn has_section(&self, name: &str) -> bool {
+        self.section(name).is_some()
+    }
+    pub fn sections(&self) -> impl Iterator<Item = (&str, &Section)> {
+        self.sections.iter().map(|(n, s)| (n.as_str(), s))
+    }
+    /// The raw value of `key` in `section`; an empty value is returned as `Some("")`.
+    pub fn get(&self, section: &str, key: &str) -> Option<&str> {
+        self.section(section).and_then(|s| s.get(key))
+    }
+    /// The value, with empty values treated as absent.
+    pub fn get_nonempty(&self, section: &str, key: &str) -> Option<&str> {
+        self.get(section, key).map(str::trim).filter(|v| !v.is_empty())
+    }
+    /// First section of `sections` that has `key` (e.g. `["slapos", "slapgrid"]`).
+    pub fn get_first(&self, sections: &[&str], key: &str) -> Option<&str> {
+        sections.iter().find_map(|s| self.get(s, key))
+    }
+    pub fn require(&self, section: &str, key: &str) -> Result<&str, ConfigError> {
+        self.get_nonempty(section, key).ok_or_else(|| ConfigError::Required {
+            section: section.to_string(),
+            key: key.to_string(),
+        })
+    }
+    /// A boolean option: exactly `true` or `false`, in any case, as SlapOS.
+    pub fn get_bool(&self, section: &str, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.get(section, key) {
+            None => Ok(None),
+            Some(v) => parse_bool(v).map(Some).ok_or_else(|| ConfigError::Bool {
+                section: section.to_string(),
+                key: key.to_string(),
+                value: v.to_string(),
+            }),
+        }
+    }
+    pub fn get_int(&self, section: &str, key: &str) -> Result<Option<i64>, ConfigError> {
+        match self.get_nonempty(section, key) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| ConfigError::Int {
+                section: section.to_string(),
+                key: key.to_string(),
+                value: v.to_string(),
+            }),
+        }
+    }
+    /// All options of `section` as a map (later duplicates win).
+    pub fn section_map(&self, section: &str) -> BTreeMap<String, String> {
+        self.section(section)
+            .map(|s| s.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn position_of_key(text: &str, section: &str, key: &str) -> usize {
+    let mut in_section = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            in_section = t[1..t.len() - 1].trim() == section;
+            continue;
+        }
+        if in_section && !line.starts_with([' ', '\t']) {
+            if let Some(pos) = t.find(['=', ':']) {
+                if t[..pos].trim().eq_ignore_ascii_case(key) {
+                    return i;
+                }
+            }
+        }
+    }
+    usize::MAX
+}
+
+/// `true`/`false` in any case, as SlapOS's option checks; anything else is None.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Default location of the node/master configuration.
+pub const DEFAULT_NODE_CONFIG: &str = "/etc/opt/slapos/slapos.cfg";
+
+/// The node and master configuration file, in SlapOS's order: `--cfg`, then
+/// `$SLAPOS_CONFIGURATION`, then `/etc/opt/slapos/slapos.cfg`.
+pub fn node_config_path(cli: Option<&Path>) -> PathBuf {
+    if let Some(p) = cli {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("SLAPOS_CONFIGURATION") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_NODE_CONFIG),
+    }
+}
+
+/// The client configuration file, in SlapOS's order: `--cfg`, then
+/// `$SLAPOS_CLIENT_CONFIGURATION`, then `~/.slapos/slapos-client.cfg`.
+pub fn client_config_path(cli: Option<&Path>) -> PathBuf {
+    if let Some(p) = cli {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("SLAPOS_CLIENT_CONFIGURATION") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+            home.join(".slapos").join("slapos-client.cfg")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+# comment
+[slapos]
+computer_id = COMP-1
+Master_URL = http://127.0.0.1:5000
+software_root: /opt/slapgrid
+
+[slapformat]
+create_tap = false
+partition_amount = 3
+bad = yes
+shared_part_list =
+  /a
+  /b
+
+[multimaster/https://b]
+key = k
+[multimaster/http://a]
+";
+
+    #[test]
+    fn reads_sections_keys_and_continuations() {
+        let c = Config::parse(SAMPLE).unwrap();
+        assert_eq!(c.get("slapos", "computer_id"), Some("COMP-1"));
+        assert_eq!(c.get("slapos", "master_url"), Some("http://127.0.0.1:5000"), "keys are case-insensitive");
+        assert_eq!(c.get("slapos", "software_root"), Some("/opt/slapgrid"), "':' separator");
+        assert_eq!(c.get("slapformat", "shared_part_list").map(str::trim), Some("/a\n/b"));
+        assert_eq!(c.get("slapformat", "missing"), None);
+        let names: Vec<&str> = c.sections().map(|(n, _)| n).collect();
+        assert_eq!(names, ["slapos", "slapformat", "multimaster/https://b", "multimaster/http://a"]);
+    }
+
+    #[test]
+    fn typed_getters_name_the_option() {
+        let c = Config::parse(SAMPLE).unwrap();
+        assert_eq!(c.get_bool("slapformat", "create_tap").unwrap(), Some(false));
+        let e = c.get_bool("slapformat", "bad").unwrap_err().to_string();
+        assert!(e.contains("'bad'") && e.contains("'yes'"), "{e}");
+        assert_eq!(c.get_int("slapformat", "partition_amount").unwrap(), Some(3));
+        assert!(c.get_int("slapos", "computer_id").is_err());
+        assert!(c.require("slapos", "instance_root").unwrap_err().to_string().contains("instance_root"));
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = Config::load(Path::new("/nonexistent/slapos.cfg")).unwrap_err();
+        assert!(matches!(e, ConfigError::Missing { .. }));
+    }
+
+    #[test]
+    fn search_order() {
+        let p = node_config_path(Some(Path::new("/x.cfg")));
+        assert_eq!(p, PathBuf::from("/x.cfg"));
+    }
+}

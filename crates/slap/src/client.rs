@@ -1,0 +1,1 @@
+//! Blocking HTTP client of a SLAP master.

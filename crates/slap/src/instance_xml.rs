@@ -1,0 +1,1 @@
+//! The instance parameter XML (`<instance><parameter id="…">…</parameter></instance>`).

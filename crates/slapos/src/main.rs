@@ -1,0 +1,107 @@
+//! `slapos`: one binary for the SlapOS master (`slapos proxy`), the node
+//! (`slapos node …`) and the client (`slapos request|supply|…|console`).
+//!
+//! This crate is a thin shell: it parses the command line (clap), sets up
+//! logging, reads the configuration and calls the library crates. Each
+//! command group lives in its own module with its `Args` and `run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod client_cmd;
+mod console_cmd;
+mod format_cmd;
+mod logging;
+mod node_cmd;
+mod proxy_cmd;
+
+/// SlapOS: turn ordinary Linux machines into a cloud.
+#[derive(Debug, Parser)]
+#[command(name = "slapos", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// Configuration file (node and master: $SLAPOS_CONFIGURATION or
+    /// /etc/opt/slapos/slapos.cfg; client: $SLAPOS_CLIENT_CONFIGURATION or
+    /// ~/.slapos/slapos-client.cfg).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cfg: Option<PathBuf>,
+    /// More output (repeat for more); -v shows debug messages.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Show debug messages (same as -v).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Also write the log to this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The local master: start it, or show what it knows.
+    #[command(subcommand)]
+    Proxy(proxy_cmd::ProxyCommand),
+    /// Node commands: format, software, instance, report, promise, services.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    #[command(flatten)]
+    Client(client_cmd::ClientCommand),
+    /// Interactive console bound to the master (Rhai scripting).
+    Console(console_cmd::ConsoleArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Prepare the node: users, network, partition directories; report to the master.
+    Format(format_cmd::FormatArgs),
+    #[command(flatten)]
+    Grid(node_cmd::GridCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                // SlapOS (cliff) exits 5 on an unknown command or option
+                _ => 5,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Err(e) = logging::init(&cli.global) {
+        eprintln!("slapos: {e:#}");
+        return ExitCode::from(1);
+    }
+    let result = match cli.command {
+        Command::Proxy(cmd) => proxy_cmd::run(cmd, &cli.global),
+        Command::Node(NodeCommand::Format(args)) => format_cmd::run(args, &cli.global),
+        Command::Node(NodeCommand::Grid(cmd)) => node_cmd::run(cmd, &cli.global),
+        Command::Client(cmd) => client_cmd::run(cmd, &cli.global),
+        Command::Console(args) => console_cmd::run(args, &cli.global),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
