@@ -20,3 +20,4 @@ pub mod model;
 
 
 pub use marshal::{Object, Value};
+pub mod hateoas;
