@@ -1,0 +1,35 @@
+#!/bin/bash
+# Installs what building and testing slapos-rs needs on a Debian machine:
+# system packages (apt) and a Rust toolchain when none is there.
+# Idempotent; run as root (or through sudo).
+set -euo pipefail
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+PACKAGES=(
+  build-essential pkg-config ca-certificates curl  # Rust crates with C parts (bundled SQLite)
+  python3 python3-venv python3-dev                 # the venv: zc.buildout, supervisor, slapos.core
+  iproute2 passwd login util-linux procps          # ip netns/useradd/runuser for node tests
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "system packages present"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    log "cargo found in ~/.cargo/bin (add it to PATH)"
+  else
+    log "installing the Rust toolchain with rustup (https://rustup.rs)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  fi
+fi
