@@ -20,4 +20,5 @@ pub mod model;
 
 
 pub use marshal::{Object, Value};
+pub use model::{Computer, ComputerPartition, InstanceState, RequestedInstance, SoftwareInstance, SoftwareRelease, SoftwareState};
 pub mod hateoas;
