@@ -20,5 +20,6 @@ pub mod model;
 
 
 pub use marshal::{Object, Value};
+pub use client::{ClientConfig, InstanceRequest, RequestResult, SlapClient, SlapError};
 pub use model::{Computer, ComputerPartition, InstanceState, RequestedInstance, SoftwareInstance, SoftwareRelease, SoftwareState};
 pub mod hateoas;
