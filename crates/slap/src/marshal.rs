@@ -186,6 +186,30 @@ fn next_id(counter: &mut u64) -> u64 {
     *counter
 }
 
+/// Appends a decimal number without going through `fmt` (the encoder's hot path).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("digits"));
+}
+
+/// `<tag id="iN"` (without the closing `>`).
+fn open_with_id(out: &mut String, tag: &str, id: u64) {
+    out.push('<');
+    out.push_str(tag);
+    out.push_str(" id=\"i");
+    push_u64(out, id);
+    out.push('"');
+}
+
 fn write_value(out: &mut String, value: &Value, counter: &mut u64) -> Result<(), EncodeError> {
     match value {
         Value::None => out.push_str("<none/>"),
@@ -220,12 +244,21 @@ fn write_value(out: &mut String, value: &Value, counter: &mut u64) -> Result<(),
         Value::Dict(map) => write_dict(out, map, counter)?,
         Value::Object(obj) => {
             let id = next_id(counter);
-            let _ = write!(out, "<object id=\"i{id}\" module=\"");
+            open_with_id(out, "object", id);
+            out.push_str(" module=\"");
             write_attr(out, &obj.module);
             out.push_str("\" class=\"");
             write_attr(out, &obj.class);
             out.push_str("\">");
-            write_value(out, &Value::Tuple(obj.args.clone()), counter)?;
+            if obj.args.is_empty() {
+                out.push_str("<tuple/>");
+            } else {
+                out.push_str("<tuple>");
+                for item in &obj.args {
+                    write_value(out, item, counter)?;
+                }
+                out.push_str("</tuple>");
+            }
             write_dict(out, &obj.state, counter)?;
             out.push_str("</object>");
         }
@@ -235,25 +268,29 @@ fn write_value(out: &mut String, value: &Value, counter: &mut u64) -> Result<(),
 
 fn write_seq(out: &mut String, tag: &str, items: &[Value], counter: &mut u64) -> Result<(), EncodeError> {
     let id = next_id(counter);
+    open_with_id(out, tag, id);
     if items.is_empty() {
-        let _ = write!(out, "<{tag} id=\"i{id}\"/>");
+        out.push_str("/>");
         return Ok(());
     }
-    let _ = write!(out, "<{tag} id=\"i{id}\">");
+    out.push('>');
     for item in items {
         write_value(out, item, counter)?;
     }
-    let _ = write!(out, "</{tag}>");
+    out.push_str("</");
+    out.push_str(tag);
+    out.push('>');
     Ok(())
 }
 
 fn write_dict(out: &mut String, map: &BTreeMap<String, Value>, counter: &mut u64) -> Result<(), EncodeError> {
     let id = next_id(counter);
+    open_with_id(out, "dictionary", id);
     if map.is_empty() {
-        let _ = write!(out, "<dictionary id=\"i{id}\"/>");
+        out.push_str("/>");
         return Ok(());
     }
-    let _ = write!(out, "<dictionary id=\"i{id}\">");
+    out.push('>');
     for (k, v) in map {
         out.push_str("<string>");
         write_text(out, k)?;
@@ -267,22 +304,35 @@ fn write_dict(out: &mut String, map: &BTreeMap<String, Value>, counter: &mut u64
 /// Text content, escaped twice (once by the marshaller, once as XML), ASCII
 /// only (decimal character references), CR as `&#13;`.
 fn write_text(out: &mut String, s: &str) -> Result<(), EncodeError> {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;amp;"),
-            '<' => out.push_str("&amp;lt;"),
-            '>' => out.push_str("&amp;gt;"),
-            '\r' => out.push_str("&#13;"),
-            '\t' | '\n' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {
-                return Err(EncodeError::ControlCharacter(c as u32))
-            }
-            c if c.is_ascii() => out.push(c),
-            c => {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        // plain printable ASCII (and tab/newline) is copied in runs
+        if (0x20..0x7f).contains(&b) && !matches!(b, b'&' | b'<' | b'>') || b == b'\t' || b == b'\n' {
+            continue;
+        }
+        if b >= 0x80 && !s.is_char_boundary(i) {
+            continue;
+        }
+        out.push_str(&s[start..i]);
+        match b {
+            b'&' => out.push_str("&amp;amp;"),
+            b'<' => out.push_str("&amp;lt;"),
+            b'>' => out.push_str("&amp;gt;"),
+            b'\r' => out.push_str("&#13;"),
+            0x7f => out.push_str("&#127;"),
+            b if b < 0x20 => return Err(EncodeError::ControlCharacter(b as u32)),
+            _ => {
+                let c = s[i..].chars().next().expect("char boundary");
+                if c == '\u{fffe}' || c == '\u{ffff}' {
+                    return Err(EncodeError::ControlCharacter(c as u32));
+                }
                 let _ = write!(out, "&#{};", c as u32);
             }
         }
+        start = i + if b >= 0x80 { s[i..].chars().next().map(char::len_utf8).unwrap_or(1) } else { 1 };
     }
+    out.push_str(&s[start..]);
     Ok(())
 }
 
@@ -399,12 +449,16 @@ pub fn decode_bytes(input: &[u8]) -> Result<Value, DecodeError> {
     reader.config_mut().expand_empty_elements = false;
     let mut stack: Vec<Frame> = Vec::new();
     let mut refs: BTreeMap<String, Value> = BTreeMap::new();
+    // back-references are rare (the SLAP masters never send them): remember
+    // containers by id (a copy each) only when the document has one
+    let track_refs = memchr::memmem::find_iter(input, b"reference").any(|i| {
+        i > 0 && matches!(input[i - 1], b'<' | b':') && matches!(input.get(i + 9), Some(b' ' | b'/' | b'>' | b'\t' | b'\n' | b'\r'))
+    });
     let mut result: Option<Value> = None;
-    let mut buf = Vec::new();
     loop {
         let pos = reader.buffer_position() as usize;
         let event = reader
-            .read_event_into(&mut buf)
+            .read_event()
             .map_err(|e| DecodeError::at(input, reader.error_position() as usize, e.to_string()))?;
         match event {
             Event::Start(e) => {
@@ -414,15 +468,15 @@ pub fn decode_bytes(input: &[u8]) -> Result<Value, DecodeError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(DecodeError::at(input, pos, "document nested too deeply"));
                 }
-                let frame = open(input, pos, &e, &stack, &refs, false)?;
+                let frame = open(input, pos, &e, &stack, &refs, false, track_refs)?;
                 stack.push(frame);
             }
             Event::Empty(e) => {
                 if result.is_some() {
                     return Err(DecodeError::at(input, pos, "content after the end of the document"));
                 }
-                let frame = open(input, pos, &e, &stack, &refs, true)?;
-                let value = close(input, pos, frame, &mut refs)?;
+                let frame = open(input, pos, &e, &stack, &refs, true, track_refs)?;
+                let value = close(input, pos, frame, &mut refs, track_refs)?;
                 match value {
                     Some(v) => push_child(input, pos, &mut stack, v)?,
                     None => return Err(DecodeError::at(input, pos, "empty <marshal/> document")),
@@ -434,13 +488,17 @@ pub fn decode_bytes(input: &[u8]) -> Result<Value, DecodeError> {
                     result = Some(v.ok_or_else(|| DecodeError::at(input, pos, "empty <marshal> document"))?);
                     continue;
                 }
-                if let Some(v) = close(input, pos, frame, &mut refs)? {
+                if let Some(v) = close(input, pos, frame, &mut refs, track_refs)? {
                     push_child(input, pos, &mut stack, v)?;
                 }
             }
             Event::Text(t) => {
                 let text = t.unescape().map_err(|e| DecodeError::at(input, pos, format!("bad text: {e}")))?;
-                add_text(input, pos, &mut stack, &text)?;
+                match stack.last_mut() {
+                    // the usual case: the whole text of a scalar in one event
+                    Some(Frame::Scalar { text: buf, .. }) if buf.is_empty() => *buf = text.into_owned(),
+                    _ => add_text(input, pos, &mut stack, &text)?,
+                }
             }
             Event::CData(t) => {
                 let text = std::str::from_utf8(&t)
@@ -451,7 +509,6 @@ pub fn decode_bytes(input: &[u8]) -> Result<Value, DecodeError> {
             Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) => {}
             Event::Eof => break,
         }
-        buf.clear();
     }
     if !stack.is_empty() {
         return Err(DecodeError::at(input, input.len(), "truncated document (unclosed elements)"));
@@ -479,6 +536,7 @@ fn open(
     stack: &[Frame],
     refs: &BTreeMap<String, Value>,
     empty: bool,
+    track_refs: bool,
 ) -> Result<Frame, DecodeError> {
     let local = e.local_name();
     let name = std::str::from_utf8(local.as_ref())
@@ -492,7 +550,7 @@ fn open(
     if matches!(stack.last(), Some(Frame::Scalar { .. }) | Some(Frame::Empty(_))) {
         return Err(DecodeError::at(input, pos, format!("element <{name}> inside a scalar")));
     }
-    let id = || attr(input, pos, e, "id");
+    let id = || if track_refs { attr(input, pos, e, "id") } else { Ok(None) };
     Ok(match name {
         "string" | "unicode" => Frame::Scalar { kind: ScalarKind::Str, text: String::new() },
         "int" | "long" => Frame::Scalar { kind: ScalarKind::Int, text: String::new() },
@@ -512,7 +570,7 @@ fn open(
             items: Vec::new(),
         },
         "reference" => {
-            let id = id()?.ok_or_else(|| DecodeError::at(input, pos, "<reference> without id"))?;
+            let id = attr(input, pos, e, "id")?.ok_or_else(|| DecodeError::at(input, pos, "<reference> without id"))?;
             if !empty {
                 return Err(DecodeError::at(input, pos, "<reference> must be empty"));
             }
@@ -531,13 +589,21 @@ fn close(
     pos: usize,
     frame: Frame,
     refs: &mut BTreeMap<String, Value>,
+    track_refs: bool,
 ) -> Result<Option<Value>, DecodeError> {
+    let remember = |refs: &mut BTreeMap<String, Value>, id: Option<String>, value: Value| match id {
+        Some(id) if track_refs => {
+            refs.insert(id, value.clone());
+            value
+        }
+        _ => value,
+    };
     let value = match frame {
         // a resolved <reference/>
         Frame::Marshal(v) => return Ok(v),
         Frame::Empty(_) => Value::None,
         Frame::Scalar { kind, text } => match kind {
-            ScalarKind::Str => Value::Str(unescape_second_level(&text)),
+            ScalarKind::Str => Value::Str(if text.contains('&') { unescape_second_level(&text) } else { text }),
             ScalarKind::Int => {
                 let t = text.trim();
                 Value::Int(t.parse().map_err(|_| DecodeError::at(input, pos, format!("not an integer: '{t}'")))?)
@@ -587,13 +653,6 @@ fn close(
         }
     };
     Ok(Some(value))
-}
-
-fn remember(refs: &mut BTreeMap<String, Value>, id: Option<String>, value: Value) -> Value {
-    if let Some(id) = id {
-        refs.insert(id, value.clone());
-    }
-    value
 }
 
 fn pairs(input: &[u8], pos: usize, items: Vec<Value>) -> Result<BTreeMap<String, Value>, DecodeError> {
@@ -657,7 +716,30 @@ fn unescape_second_level(s: &str) -> String {
     if !s.contains('&') {
         return s.to_string();
     }
-    s.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        // one left-to-right pass gives the result of Python's three
+        // successive replaces: the three patterns cannot overlap, and the `&`
+        // that `&amp;` leaves is not looked at again (as Python does it last)
+        if tail.starts_with("&lt;") {
+            out.push('<');
+            rest = &tail[4..];
+        } else if tail.starts_with("&gt;") {
+            out.push('>');
+            rest = &tail[4..];
+        } else if tail.starts_with("&amp;") {
+            out.push('&');
+            rest = &tail[5..];
+        } else {
+            out.push('&');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
