@@ -1,4 +1,191 @@
 //! # slapos-proxy — a SlapOS master for one site
 //!
 //! The master behind `slapos proxy start`: the classic SLAP endpoints of
-//! `slap-protocol.md` §4 with the semantics of §7, on SQLite.
+//! `slap-protocol.md` §4 with the semantics of §7 and the HATEOAS routes of
+//! §10, on a SQLite file. Wire-compatible with slapos.core 1.26.1: the
+//! Python client and node work against it. Beyond the Python proxy, it
+//! records what nodes report (building/available/error, started/stopped,
+//! destroyed, usage) and shows it (`slapos proxy show`).
+//!
+//! Layers: [`store`] (storage behind the narrow [`store::Tx`] interface),
+//! [`master`] (what each call does, over one transaction), [`http`] (axum
+//! routes, error pages, access log), [`hateoas`], [`show`].
+
+pub mod hateoas;
+pub mod http;
+pub mod master;
+pub mod show;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use slapos_config::Config;
+
+pub use store::{SqliteStore, Store, StoreError};
+
+/// How the master is configured (`[slapos]` and `[slapproxy]` of slapos.cfg).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// `[slapos] computer_id`: the computer requests go to by default.
+    pub computer_id: String,
+    pub host: String,
+    pub port: u16,
+    /// `[slapproxy] database_uri`: the SQLite file.
+    pub database: PathBuf,
+    /// `software_product_list`: `<product> <url>` per line.
+    pub software_products: BTreeMap<String, String>,
+}
+
+/// Default port of `slapos proxy start` (as in SlapOS).
+pub const DEFAULT_PORT: u16 = 8080;
+
+impl ProxyConfig {
+    /// Reads `[slapos]` then `[slapproxy]` (a key already set is kept, as
+    /// the Python proxy does). Only `computer_id` is required; the database
+    /// defaults to `proxy.db` next to the configuration file.
+    pub fn from_config(config: &Config) -> anyhow::Result<ProxyConfig> {
+        let get = |key: &str| config.get_nonempty("slapos", key).or_else(|| config.get_nonempty("slapproxy", key));
+        let computer_id = get("computer_id")
+            .ok_or_else(|| anyhow::anyhow!("computer_id is not set in [slapos] of {}", describe(config)))?
+            .to_string();
+        let host = get("host").unwrap_or("127.0.0.1").to_string();
+        let port = match get("port") {
+            Some(p) => p.parse().map_err(|_| anyhow::anyhow!("[slapproxy] port must be a port number, wrong value: '{p}'"))?,
+            None => DEFAULT_PORT,
+        };
+        let database = match get("database_uri") {
+            Some(d) => PathBuf::from(d),
+            None => config
+                .path()
+                .and_then(Path::parent)
+                .map(|d| d.join("proxy.db"))
+                .unwrap_or_else(|| PathBuf::from("proxy.db")),
+        };
+        let mut software_products = BTreeMap::new();
+        if let Some(list) = get("software_product_list") {
+            for line in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                match line.split_once(char::is_whitespace) {
+                    Some((name, url)) => {
+                        software_products.insert(name.to_string(), url.trim().to_string());
+                    }
+                    None => anyhow::bail!("software_product_list: expected '<product> <url>', got '{line}'"),
+                }
+            }
+        }
+        Ok(ProxyConfig { computer_id, host, port, database, software_products })
+    }
+}
+
+fn describe(config: &Config) -> String {
+    config.path().map(|p| p.display().to_string()).unwrap_or_else(|| "the configuration".into())
+}
+
+/// The shared state of a running master, opened on its database.
+pub fn open_app(config: &ProxyConfig) -> Result<Arc<http::App>, StoreError> {
+    let store = SqliteStore::open(&config.database)?;
+    let run_id: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
+    Ok(Arc::new(http::App {
+        store,
+        site: master::Site { computer_id: config.computer_id.clone(), software_products: config.software_products.clone() },
+        run_id,
+    }))
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<http::App>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = http::router(app);
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+        _ = term.recv() => tracing::info!("terminated: stopping"),
+    }
+}
+
+/// `slapos proxy start`: serves until SIGTERM/SIGINT.
+pub fn run(config: &ProxyConfig) -> anyhow::Result<()> {
+    let app = open_app(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr()?;
+        let shown = if local.is_ipv6() { format!("[{}]:{}", local.ip(), local.port()) } else { local.to_string() };
+        tracing::info!(
+            "SlapOS master for computer {} listening on http://{shown}/ (database {})",
+            config.computer_id,
+            config.database.display()
+        );
+        serve(listener, app, termination()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// A master running in the background of this process (for tests and tools).
+pub struct Background {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Starts a master on `127.0.0.1:0` with `config` (port ignored).
+pub fn start_background(config: &ProxyConfig) -> anyhow::Result<Background> {
+    let app = open_app(config)?;
+    let std_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+            let _ = serve(listener, app, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+    });
+    Ok(Background { addr, shutdown: Some(tx), thread: Some(thread) })
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -10,11 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod client_cmd;
-mod console_cmd;
-mod format_cmd;
 mod logging;
-mod node_cmd;
 mod proxy_cmd;
 
 /// SlapOS: turn ordinary Linux machines into a cloud.
@@ -54,21 +50,6 @@ pub enum Command {
     /// The local master: start it, or show what it knows.
     #[command(subcommand)]
     Proxy(proxy_cmd::ProxyCommand),
-    /// Node commands: format, software, instance, report, promise, services.
-    #[command(subcommand)]
-    Node(NodeCommand),
-    #[command(flatten)]
-    Client(client_cmd::ClientCommand),
-    /// Interactive console bound to the master (Rhai scripting).
-    Console(console_cmd::ConsoleArgs),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum NodeCommand {
-    /// Prepare the node: users, network, partition directories; report to the master.
-    Format(format_cmd::FormatArgs),
-    #[command(flatten)]
-    Grid(node_cmd::GridCommand),
 }
 
 fn main() -> ExitCode {
@@ -92,10 +73,6 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Proxy(cmd) => proxy_cmd::run(cmd, &cli.global),
-        Command::Node(NodeCommand::Format(args)) => format_cmd::run(args, &cli.global),
-        Command::Node(NodeCommand::Grid(cmd)) => node_cmd::run(cmd, &cli.global),
-        Command::Client(cmd) => client_cmd::run(cmd, &cli.global),
-        Command::Console(args) => console_cmd::run(args, &cli.global),
     };
     match result {
         Ok(code) => ExitCode::from(code),

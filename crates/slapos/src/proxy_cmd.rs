@@ -1,14 +1,85 @@
-//! `slapos proxy start|show`.
+//! `slapos proxy start|show`: the local master.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use slapos_config::{node_config_path, Config};
+use slapos_proxy::{ProxyConfig, SqliteStore};
+
 use crate::Global;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ProxyCommand {
-    /// Start the local master (SLAP on HTTP, SQLite storage).
-    Start,
+    /// Start the master: SLAP over HTTP for nodes and clients, on a SQLite
+    /// file. Reads [slapos] computer_id and [slapproxy] host, port,
+    /// database_uri from the configuration; stops on SIGTERM/SIGINT.
+    Start(StartArgs),
+    /// Print what the master knows: computers, software releases,
+    /// partitions, instances with their parameters and connection
+    /// parameters, and what nodes reported.
+    Show(ShowArgs),
 }
 
-pub fn run(cmd: ProxyCommand, _global: &Global) -> anyhow::Result<u8> {
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Address to listen on (default: [slapproxy] host, else 127.0.0.1).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on (default: [slapproxy] port, else 8080).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// SQLite database file (default: [slapproxy] database_uri, else proxy.db
+    /// next to the configuration file).
+    #[arg(short = 'u', long = "database-uri", value_name = "FILE")]
+    pub database_uri: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// SQLite database file (default: from the configuration).
+    #[arg(short = 'u', long = "database-uri", value_name = "FILE")]
+    pub database_uri: Option<PathBuf>,
+}
+
+fn load(global: &Global) -> anyhow::Result<ProxyConfig> {
+    let path = node_config_path(global.cfg.as_deref());
+    let config = Config::load(&path)?;
+    ProxyConfig::from_config(&config)
+}
+
+pub fn run(cmd: ProxyCommand, global: &Global) -> anyhow::Result<u8> {
     match cmd {
-        ProxyCommand::Start => anyhow::bail!("slapos proxy start is not implemented yet"),
+        ProxyCommand::Start(args) => {
+            let mut config = load(global)?;
+            if let Some(h) = args.host {
+                config.host = h;
+            }
+            if let Some(p) = args.port {
+                config.port = p;
+            }
+            if let Some(d) = args.database_uri {
+                config.database = d;
+            }
+            slapos_proxy::run(&config)?;
+            Ok(0)
+        }
+        ProxyCommand::Show(args) => {
+            let database = match args.database_uri {
+                Some(d) => d,
+                None => load(global)?.database,
+            };
+            let store = SqliteStore::open_read_only(&database)
+                .with_context(|| format!("cannot read the master's database {}", database.display()))?;
+            let snapshot = slapos_proxy::show::snapshot(&store)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+            } else {
+                print!("{}", slapos_proxy::show::render_tables(&snapshot));
+            }
+            Ok(0)
+        }
     }
 }

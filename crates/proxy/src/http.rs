@@ -1,0 +1,425 @@
+//! The HTTP face of the master: SLAP routes (axum), Werkzeug-compatible
+//! error pages and access log lines.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use slap::marshal::{self, Value};
+
+use crate::master::{self, Answer, InstanceRequest, MasterError, Site};
+use crate::store::{SqliteStore, Store};
+
+/// Largest request body accepted (format reports of big nodes fit easily).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// What every handler shares.
+pub struct App {
+    pub store: SqliteStore,
+    pub site: Site,
+    /// Drawn at start, served by `/getRunId` (multimaster self-detection).
+    pub run_id: String,
+}
+
+type Shared = Arc<App>;
+
+/// A Werkzeug-like HTML page with the message in `<p>…</p>`, which the
+/// Python tools (and ours) show to people.
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let body = format!(
+        "<!doctype html>\n<html lang=en>\n<title>{} {reason}</title>\n<h1>{reason}</h1>\n<p>{}</p>\n",
+        status.as_u16(),
+        html_escape(message)
+    );
+    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn text(body: String) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+impl IntoResponse for MasterError {
+    fn into_response(self) -> Response {
+        match &self {
+            MasterError::BadRequest(m) => error_page(StatusCode::BAD_REQUEST, m),
+            MasterError::NotFound(m) => error_page(StatusCode::NOT_FOUND, m),
+            MasterError::Unknown(m) => error_page(StatusCode::INTERNAL_SERVER_ERROR, m),
+            MasterError::Store(e) => {
+                tracing::error!("storage failure: {e}");
+                error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("storage failure: {e}"))
+            }
+        }
+    }
+}
+
+fn answer(r: Result<Answer, MasterError>) -> Response {
+    match r {
+        Ok(Answer::Text(t)) | Ok(Answer::Marshal(t)) => text(t),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Form fields (POST body) or query arguments (GET), in wire order.
+struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    fn parse(bytes: &[u8]) -> Fields {
+        Fields(form_urlencoded::parse(bytes).into_owned().collect())
+    }
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+    fn require(&self, key: &str) -> Result<&str, MasterError> {
+        self.get(key).ok_or_else(|| MasterError::BadRequest(format!("missing field '{key}'")))
+    }
+    /// A marshalled field (absent: `default`).
+    fn marshal(&self, key: &str, default: Value) -> Result<Value, MasterError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(text) => marshal::decode(text).map_err(|e| MasterError::BadRequest(format!("field '{key}': {e}"))),
+        }
+    }
+    fn marshal_dict(&self, key: &str) -> Result<BTreeMap<String, Value>, MasterError> {
+        match self.marshal(key, Value::Dict(BTreeMap::new()))? {
+            Value::Dict(d) => Ok(d),
+            other => Err(MasterError::BadRequest(format!("field '{key}' must be a dictionary, found <{}>", other.type_name()))),
+        }
+    }
+}
+
+/// `Authorization: X-SlapPartition computer_id=…, computer_partition_id=…`,
+/// parsed leniently like the Python proxy.
+pub fn parse_authorization(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(char::is_whitespace)?;
+    if !scheme.eq_ignore_ascii_case("x-slappartition") {
+        return None;
+    }
+    let mut computer = None;
+    let mut partition = None;
+    for item in rest.split(',') {
+        let (k, v) = item.split_once('=').unwrap_or((item, ""));
+        match k.trim() {
+            "computer_id" => computer = Some(v.trim().to_string()),
+            "computer_partition_id" => partition = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    Some((computer?, partition.unwrap_or_default()))
+}
+
+/// Runs `f` in one transaction on the blocking pool.
+async fn tx<R: Send + 'static>(
+    app: &Shared,
+    f: impl FnOnce(&mut dyn crate::store::Tx, &Site) -> Result<R, MasterError> + Send + 'static,
+) -> Result<R, MasterError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || app.store.transaction(|t| f(t, &app.site)))
+        .await
+        .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
+}
+
+fn query(uri: &Uri) -> Fields {
+    Fields::parse(uri.query().unwrap_or("").as_bytes())
+}
+
+// -- GET routes ------------------------------------------------------------
+
+async fn full_computer_information(State(app): State<Shared>, uri: Uri) -> Response {
+    let q = query(&uri);
+    let r = async {
+        let computer_id = q.require("computer_id")?.to_string();
+        tx(&app, move |t, site| master::computer_information(t, site, &computer_id)).await
+    };
+    answer(r.await)
+}
+
+async fn register_partition(State(app): State<Shared>, uri: Uri) -> Response {
+    let q = query(&uri);
+    let r = async {
+        let c = q.require("computer_reference")?.to_string();
+        let p = q.require("computer_partition_reference")?.to_string();
+        tx(&app, move |t, _| master::register_partition(t, &c, &p)).await
+    };
+    answer(r.await)
+}
+
+async fn certificate() -> Response {
+    let d = BTreeMap::from([("certificate".to_string(), Value::str("")), ("key".to_string(), Value::str(""))]);
+    text(marshal::encode(&Value::Dict(d)).unwrap_or_default())
+}
+
+async fn partition_status() -> Response {
+    text(marshal::encode(&Value::str("Not implemented.")).unwrap_or_default())
+}
+
+async fn product_list(State(app): State<Shared>, uri: Uri) -> Response {
+    let q = query(&uri);
+    answer(master::product_list(&app.site, q.get("software_product_reference"), q.get("software_release_url")))
+}
+
+async fn run_id(State(app): State<Shared>) -> Response {
+    text(app.run_id.clone())
+}
+
+async fn index() -> Response {
+    let body = "<!doctype html>\n<html lang=en>\n<title>SlapOS master</title>\n<h1>SlapOS master</h1>\n<p>This is a SlapOS master (slapos proxy). Nodes and clients talk to it with SLAP; people use <code>slapos proxy show</code>, <code>slapos service list</code> or <a href=\"/hateoas/\">/hateoas/</a>.</p>\n";
+    text(body.into())
+}
+
+// -- POST routes -----------------------------------------------------------
+
+async fn request_partition(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    let r = async {
+        let req = InstanceRequest {
+            software_release: f.require("software_release")?.to_string(),
+            software_type: f.require("software_type")?.to_string(),
+            title: f.require("partition_reference")?.to_string(),
+            parameters: f.marshal_dict("partition_parameter_xml")?,
+            filter: f.marshal_dict("filter_xml")?,
+            state: match f.marshal("state", Value::None)? {
+                Value::None => None,
+                Value::Str(s) => Some(s),
+                other => return Err(MasterError::BadRequest(format!("field 'state' must be a string, found <{}>", other.type_name()))),
+            },
+            shared: f.marshal("shared_xml", Value::Bool(false))?.is_truthy(),
+            authorization: parse_authorization(&headers),
+            form_requester: (
+                f.get("computer_id").map(str::to_string),
+                f.get("computer_partition_id").map(str::to_string),
+            ),
+        };
+        if req.software_release.is_empty() {
+            return Err(MasterError::BadRequest("empty software_release".into()));
+        }
+        tx(&app, move |t, site| master::request(t, site, &req)).await
+    };
+    answer(r.await)
+}
+
+async fn set_connection(State(app): State<Shared>, body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    let r = async {
+        let c = f.require("computer_id")?.to_string();
+        let p = f.require("computer_partition_id")?.to_string();
+        let conn = match f.marshal("connection_xml", Value::None)? {
+            Value::Dict(d) => d,
+            other => {
+                return Err(MasterError::BadRequest(format!(
+                    "field 'connection_xml' must be a dictionary, found <{}>",
+                    other.type_name()
+                )))
+            }
+        };
+        let slave = f.get("slave_reference").map(str::to_string);
+        tx(&app, move |t, _| master::set_connection(t, &c, &p, &conn, slave.as_deref())).await
+    };
+    answer(r.await)
+}
+
+async fn supply(State(app): State<Shared>, body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    let r = async {
+        let url = f.require("url")?.to_string();
+        let c = f.require("computer_id")?.to_string();
+        let s = f.require("state")?.to_string();
+        tx(&app, move |t, _| master::supply(t, &url, &c, &s)).await
+    };
+    answer(r.await)
+}
+
+async fn format_report(State(app): State<Shared>, body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    let r = async {
+        let v = f.marshal("xml", Value::None).and_then(|v| match v {
+            Value::None => Err(MasterError::BadRequest("missing field 'xml'".into())),
+            v => Ok(v),
+        })?;
+        let (computer, partitions) = master::parse_format_report(&v)?;
+        tracing::info!("format report of {}: {} partition(s)", computer.reference, partitions.len());
+        tx(&app, move |t, _| master::load_format_report(t, &computer, &partitions)).await
+    };
+    answer(r.await)
+}
+
+/// The node's state reports: recorded, answered as the Python proxy does.
+fn report_route(kind: &'static str, state: &'static str, word: &'static str) -> MethodRouter<Shared> {
+    post(move |State(app): State<Shared>, body: Bytes| async move {
+        let f = Fields::parse(&body);
+        let r = async {
+            let c = f.require("computer_id")?.to_string();
+            let reference = if kind == "software" { f.require("url")? } else { f.require("computer_partition_id")? }.to_string();
+            let message = f.get("error_log").map(str::to_string);
+            if state == "error" {
+                tracing::warn!("{kind} {reference} on {c} reports an error: {}", message.as_deref().unwrap_or("").lines().last().unwrap_or(""));
+            }
+            tx(&app, move |t, _| master::report(t, kind, &c, &reference, state, message.as_deref())).await
+        };
+        match r.await {
+            Ok(()) => text(word.into()),
+            Err(e) => e.into_response(),
+        }
+    })
+    .fallback(method_not_allowed)
+}
+
+async fn software_destroyed(State(app): State<Shared>, body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    let r = async {
+        let url = f.require("url")?.to_string();
+        let c = f.require("computer_id")?.to_string();
+        tx(&app, move |t, _| master::software_destroyed(t, &url, &c)).await
+    };
+    answer(r.await)
+}
+
+async fn partition_destroyed(State(app): State<Shared>, body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    let r = async {
+        let c = f.require("computer_id")?.to_string();
+        let p = f.require("computer_partition_id")?.to_string();
+        tx(&app, move |t, _| master::partition_destroyed(t, &c, &p)).await
+    };
+    answer(r.await)
+}
+
+async fn bang(State(app): State<Shared>, body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    let r = async {
+        let c = f.require("computer_id")?.to_string();
+        let p = f.require("computer_partition_id")?.to_string();
+        let m = f.get("message").unwrap_or("").to_string();
+        tx(&app, move |t, _| master::bang(t, &c, &p, &m)).await
+    };
+    answer(r.await)
+}
+
+async fn rename(State(app): State<Shared>, body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    let r = async {
+        let c = f.require("computer_id")?.to_string();
+        let p = f.require("computer_partition_id")?.to_string();
+        let n = f.require("new_name")?.to_string();
+        tx(&app, move |t, _| master::rename(t, &c, &p, &n)).await
+    };
+    answer(r.await)
+}
+
+async fn use_computer(State(app): State<Shared>, body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    let r = async {
+        let c = f.require("computer_id")?.to_string();
+        let u = f.require("use_string")?.to_string();
+        tx(&app, move |t, _| master::use_computer(t, &c, &u)).await
+    };
+    answer(r.await)
+}
+
+async fn computer_bang(body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    match f.require("computer_id") {
+        Ok(c) => {
+            tracing::info!("computer {c} banged: {}", f.get("message").unwrap_or(""));
+            text(marshal::encode(&Value::str("")).unwrap_or_default())
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn method_not_allowed() -> Response {
+    error_page(StatusCode::METHOD_NOT_ALLOWED, "The method is not allowed for the requested URL.")
+}
+
+async fn not_found() -> Response {
+    error_page(
+        StatusCode::NOT_FOUND,
+        "The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.",
+    )
+}
+
+/// One Werkzeug-style access line per request (`run.sh` reads them):
+/// `127.0.0.1 - - [24/Nov/2026 17:32:24] "POST /path HTTP/1.1" 200 -`.
+async fn access_log(req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "-".into());
+    let line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
+    let resp = next.run(req).await;
+    let now = chrono::Local::now().format("%d/%b/%Y %H:%M:%S");
+    tracing::info!("{peer} - - [{now}] \"{line}\" {} -", resp.status().as_u16());
+    resp
+}
+
+async fn too_large(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return error_page(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {MAX_BODY} bytes"));
+    }
+    resp
+}
+
+fn g<H, T>(h: H) -> MethodRouter<Shared>
+where
+    H: axum::handler::Handler<T, Shared>,
+    T: 'static,
+{
+    get(h).fallback(method_not_allowed)
+}
+
+fn p<H, T>(h: H) -> MethodRouter<Shared>
+where
+    H: axum::handler::Handler<T, Shared>,
+    T: 'static,
+{
+    post(h).fallback(method_not_allowed)
+}
+
+/// The router of the master.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", g(index))
+        .route("/getRunId", g(run_id))
+        .route("/getFullComputerInformation", g(full_computer_information))
+        .route("/getComputerInformation", g(full_computer_information))
+        .route("/registerComputerPartition", g(register_partition))
+        .route("/getComputerPartitionCertificate", g(certificate))
+        .route("/getComputerPartitionStatus", g(partition_status))
+        .route("/getSoftwareReleaseListFromSoftwareProduct", g(product_list))
+        .route("/requestComputerPartition", p(request_partition))
+        .route("/setComputerPartitionConnectionXml", p(set_connection))
+        .route("/supplySupply", p(supply))
+        .route("/loadComputerConfigurationFromXML", p(format_report))
+        .route("/buildingSoftwareRelease", report_route("software", "building", "Ignored"))
+        .route("/availableSoftwareRelease", report_route("software", "available", "Ignored"))
+        .route("/softwareReleaseError", report_route("software", "error", "Ignored"))
+        .route("/destroyedSoftwareRelease", p(software_destroyed))
+        .route("/startedComputerPartition", report_route("partition", "started", "Ignored"))
+        .route("/stoppedComputerPartition", report_route("partition", "stopped", "Ignored"))
+        .route("/softwareInstanceError", report_route("partition", "error", "Ignored"))
+        .route("/destroyedComputerPartition", p(partition_destroyed))
+        .route("/softwareInstanceBang", p(bang))
+        .route("/softwareInstanceRename", p(rename))
+        .route("/useComputer", p(use_computer))
+        .route("/computerBang", p(computer_bang))
+        .merge(crate::hateoas::router())
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(too_large))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(access_log))
+        .with_state(app)
+}

@@ -1,0 +1,648 @@
+//! The master's storage: row types, the narrow [`Tx`] interface the master
+//! logic works through, and its SQLite implementation.
+//!
+//! Everything the master does happens inside one [`Store::transaction`]:
+//! SQLite in WAL mode with a busy timeout, one transaction per HTTP request,
+//! so a request is either fully stored or not at all. A PostgreSQL store
+//! would implement the same two traits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database {path} has schema version {found}, newer than this program's {supported}")]
+    TooNew { path: PathBuf, found: i64, supported: i64 },
+}
+
+/// A computer partition and the instance it hosts (if any).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PartitionRow {
+    pub reference: String,
+    pub computer_reference: String,
+    /// `free` or `busy`.
+    pub slap_state: String,
+    pub software_release: Option<String>,
+    /// Instance parameters (instance XML).
+    pub xml: Option<String>,
+    /// Published connection parameters (instance XML).
+    pub connection_xml: Option<String>,
+    /// Shared instances hosted here (a marshalled list of dicts).
+    pub slave_instance_list: Option<String>,
+    pub software_type: Option<String>,
+    /// The instance title.
+    pub partition_reference: Option<String>,
+    /// Title of the root of the request tree; empty for a root.
+    pub requested_by: String,
+    /// Partition that directly requested this one (`user` for a person).
+    pub requester_id: String,
+    pub requested_state: String,
+    pub timestamp: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoftwareRow {
+    pub url: String,
+    pub computer_reference: String,
+    pub requested_state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ComputerRow {
+    pub reference: String,
+    pub address: Option<String>,
+    pub netmask: Option<String>,
+}
+
+/// A shared (slave) instance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlaveRow {
+    /// `<root title>_<title>`.
+    pub reference: String,
+    pub computer_reference: String,
+    pub connection_xml: Option<String>,
+    pub hosted_by: Option<String>,
+    pub requester_id: String,
+}
+
+/// An address of a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressRow {
+    pub partition_reference: String,
+    pub computer_reference: String,
+    /// Interface name (tap name, or the partition reference).
+    pub interface: String,
+    pub address: String,
+    pub netmask: String,
+}
+
+/// A state report from a node (beyond the Python proxy, which ignores them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportRow {
+    /// `software` or `partition`.
+    pub kind: String,
+    pub computer_reference: String,
+    /// Software release URL or partition reference.
+    pub reference: String,
+    /// building, available, error, destroyed, started, stopped.
+    pub state: String,
+    pub message: Option<String>,
+    pub time: f64,
+}
+
+/// A usage report (`useComputer`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    pub computer_reference: String,
+    pub body: String,
+    pub time: f64,
+}
+
+/// The operations the master needs, inside one transaction. Lists come in
+/// insertion order (which fixes the allocation order).
+pub trait Tx {
+    fn computer(&mut self, reference: &str) -> Result<Option<ComputerRow>, StoreError>;
+    fn computers(&mut self) -> Result<Vec<ComputerRow>, StoreError>;
+    fn upsert_computer(&mut self, row: &ComputerRow) -> Result<(), StoreError>;
+
+    fn partition(&mut self, computer: &str, reference: &str) -> Result<Option<PartitionRow>, StoreError>;
+    fn partitions(&mut self, computer: Option<&str>) -> Result<Vec<PartitionRow>, StoreError>;
+    /// The instance titled `title` in the tree of `requested_by`, any computer.
+    fn partition_by_title(&mut self, title: &str, requested_by: &str) -> Result<Option<PartitionRow>, StoreError>;
+    fn partitions_requested_by(&mut self, root_title: &str) -> Result<Vec<PartitionRow>, StoreError>;
+    fn first_free_partition(&mut self, computer: &str) -> Result<Option<PartitionRow>, StoreError>;
+    /// First partition of `computer` running `software_release` (and
+    /// `software_type`, and `reference` when given): the host of a shared instance.
+    fn find_host(
+        &mut self,
+        computer: &str,
+        software_release: &str,
+        software_type: Option<&str>,
+        reference: Option<&str>,
+    ) -> Result<Option<PartitionRow>, StoreError>;
+    /// Inserts the partition if missing (existing rows are left alone).
+    fn insert_partition_if_missing(&mut self, computer: &str, reference: &str) -> Result<(), StoreError>;
+    fn update_partition(&mut self, row: &PartitionRow) -> Result<(), StoreError>;
+    fn delete_partitions_except(&mut self, computer: &str, keep: &[String]) -> Result<usize, StoreError>;
+    fn set_timestamp(&mut self, computer: &str, reference: &str, timestamp: f64) -> Result<(), StoreError>;
+
+    fn software_releases(&mut self, computer: Option<&str>) -> Result<Vec<SoftwareRow>, StoreError>;
+    /// Delete + insert: the row moves to the end of the list (as the proxy).
+    fn upsert_software(&mut self, row: &SoftwareRow) -> Result<(), StoreError>;
+    fn delete_software(&mut self, computer: &str, url: &str) -> Result<(), StoreError>;
+
+    fn slave(&mut self, reference: &str, computer: &str) -> Result<Option<SlaveRow>, StoreError>;
+    fn slaves(&mut self) -> Result<Vec<SlaveRow>, StoreError>;
+    fn insert_slave(&mut self, row: &SlaveRow) -> Result<(), StoreError>;
+    /// Updates every slave row with that reference (any computer).
+    fn update_slave_connection(&mut self, reference: &str, connection_xml: &str, hosted_by: &str) -> Result<(), StoreError>;
+    fn update_slave_requester(&mut self, reference: &str, computer: &str, requester_id: &str) -> Result<(), StoreError>;
+    fn delete_slaves_not_hosted_in(&mut self, computer: &str, hosts: &[String]) -> Result<(), StoreError>;
+
+    fn addresses(&mut self, computer: Option<&str>, partition: &str) -> Result<Vec<AddressRow>, StoreError>;
+    fn replace_addresses(&mut self, computer: &str, rows: &[AddressRow]) -> Result<(), StoreError>;
+
+    fn add_report(&mut self, row: &ReportRow) -> Result<(), StoreError>;
+    /// The last report of each (kind, computer, reference).
+    fn last_reports(&mut self) -> Result<Vec<ReportRow>, StoreError>;
+    fn add_usage(&mut self, row: &UsageRow) -> Result<(), StoreError>;
+    fn usages(&mut self, limit: usize) -> Result<Vec<UsageRow>, StoreError>;
+}
+
+/// A storage backend: runs a closure in one transaction, committed when it
+/// returns Ok and rolled back otherwise.
+pub trait Store: Send + Sync {
+    fn transaction<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<R, E>) -> Result<R, E>;
+}
+
+/// The schema, as a list of migrations: `user_version` = how many were applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the SLAP data model (the Python proxy's schema 18, without its
+    // version suffixes)
+    "CREATE TABLE computer (
+        reference TEXT PRIMARY KEY,
+        address TEXT,
+        netmask TEXT
+     );
+     CREATE TABLE software (
+        url TEXT NOT NULL,
+        computer_reference TEXT NOT NULL,
+        requested_state TEXT NOT NULL DEFAULT 'available',
+        PRIMARY KEY (url, computer_reference)
+     );
+     CREATE TABLE partition (
+        reference TEXT NOT NULL,
+        computer_reference TEXT NOT NULL,
+        slap_state TEXT NOT NULL DEFAULT 'free',
+        software_release TEXT,
+        xml TEXT,
+        connection_xml TEXT,
+        slave_instance_list TEXT,
+        software_type TEXT,
+        partition_reference TEXT,
+        requested_by TEXT NOT NULL DEFAULT '',
+        requester_id TEXT NOT NULL DEFAULT '',
+        requested_state TEXT NOT NULL DEFAULT 'started',
+        timestamp REAL,
+        PRIMARY KEY (reference, computer_reference)
+     );
+     CREATE INDEX partition_title ON partition (partition_reference, requested_by);
+     CREATE INDEX partition_requested_by ON partition (requested_by);
+     CREATE TABLE slave (
+        reference TEXT NOT NULL,
+        computer_reference TEXT NOT NULL,
+        connection_xml TEXT,
+        hosted_by TEXT,
+        requester_id TEXT NOT NULL DEFAULT ''
+     );
+     CREATE INDEX slave_reference ON slave (reference, computer_reference);
+     CREATE TABLE partition_network (
+        partition_reference TEXT NOT NULL,
+        computer_reference TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        address TEXT NOT NULL,
+        netmask TEXT NOT NULL
+     );
+     CREATE INDEX partition_network_partition ON partition_network (computer_reference, partition_reference);",
+    // 2: what nodes report (the Python proxy ignores it)
+    "CREATE TABLE report (
+        kind TEXT NOT NULL,
+        computer_reference TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT,
+        time REAL NOT NULL
+     );
+     CREATE INDEX report_object ON report (kind, computer_reference, reference, time);
+     CREATE TABLE usage (
+        computer_reference TEXT NOT NULL,
+        body TEXT NOT NULL,
+        time REAL NOT NULL
+     );",
+];
+
+/// The schema version this program writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// SQLite storage in one file.
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    read_only: bool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_at_version(path, SCHEMA_VERSION)
+    }
+
+    /// Opens and migrates up to `version` (tests use it to build old databases).
+    pub fn open_at_version(path: &Path, version: i64) -> Result<SqliteStore, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        // WAL + NORMAL: a committed transaction survives the process being
+        // killed (it is in the WAL); only a power loss may lose the last ones
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found: current, supported: SCHEMA_VERSION });
+        }
+        if current < version {
+            let tx = conn.transaction().map_err(open_err)?;
+            for (i, sql) in MIGRATIONS.iter().enumerate().take(version as usize).skip(current as usize) {
+                tx.execute_batch(sql).map_err(open_err)?;
+                tracing::info!("database {}: migrated to schema version {}", path.display(), i + 1);
+            }
+            tx.pragma_update(None, "user_version", version).map_err(open_err)?;
+            tx.commit().map_err(open_err)?;
+        }
+        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn), read_only: false })
+    }
+
+    /// Opens an existing database without changing it (for `proxy show`).
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        if !path.exists() {
+            return Err(open_err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some("no such file".into()),
+            )));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(open_err)?;
+        let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        if current != SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found: current, supported: SCHEMA_VERSION });
+        }
+        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn), read_only: true })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Store for SqliteStore {
+    fn transaction<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<R, E>) -> Result<R, E> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // IMMEDIATE: take the write lock up front, so that concurrent writers
+        // wait (busy timeout) instead of failing with "database is locked"
+        let behavior = if self.read_only {
+            rusqlite::TransactionBehavior::Deferred
+        } else {
+            rusqlite::TransactionBehavior::Immediate
+        };
+        let tx = conn.transaction_with_behavior(behavior).map_err(StoreError::Sql)?;
+        let mut stx = SqliteTx { tx: &tx };
+        let result = f(&mut stx)?;
+        tx.commit().map_err(StoreError::Sql)?;
+        Ok(result)
+    }
+}
+
+/// [`Tx`] on a SQLite transaction.
+pub struct SqliteTx<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+}
+
+const PARTITION_COLUMNS: &str = "reference, computer_reference, slap_state, software_release, xml, connection_xml, \
+     slave_instance_list, software_type, partition_reference, requested_by, requester_id, requested_state, timestamp";
+
+fn partition_row(r: &Row) -> rusqlite::Result<PartitionRow> {
+    Ok(PartitionRow {
+        reference: r.get(0)?,
+        computer_reference: r.get(1)?,
+        slap_state: r.get(2)?,
+        software_release: r.get(3)?,
+        xml: r.get(4)?,
+        connection_xml: r.get(5)?,
+        slave_instance_list: r.get(6)?,
+        software_type: r.get(7)?,
+        partition_reference: r.get(8)?,
+        requested_by: r.get(9)?,
+        requester_id: r.get(10)?,
+        requested_state: r.get(11)?,
+        timestamp: r.get(12)?,
+    })
+}
+
+fn slave_row(r: &Row) -> rusqlite::Result<SlaveRow> {
+    Ok(SlaveRow {
+        reference: r.get(0)?,
+        computer_reference: r.get(1)?,
+        connection_xml: r.get(2)?,
+        hosted_by: r.get(3)?,
+        requester_id: r.get(4)?,
+    })
+}
+
+impl SqliteTx<'_> {
+    fn partitions_where(&mut self, cond: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<PartitionRow>, StoreError> {
+        let sql = format!("SELECT {PARTITION_COLUMNS} FROM partition {cond} ORDER BY rowid");
+        let mut st = self.tx.prepare_cached(&sql)?;
+        let rows = st.query_map(args, partition_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn partition_where(&mut self, cond: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Option<PartitionRow>, StoreError> {
+        let sql = format!("SELECT {PARTITION_COLUMNS} FROM partition {cond} ORDER BY rowid LIMIT 1");
+        let mut st = self.tx.prepare_cached(&sql)?;
+        Ok(st.query_row(args, partition_row).optional()?)
+    }
+}
+
+impl Tx for SqliteTx<'_> {
+    fn computer(&mut self, reference: &str) -> Result<Option<ComputerRow>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT reference, address, netmask FROM computer WHERE reference = ?1")?;
+        Ok(st
+            .query_row([reference], |r| Ok(ComputerRow { reference: r.get(0)?, address: r.get(1)?, netmask: r.get(2)? }))
+            .optional()?)
+    }
+    fn computers(&mut self) -> Result<Vec<ComputerRow>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT reference, address, netmask FROM computer ORDER BY rowid")?;
+        let rows = st
+            .query_map([], |r| Ok(ComputerRow { reference: r.get(0)?, address: r.get(1)?, netmask: r.get(2)? }))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn upsert_computer(&mut self, row: &ComputerRow) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO computer (reference, address, netmask) VALUES (?1, ?2, ?3)
+             ON CONFLICT (reference) DO UPDATE SET address = excluded.address, netmask = excluded.netmask",
+            params![row.reference, row.address, row.netmask],
+        )?;
+        Ok(())
+    }
+
+    fn partition(&mut self, computer: &str, reference: &str) -> Result<Option<PartitionRow>, StoreError> {
+        self.partition_where("WHERE reference = ?1 AND computer_reference = ?2", &[&reference, &computer])
+    }
+    fn partitions(&mut self, computer: Option<&str>) -> Result<Vec<PartitionRow>, StoreError> {
+        match computer {
+            Some(c) => self.partitions_where("WHERE computer_reference = ?1", &[&c]),
+            None => self.partitions_where("", &[]),
+        }
+    }
+    fn partition_by_title(&mut self, title: &str, requested_by: &str) -> Result<Option<PartitionRow>, StoreError> {
+        self.partition_where("WHERE partition_reference = ?1 AND requested_by = ?2", &[&title, &requested_by])
+    }
+    fn partitions_requested_by(&mut self, root_title: &str) -> Result<Vec<PartitionRow>, StoreError> {
+        self.partitions_where("WHERE requested_by = ?1", &[&root_title])
+    }
+    fn first_free_partition(&mut self, computer: &str) -> Result<Option<PartitionRow>, StoreError> {
+        self.partition_where("WHERE slap_state = 'free' AND computer_reference = ?1", &[&computer])
+    }
+    fn find_host(
+        &mut self,
+        computer: &str,
+        software_release: &str,
+        software_type: Option<&str>,
+        reference: Option<&str>,
+    ) -> Result<Option<PartitionRow>, StoreError> {
+        match (software_type, reference) {
+            (None, None) => self.partition_where(
+                "WHERE software_release = ?1 AND computer_reference = ?2",
+                &[&software_release, &computer],
+            ),
+            (Some(t), None) => self.partition_where(
+                "WHERE software_release = ?1 AND computer_reference = ?2 AND software_type = ?3",
+                &[&software_release, &computer, &t],
+            ),
+            (None, Some(r)) => self.partition_where(
+                "WHERE software_release = ?1 AND computer_reference = ?2 AND reference = ?3",
+                &[&software_release, &computer, &r],
+            ),
+            (Some(t), Some(r)) => self.partition_where(
+                "WHERE software_release = ?1 AND computer_reference = ?2 AND software_type = ?3 AND reference = ?4",
+                &[&software_release, &computer, &t, &r],
+            ),
+        }
+    }
+    fn insert_partition_if_missing(&mut self, computer: &str, reference: &str) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR IGNORE INTO partition (reference, computer_reference) VALUES (?1, ?2)",
+            params![reference, computer],
+        )?;
+        Ok(())
+    }
+    fn update_partition(&mut self, p: &PartitionRow) -> Result<(), StoreError> {
+        let mut st = self.tx.prepare_cached(
+            "UPDATE partition SET slap_state = ?3, software_release = ?4, xml = ?5, connection_xml = ?6,
+                slave_instance_list = ?7, software_type = ?8, partition_reference = ?9, requested_by = ?10,
+                requester_id = ?11, requested_state = ?12, timestamp = ?13
+             WHERE reference = ?1 AND computer_reference = ?2",
+        )?;
+        st.execute(params![
+            p.reference,
+            p.computer_reference,
+            p.slap_state,
+            p.software_release,
+            p.xml,
+            p.connection_xml,
+            p.slave_instance_list,
+            p.software_type,
+            p.partition_reference,
+            p.requested_by,
+            p.requester_id,
+            p.requested_state,
+            p.timestamp
+        ])?;
+        Ok(())
+    }
+    fn delete_partitions_except(&mut self, computer: &str, keep: &[String]) -> Result<usize, StoreError> {
+        let existing = self.partitions(Some(computer))?;
+        let mut n = 0;
+        for p in existing.iter().filter(|p| !keep.contains(&p.reference)) {
+            n += self.tx.execute(
+                "DELETE FROM partition WHERE reference = ?1 AND computer_reference = ?2",
+                params![p.reference, computer],
+            )?;
+        }
+        Ok(n)
+    }
+    fn set_timestamp(&mut self, computer: &str, reference: &str, timestamp: f64) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE partition SET timestamp = ?3 WHERE reference = ?1 AND computer_reference = ?2",
+            params![reference, computer, timestamp],
+        )?;
+        Ok(())
+    }
+
+    fn software_releases(&mut self, computer: Option<&str>) -> Result<Vec<SoftwareRow>, StoreError> {
+        let map = |r: &Row| Ok(SoftwareRow { url: r.get(0)?, computer_reference: r.get(1)?, requested_state: r.get(2)? });
+        let rows = match computer {
+            Some(c) => {
+                let mut st = self.tx.prepare_cached(
+                    "SELECT url, computer_reference, requested_state FROM software WHERE computer_reference = ?1 ORDER BY rowid",
+                )?;
+                let v = st.query_map([c], map)?.collect::<Result<Vec<_>, _>>()?;
+                v
+            }
+            None => {
+                let mut st =
+                    self.tx.prepare_cached("SELECT url, computer_reference, requested_state FROM software ORDER BY rowid")?;
+                let v = st.query_map([], map)?.collect::<Result<Vec<_>, _>>()?;
+                v
+            }
+        };
+        Ok(rows)
+    }
+    fn upsert_software(&mut self, row: &SoftwareRow) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO software (url, computer_reference, requested_state) VALUES (?1, ?2, ?3)",
+            params![row.url, row.computer_reference, row.requested_state],
+        )?;
+        Ok(())
+    }
+    fn delete_software(&mut self, computer: &str, url: &str) -> Result<(), StoreError> {
+        self.tx.execute("DELETE FROM software WHERE url = ?1 AND computer_reference = ?2", params![url, computer])?;
+        Ok(())
+    }
+
+    fn slave(&mut self, reference: &str, computer: &str) -> Result<Option<SlaveRow>, StoreError> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT reference, computer_reference, connection_xml, hosted_by, requester_id FROM slave
+             WHERE reference = ?1 AND computer_reference = ?2 ORDER BY rowid LIMIT 1",
+        )?;
+        Ok(st.query_row(params![reference, computer], slave_row).optional()?)
+    }
+    fn slaves(&mut self) -> Result<Vec<SlaveRow>, StoreError> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT reference, computer_reference, connection_xml, hosted_by, requester_id FROM slave ORDER BY rowid",
+        )?;
+        let rows = st.query_map([], slave_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn insert_slave(&mut self, row: &SlaveRow) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO slave (reference, computer_reference, connection_xml, hosted_by, requester_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![row.reference, row.computer_reference, row.connection_xml, row.hosted_by, row.requester_id],
+        )?;
+        Ok(())
+    }
+    fn update_slave_connection(&mut self, reference: &str, connection_xml: &str, hosted_by: &str) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE slave SET connection_xml = ?2, hosted_by = ?3 WHERE reference = ?1",
+            params![reference, connection_xml, hosted_by],
+        )?;
+        Ok(())
+    }
+    fn update_slave_requester(&mut self, reference: &str, computer: &str, requester_id: &str) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE slave SET requester_id = ?3 WHERE reference = ?1 AND computer_reference = ?2",
+            params![reference, computer, requester_id],
+        )?;
+        Ok(())
+    }
+    fn delete_slaves_not_hosted_in(&mut self, computer: &str, hosts: &[String]) -> Result<(), StoreError> {
+        let rows = self.slaves()?;
+        for s in rows.iter().filter(|s| s.computer_reference == computer) {
+            let hosted_here = s.hosted_by.as_ref().is_some_and(|h| hosts.contains(h));
+            if !hosted_here {
+                self.tx.execute(
+                    "DELETE FROM slave WHERE reference = ?1 AND computer_reference = ?2",
+                    params![s.reference, computer],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn addresses(&mut self, computer: Option<&str>, partition: &str) -> Result<Vec<AddressRow>, StoreError> {
+        let map = |r: &Row| {
+            Ok(AddressRow {
+                partition_reference: r.get(0)?,
+                computer_reference: r.get(1)?,
+                interface: r.get(2)?,
+                address: r.get(3)?,
+                netmask: r.get(4)?,
+            })
+        };
+        let rows = match computer {
+            Some(c) => {
+                let mut st = self.tx.prepare_cached(
+                    "SELECT partition_reference, computer_reference, reference, address, netmask FROM partition_network
+                     WHERE computer_reference = ?1 AND partition_reference = ?2 ORDER BY rowid",
+                )?;
+                let v = st.query_map(params![c, partition], map)?.collect::<Result<Vec<_>, _>>()?;
+                v
+            }
+            None => {
+                let mut st = self.tx.prepare_cached(
+                    "SELECT partition_reference, computer_reference, reference, address, netmask FROM partition_network
+                     WHERE partition_reference = ?1 ORDER BY rowid",
+                )?;
+                let v = st.query_map(params![partition], map)?.collect::<Result<Vec<_>, _>>()?;
+                v
+            }
+        };
+        Ok(rows)
+    }
+    fn replace_addresses(&mut self, computer: &str, rows: &[AddressRow]) -> Result<(), StoreError> {
+        self.tx.execute("DELETE FROM partition_network WHERE computer_reference = ?1", [computer])?;
+        let mut st = self.tx.prepare_cached(
+            "INSERT INTO partition_network (partition_reference, computer_reference, reference, address, netmask)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for a in rows {
+            st.execute(params![a.partition_reference, computer, a.interface, a.address, a.netmask])?;
+        }
+        Ok(())
+    }
+
+    fn add_report(&mut self, r: &ReportRow) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO report (kind, computer_reference, reference, state, message, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![r.kind, r.computer_reference, r.reference, r.state, r.message, r.time],
+        )?;
+        Ok(())
+    }
+    fn last_reports(&mut self) -> Result<Vec<ReportRow>, StoreError> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT kind, computer_reference, reference, state, message, MAX(time) FROM report
+             GROUP BY kind, computer_reference, reference ORDER BY kind, computer_reference, reference",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ReportRow {
+                    kind: r.get(0)?,
+                    computer_reference: r.get(1)?,
+                    reference: r.get(2)?,
+                    state: r.get(3)?,
+                    message: r.get(4)?,
+                    time: r.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn add_usage(&mut self, u: &UsageRow) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO usage (computer_reference, body, time) VALUES (?1, ?2, ?3)",
+            params![u.computer_reference, u.body, u.time],
+        )?;
+        Ok(())
+    }
+    fn usages(&mut self, limit: usize) -> Result<Vec<UsageRow>, StoreError> {
+        let mut st =
+            self.tx.prepare_cached("SELECT computer_reference, body, time FROM usage ORDER BY time DESC LIMIT ?1")?;
+        let rows = st
+            .query_map([limit as i64], |r| Ok(UsageRow { computer_reference: r.get(0)?, body: r.get(1)?, time: r.get(2)? }))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
