@@ -2,6 +2,8 @@
 //! real Python master (`slapos proxy start` from slapos.core 1.26.1).
 #![allow(dead_code)]
 
+pub mod exercise;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,38 @@
+//! Our master with real peers: our own client (every call), and the real
+//! Python client (`slapos.slap` from slapos.core 1.26.1) through every call.
+
+#[path = "../../slap/tests/support/mod.rs"]
+mod support;
+
+use std::process::Command;
+
+use slapos_proxy::{start_background, ProxyConfig};
+
+fn config(dir: &std::path::Path, computer: &str) -> ProxyConfig {
+    ProxyConfig {
+        computer_id: computer.into(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        database: dir.join("proxy.db"),
+        software_products: Default::default(),
+    }
+}
+
+#[test]
+fn our_client_through_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_background(&config(dir.path(), "COMP-TEST")).unwrap();
+    support::exercise::every_client_call(&master.url());
+}
+
+#[test]
+fn the_python_client_through_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_background(&config(dir.path(), "COMP-PY")).unwrap();
+    let venv = support::python_venv();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_every_call.py");
+    let out = Command::new(venv.join("bin/python3")).arg(&script).arg(master.url()).arg("COMP-PY").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the Python client failed against our master:\n{text}");
+    assert!(text.contains("every call OK"), "{text}");
+}
