@@ -1,13 +1,13 @@
 #!/bin/bash
 # End-to-end acceptance: the whole node life cycle of
 # ../shared/reference/python-e2e/run.sh (format, supply, request, software,
-# instance, promises, failures, destruction) in a private network namespace,
-# with our `slapos` for every command:
-#   1. our master and our node (SLAPOS_E2E_SLAPOS=target/release/slapos);
-#   2. the Python master (slapos.core 1.26.1) and our node;
-#   3. our master and the Python node.
+# instance, promises, failures, destruction) in a private network namespace:
+#   python-node    our master (`slapos proxy start`), the Python node and client;
+#   ours           our master and our `slapos` for every command (once the
+#                  node and client commands exist);
+#   python-master  the Python master and our `slapos` for everything else.
 # Needs root (run.sh creates users and a network namespace, and removes them).
-# Usage: bash scripts/e2e.sh [ours|python-master|python-node|all]   (default all)
+# Usage: bash scripts/e2e.sh [python-node|ours|python-master|all]   (default python-node)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN_SH=${SLAPOS_E2E_RUN_SH:-$ROOT/../shared/reference/python-e2e/run.sh}
@@ -19,7 +19,7 @@ VENV=$(bash "$ROOT/scripts/python-venv.sh")
 export SLAPOS_E2E_VENV="$VENV"
 (cd "$ROOT" && cargo build --release --quiet -p slapos)
 OURS="$ROOT/target/release/slapos"
-what=${1:-all}
+what=${1:-python-node}
 rc=0
 run() {  # run NAME SLAPOS MASTER
   log "== $1: node $2, master $3"
