@@ -168,7 +168,7 @@ async fn in_tx<R: Send + 'static>(
     f: impl FnOnce(&mut dyn Tx) -> Result<R, MasterError> + Send + 'static,
 ) -> Result<R, MasterError> {
     let app = app.clone();
-    tokio::task::spawn_blocking(move || app.store.transaction(f))
+    tokio::task::spawn_blocking(move || app.store.read(f))
         .await
         .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
 }

@@ -131,6 +131,17 @@ async fn tx<R: Send + 'static>(
         .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
 }
 
+/// Runs `f` in a read-only transaction on the blocking pool.
+async fn read<R: Send + 'static>(
+    app: &Shared,
+    f: impl FnOnce(&mut dyn crate::store::Tx, &Site) -> Result<R, MasterError> + Send + 'static,
+) -> Result<R, MasterError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || app.store.read(|t| f(t, &app.site)))
+        .await
+        .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
+}
+
 fn query(uri: &Uri) -> Fields {
     Fields::parse(uri.query().unwrap_or("").as_bytes())
 }
@@ -141,7 +152,7 @@ async fn full_computer_information(State(app): State<Shared>, uri: Uri) -> Respo
     let q = query(&uri);
     let r = async {
         let computer_id = q.require("computer_id")?.to_string();
-        tx(&app, move |t, site| master::computer_information(t, site, &computer_id)).await
+        read(&app, move |t, site| master::computer_information(t, site, &computer_id)).await
     };
     answer(r.await)
 }
@@ -151,7 +162,7 @@ async fn register_partition(State(app): State<Shared>, uri: Uri) -> Response {
     let r = async {
         let c = q.require("computer_reference")?.to_string();
         let p = q.require("computer_partition_reference")?.to_string();
-        tx(&app, move |t, _| master::register_partition(t, &c, &p)).await
+        read(&app, move |t, _| master::register_partition(t, &c, &p)).await
     };
     answer(r.await)
 }

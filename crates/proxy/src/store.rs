@@ -161,6 +161,9 @@ pub trait Tx {
 /// returns Ok and rolled back otherwise.
 pub trait Store: Send + Sync {
     fn transaction<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<R, E>) -> Result<R, E>;
+    /// A read-only transaction: a consistent snapshot, concurrent with other
+    /// reads and with the writer. Writes through it fail.
+    fn read<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<R, E>) -> Result<R, E>;
 }
 
 /// The schema, as a list of migrations: `user_version` = how many were applied.
@@ -237,6 +240,8 @@ pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     read_only: bool,
+    /// Idle read-only connections (WAL readers do not block the writer).
+    readers: Mutex<Vec<Connection>>,
 }
 
 impl SqliteStore {
@@ -271,7 +276,7 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", version).map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
-        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn), read_only: false })
+        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn), read_only: false, readers: Mutex::new(Vec::new()) })
     }
 
     /// Opens an existing database without changing it (for `proxy show`).
@@ -289,7 +294,7 @@ impl SqliteStore {
         if current != SCHEMA_VERSION {
             return Err(StoreError::TooNew { path: path.to_path_buf(), found: current, supported: SCHEMA_VERSION });
         }
-        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn), read_only: true })
+        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn), read_only: true, readers: Mutex::new(Vec::new()) })
     }
 
     pub fn path(&self) -> &Path {
@@ -312,6 +317,34 @@ impl Store for SqliteStore {
         let result = f(&mut stx)?;
         tx.commit().map_err(StoreError::Sql)?;
         Ok(result)
+    }
+
+    fn read<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<R, E>) -> Result<R, E> {
+        if self.read_only {
+            return self.transaction(f);
+        }
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(StoreError::Sql)?;
+                c.busy_timeout(Duration::from_secs(30)).map_err(StoreError::Sql)?;
+                c
+            }
+        };
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred).map_err(StoreError::Sql)?;
+            let mut stx = SqliteTx { tx: &tx };
+            let result = f(&mut stx)?;
+            tx.commit().map_err(StoreError::Sql)?;
+            Ok(result)
+        })();
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if readers.len() < 8 {
+            readers.push(conn);
+        }
+        result
     }
 }
 
