@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod client_cmd;
 mod logging;
 mod proxy_cmd;
 
@@ -50,6 +51,8 @@ pub enum Command {
     /// The local master: start it, or show what it knows.
     #[command(subcommand)]
     Proxy(proxy_cmd::ProxyCommand),
+    #[command(flatten)]
+    Client(client_cmd::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Proxy(cmd) => proxy_cmd::run(cmd, &cli.global),
+        Command::Client(cmd) => client_cmd::run(cmd, &cli.global),
     };
     match result {
         Ok(code) => ExitCode::from(code),

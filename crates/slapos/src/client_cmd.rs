@@ -1,0 +1,426 @@
+//! Client commands: `slapos request|supply|remove|service|computer`, with
+//! the arguments and configuration of SlapOS (`slapos-client.cfg`:
+//! `[slapos] master_url`, `master_rest_url`, `[slapconsole] cert_file,
+//! key_file`; `--cfg` or `$SLAPOS_CLIENT_CONFIGURATION`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::json;
+use slap::client::{ClientConfig, InstanceRequest, RequestResult, SlapClient};
+use slap::hateoas::HateoasClient;
+use slap::instance_xml;
+use slap::marshal::Value;
+use slap::model::{InstanceState, SoftwareState};
+use slapos_config::{client_config_path, Config};
+
+use crate::Global;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Request an instance of a software release, and print its connection
+    /// parameters (exit 2 while the master is still provisioning it).
+    Request(RequestArgs),
+    /// Ask a computer to install a software release.
+    Supply(SupplyArgs),
+    /// Ask a computer to remove a software release.
+    Remove(SupplyArgs),
+    /// Services (instance trees) of the master.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Computers of the master.
+    #[command(subcommand)]
+    Computer(ComputerCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    /// The instance reference (its title).
+    pub reference: String,
+    /// The software release URL (or `product.<name>`).
+    pub software_url: String,
+    /// Node (SLA) options, e.g. computer_guid=COMP-1234.
+    #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
+    pub node: Vec<String>,
+    /// Instance parameters.
+    #[arg(long, num_args = 1.., value_name = "KEY=VALUE", conflicts_with = "parameters_file")]
+    pub parameters: Vec<String>,
+    /// Instance parameters in a JSON file.
+    #[arg(long, value_name = "FILE.json")]
+    pub parameters_file: Option<PathBuf>,
+    /// Software type to request.
+    #[arg(long = "type", value_name = "SOFTWARE_TYPE")]
+    pub software_type: Option<String>,
+    /// Request a shared (slave) instance.
+    #[arg(long)]
+    pub slave: bool,
+    /// Requested state.
+    #[arg(long, value_parser = ["started", "stopped", "destroyed"])]
+    pub state: Option<String>,
+    /// Force the serialisation of parameters (json-in-xml wraps them as `_`).
+    #[arg(long, value_parser = ["xml", "json-in-xml"])]
+    pub force_serialisation: Option<String>,
+    /// Print the connection parameters as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SupplyArgs {
+    /// The software release URL (or `product.<name>`).
+    pub software_url: String,
+    /// The computer (node) reference.
+    pub node: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCommand {
+    /// List the services (root instances) and their software releases.
+    List(JsonArg),
+    /// Show a service: state, parameters, connection parameters, and (with
+    /// our master) what the node last reported.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ComputerCommand {
+    /// List the computers.
+    List(JsonArg),
+    /// Show a computer.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JsonArg {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Service title or computer reference.
+    pub reference: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the client commands need from `slapos-client.cfg`.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub master_url: String,
+    pub master_rest_url: String,
+    pub key_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl ClientSettings {
+    pub fn load(global: &Global) -> anyhow::Result<ClientSettings> {
+        let path = client_config_path(global.cfg.as_deref());
+        let config = Config::load(&path)?;
+        Self::from_config(&config, &path)
+    }
+
+    pub fn from_config(config: &Config, path: &Path) -> anyhow::Result<ClientSettings> {
+        let master_url = config
+            .get_nonempty("slapos", "master_url")
+            .ok_or_else(|| anyhow!("master_url is not set in [slapos] of {}", path.display()))?
+            .to_string();
+        // the Python proxy and ours both serve HATEOAS at /hateoas/
+        let master_rest_url = match config.get_nonempty("slapos", "master_rest_url") {
+            Some(u) => u.to_string(),
+            None => format!("{}/hateoas/", master_url.trim_end_matches('/')),
+        };
+        let file = |k: &str| config.get_nonempty("slapconsole", k).map(PathBuf::from);
+        let timeout = match config.get_int("slapos", "timeout")? {
+            Some(t) if t > 0 => Duration::from_secs(t as u64),
+            _ => Duration::from_secs(60),
+        };
+        Ok(ClientSettings { master_url, master_rest_url, key_file: file("key_file"), cert_file: file("cert_file"), timeout })
+    }
+
+    pub fn slap(&self) -> anyhow::Result<SlapClient> {
+        let mut c = ClientConfig::new(&self.master_url).with_timeout(self.timeout);
+        c.key_file = self.key_file.clone();
+        c.cert_file = self.cert_file.clone();
+        Ok(SlapClient::new(c)?)
+    }
+
+    pub fn hateoas(&self) -> anyhow::Result<HateoasClient> {
+        Ok(HateoasClient::connect(&self.master_rest_url, self.timeout)?)
+    }
+}
+
+/// `KEY=VALUE` items into a map; repeated keys and items without `=` are errors.
+pub fn parse_key_values(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow!("malformed {what} '{item}': expected KEY=VALUE"))?;
+        if k.is_empty() {
+            bail!("malformed {what} '{item}': empty key");
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            bail!("multiple values given for the same {what} key '{k}'");
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a JSON parameters file; errors say where.
+pub fn read_parameters_file(path: &Path) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read parameters file {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        anyhow!("invalid JSON in {} at line {}, column {}: {e}", path.display(), e.line(), e.column())
+    })?;
+    match v {
+        serde_json::Value::Object(m) => Ok(m),
+        other => bail!("{}: the parameters must be a JSON object, not {}", path.display(), json_kind(&other)),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// JSON values as marshalled values (parameters keep their types on the
+/// wire; the master turns them to text).
+pub fn json_to_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::None,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i as i128),
+            None => Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        serde_json::Value::String(s) => Value::str(s),
+        serde_json::Value::Array(a) => Value::List(a.iter().map(json_to_value).collect()),
+        serde_json::Value::Object(m) => Value::Dict(m.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect()),
+    }
+}
+
+/// The serialisation a software release declares in its JSON schema
+/// (`<url>.json` next to a local `software.cfg`), if we can read it.
+fn declared_serialisation(software_url: &str) -> Option<String> {
+    let path = software_url.strip_prefix("file://").unwrap_or(software_url);
+    if !path.starts_with('/') {
+        return None;
+    }
+    let schema = format!("{path}.json");
+    match std::fs::read_to_string(&schema) {
+        Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["serialisation"].as_str().map(str::to_string)),
+        Err(_) => {
+            tracing::warn!("no parameter schema at {schema}: parameters are sent as given");
+            None
+        }
+    }
+}
+
+/// `product.<name>` → the URL the master knows for that product.
+fn resolve_software(client: &SlapClient, software: &str) -> anyhow::Result<String> {
+    match software.strip_prefix("product.") {
+        Some(product) => client
+            .software_release_list_from_product(product)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("the master knows no software release for product '{product}'")),
+        None => Ok(software.to_string()),
+    }
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(header.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    t.to_string()
+}
+
+fn optional(v: &Option<String>) -> String {
+    v.clone().unwrap_or_default()
+}
+
+/// The connection parameters as text, with the `_` JSON variant unwrapped.
+pub fn connection_json(conn: &BTreeMap<String, Option<String>>) -> serde_json::Value {
+    if let Some(v) = instance_xml::unwrap_json(conn) {
+        return v;
+    }
+    serde_json::Value::Object(conn.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+fn print_parameters(v: &serde_json::Value) {
+    let rows = match v.as_object() {
+        Some(m) => m
+            .iter()
+            .map(|(k, v)| vec![k.clone(), match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            }])
+            .collect(),
+        None => vec![vec!["".into(), v.to_string()]],
+    };
+    println!("{}", table(&["name", "value"], rows));
+}
+
+fn request(args: RequestArgs, settings: &ClientSettings) -> anyhow::Result<u8> {
+    let client = settings.slap()?;
+    let software_url = resolve_software(&client, &args.software_url)?;
+    let node = parse_key_values(&args.node, "node option")?;
+    let mut parameters: BTreeMap<String, Value> = match &args.parameters_file {
+        Some(file) => {
+            let params = read_parameters_file(file)?;
+            let serialisation = args.force_serialisation.clone().or_else(|| declared_serialisation(&software_url));
+            if serialisation.as_deref() == Some("json-in-xml") {
+                instance_xml::wrap_json(&params)
+            } else {
+                params.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect()
+            }
+        }
+        None => parse_key_values(&args.parameters, "parameter")?.into_iter().map(|(k, v)| (k, Value::str(v))).collect(),
+    };
+    if args.parameters_file.is_none() && args.force_serialisation.as_deref() == Some("json-in-xml") {
+        let m = parameters.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect();
+        parameters = instance_xml::wrap_json(&m);
+    }
+    let mut req = InstanceRequest::new(&software_url, &args.reference);
+    req.software_type = args.software_type.clone().unwrap_or_default();
+    req.parameters = parameters;
+    req.filter = node;
+    req.shared = args.slave;
+    req.state = args.state.as_deref().map(str::parse::<InstanceState>).transpose()?;
+    tracing::info!("Requesting {} as an instance of {software_url} ...", args.reference);
+    match client.request(&req)? {
+        RequestResult::NotReady { .. } => {
+            tracing::warn!(
+                "Instance {} requested. The master is provisioning it: run this command again in a couple of minutes to get its connection parameters.",
+                args.reference
+            );
+            Ok(2)
+        }
+        RequestResult::Ready(instance) => {
+            let state = instance.requested_state.map(|s| s.to_string()).unwrap_or_else(|| "started".into());
+            let conn = connection_json(&instance.connection_parameters());
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&conn)?);
+            } else {
+                tracing::info!("Instance requested. State is: {state}.");
+                if conn.as_object().is_some_and(|m| m.is_empty()) {
+                    println!("Instance {} ({state}) has no connection parameters yet: run this command again once the node has deployed it.", args.reference);
+                } else {
+                    println!("Connection parameters of instance {} ({state}):", args.reference);
+                    print_parameters(&conn);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn supply(args: SupplyArgs, settings: &ClientSettings, state: SoftwareState) -> anyhow::Result<u8> {
+    let client = settings.slap()?;
+    let url = resolve_software(&client, &args.software_url)?;
+    client.supply(&url, &args.node, state)?;
+    match state {
+        SoftwareState::Available => println!("Requested software release {url} to be installed on {}.", args.node),
+        SoftwareState::Destroyed => println!("Requested software release {url} to be removed from {}.", args.node),
+    }
+    Ok(0)
+}
+
+pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
+    let settings = ClientSettings::load(global)?;
+    match cmd {
+        ClientCommand::Request(args) => request(args, &settings),
+        ClientCommand::Supply(args) => supply(args, &settings, SoftwareState::Available),
+        ClientCommand::Remove(args) => supply(args, &settings, SoftwareState::Destroyed),
+        ClientCommand::Service(ServiceCommand::List(a)) => {
+            let services = settings.hateoas()?.services()?;
+            if a.json {
+                let m: serde_json::Map<String, serde_json::Value> =
+                    services.iter().map(|s| (s.title.clone(), json!(s.software_release))).collect();
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                println!("{}", table(&["service", "software release"], services.iter().map(|s| vec![s.title.clone(), optional(&s.software_release)]).collect()));
+            }
+            Ok(0)
+        }
+        ClientCommand::Service(ServiceCommand::Info(a)) => {
+            let Some(info) = settings.hateoas()?.service(&a.reference)? else {
+                bail!("service '{}' does not exist on {}", a.reference, settings.master_url);
+            };
+            let conn = connection_json(&info.connection_parameters);
+            let params = connection_json(&info.parameters);
+            if a.json {
+                let doc = json!({
+                    "software-url": info.software_release,
+                    "software-type": info.software_type,
+                    "shared": info.shared,
+                    "requested-state": info.requested_state,
+                    "instance-parameters": params,
+                    "connection-parameters": conn,
+                    "reported-state": info.reported_state,
+                    "reported-message": info.reported_message,
+                    "reported-at": info.reported_at,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                let mut rows = vec![
+                    vec!["software release".into(), optional(&info.software_release)],
+                    vec!["software type".into(), optional(&info.software_type)],
+                    vec!["shared".into(), info.shared.to_string()],
+                    vec!["requested state".into(), optional(&info.requested_state)],
+                ];
+                if let Some(s) = &info.reported_state {
+                    let at = info.reported_at.and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0)).map(|d| d.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+                    rows.push(vec!["last report".into(), format!("{s} at {at}")]);
+                    if let Some(m) = info.reported_message.as_deref().filter(|m| !m.is_empty()) {
+                        rows.push(vec!["report message".into(), m.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")]);
+                    }
+                }
+                println!("Service {}\n{}", info.title, table(&["", ""], rows));
+                println!("Instance parameters:");
+                print_parameters(&params);
+                println!("Connection parameters:");
+                print_parameters(&conn);
+            }
+            Ok(0)
+        }
+        ClientCommand::Computer(ComputerCommand::List(a)) => {
+            let computers = settings.hateoas()?.computers()?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&computers)?);
+            } else {
+                println!("{}", table(&["computer", "title"], computers.iter().map(|c| vec![c.reference.clone(), optional(&c.title)]).collect()));
+            }
+            Ok(0)
+        }
+        ClientCommand::Computer(ComputerCommand::Info(a)) => {
+            let Some(c) = settings.hateoas()?.computer(&a.reference)? else {
+                bail!("computer '{}' does not exist on {}", a.reference, settings.master_url);
+            };
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                println!("{}", table(&["computer", "title"], vec![vec![c.reference.clone(), optional(&c.title)]]));
+            }
+            Ok(0)
+        }
+    }
+}
