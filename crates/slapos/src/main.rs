@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod client_cmd;
+mod console_cmd;
 mod logging;
 mod proxy_cmd;
 
@@ -53,6 +54,9 @@ pub enum Command {
     Proxy(proxy_cmd::ProxyCommand),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
+    /// Interactive console bound to the master (Rhai scripting); runs a
+    /// script with FILE or -c CODE.
+    Console(console_cmd::ConsoleArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Proxy(cmd) => proxy_cmd::run(cmd, &cli.global),
         Command::Client(cmd) => client_cmd::run(cmd, &cli.global),
+        Command::Console(args) => console_cmd::run(args, &cli.global),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,157 @@
+//! `slapos console`: scripts with -c and from a file, and the interactive
+//! console driven through a pseudo-terminal, against our master.
+
+#[path = "../../slap/tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use slap::client::{ClientConfig, SlapClient};
+use slap::marshal::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_slapos");
+
+struct Master {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn master() -> Master {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let cfg = dir.path().join("slapos.cfg");
+    std::fs::write(&cfg, format!("[slapos]\ncomputer_id = COMP-CON\n[slapproxy]\nport = {port}\n")).unwrap();
+    let child = Command::new(BIN).args(["proxy", "start", "--cfg"]).arg(&cfg).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{port}");
+    let c = SlapClient::new(ClientConfig::new(&url)).unwrap();
+    let s = |v: &str| Value::str(v);
+    c.load_computer_configuration(&Value::Dict(BTreeMap::from([
+        ("reference".into(), s("COMP-CON")),
+        ("address".into(), s("10.0.0.1")),
+        ("netmask".into(), s("255.255.255.0")),
+        ("partition_list".into(), Value::List(vec![Value::Dict(BTreeMap::from([
+            ("reference".into(), s("slappart0")),
+            ("address_list".into(), Value::List(vec![])),
+        ]))])),
+    ])))
+    .unwrap();
+    std::fs::write(dir.path().join("client.cfg"), format!("[slapos]\nmaster_url = {url}\n")).unwrap();
+    Master { child, url, dir }
+}
+
+fn console(cfg: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).arg("console").arg("--cfg").arg(cfg).args(args).output().unwrap()
+}
+
+#[test]
+fn scripts_with_c_and_from_a_file() {
+    let m = master();
+    let cfg = m.dir.path().join("client.cfg");
+    let c = SlapClient::new(ClientConfig::new(&m.url)).unwrap();
+    let o = console(&cfg, &["-c", r#"supply("http://sr/s.cfg", "COMP-CON"); let i = request("web", "http://sr/s.cfg", #{greeting: "hi"}); print(i.partition_id()); print(i.parameters().greeting);"#]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["slappart0", "hi"]);
+    c.set_connection_parameters("COMP-CON", "slappart0", &BTreeMap::from([("url".into(), Value::str("http://10.0.0.2/"))]), None).unwrap();
+    let script = m.dir.path().join("show.rhai");
+    std::fs::write(
+        &script,
+        "let i = request(\"web\", \"http://sr/s.cfg\", #{greeting: \"hi\"});\nprint(i.connection_parameters().url);\nlet c = computer(\"COMP-CON\");\nfor p in c.partitions() { print(p.id + \" \" + p.instance); }\nprint(c.software_releases()[0].state);\n",
+    )
+    .unwrap();
+    let o = console(&cfg, &[script.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().collect::<Vec<_>>(), ["http://10.0.0.2/", "slappart0 web", "available"]);
+    // errors: where, and exit 1, no backtrace
+    std::fs::write(&script, "let a = 1;\nlet b = request(\"x\");\n").unwrap();
+    let o = console(&cfg, &[script.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("show.rhai, line 2"), "{err}");
+    let o = console(&cfg, &["-c", r#"request("other", "http://sr/s.cfg")"#]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("No free computer partition found for: other"), "the master's message: {err}");
+}
+
+/// Reads from the pty until `needle` shows up (or fails after 20 s).
+fn expect(master: &mut std::fs::File, seen: &mut String, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        assert!(Instant::now() < deadline, "'{needle}' never came; the screen shows:\n{seen}");
+        let fd = master.as_raw_fd();
+        let mut fds = [nix::poll::PollFd::new(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, nix::poll::PollFlags::POLLIN)];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) > 0 {
+            match master.read(&mut buf) {
+                Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn the_interactive_console_through_a_pseudo_terminal() {
+    let m = master();
+    let cfg = m.dir.path().join("client.cfg");
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave: OwnedFd = pty.slave;
+    let mut child = Command::new(BIN)
+        .arg("console")
+        .arg("--cfg")
+        .arg(&cfg)
+        .env("HOME", m.dir.path())
+        .env("TERM", "dumb")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = String::new();
+    expect(&mut master, &mut seen, "slapos> ");
+    master.write_all(b"help()\r").unwrap();
+    expect(&mut master, &mut seen, "supply(software_url, computer_id)");
+    master.write_all(b"supply(\"http://sr/i.cfg\", \"COMP-CON\");\r").unwrap();
+    master.write_all(b"let i = request(\"tty\", \"http://sr/i.cfg\");\r").unwrap();
+    master.write_all(b"i.partition_id()\r").unwrap();
+    expect(&mut master, &mut seen, "slappart0");
+    // a statement over two lines
+    master.write_all(b"if true {\r").unwrap();
+    expect(&mut master, &mut seen, "...> ");
+    master.write_all(b"print(\"multi\" + \"line\") }\r").unwrap();
+    expect(&mut master, &mut seen, "multiline");
+    master.write_all(b"nosuch()\r").unwrap();
+    expect(&mut master, &mut seen, "error:");
+    master.write_all(&[4]).unwrap(); // Ctrl-D
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the console did not quit on Ctrl-D:\n{seen}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let history = std::fs::read_to_string(m.dir.path().join(".slapos/console_history")).unwrap();
+    assert!(history.contains("i.partition_id()"), "history kept: {history}");
+}
