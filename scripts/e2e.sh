@@ -3,11 +3,14 @@
 # ../shared/reference/python-e2e/run.sh (format, supply, request, software,
 # instance, promises, failures, destruction) in a private network namespace:
 #   python-node    our master (`slapos proxy start`), the Python node and client;
+#   ours-client    our master and our client commands (supply, request,
+#                  remove), the Python node (`slapos node …` is dispatched to
+#                  the reference until our node commands exist);
 #   ours           our master and our `slapos` for every command (once the
 #                  node and client commands exist);
 #   python-master  the Python master and our `slapos` for everything else.
 # Needs root (run.sh creates users and a network namespace, and removes them).
-# Usage: bash scripts/e2e.sh [python-node|ours|python-master|all]   (default python-node)
+# Usage: bash scripts/e2e.sh [python-node|ours-client|ours|python-master|all]   (default python-node)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN_SH=${SLAPOS_E2E_RUN_SH:-$ROOT/../shared/reference/python-e2e/run.sh}
@@ -29,11 +32,22 @@ run() {  # run NAME SLAPOS MASTER
     log "== $1: FAILED"; rc=1
   fi
 }
+# a `slapos` that is ours except for `slapos node …`
+WRAP_DIR=$(mktemp -d)
+trap 'rm -rf "$WRAP_DIR"' EXIT
+cat >"$WRAP_DIR/slapos" <<EOF2
+#!/bin/sh
+if [ "\$1" = node ]; then exec "$VENV/bin/slapos" "\$@"; fi
+exec "$OURS" "\$@"
+EOF2
+chmod 755 "$WRAP_DIR"
+chmod 755 "$WRAP_DIR/slapos"
 case "$what" in
+  ours-client) run ours-client "$WRAP_DIR/slapos" "$OURS" ;;
   ours|all) run ours "$OURS" "$OURS" ;;&
   python-master|all) run python-master "$OURS" "$VENV/bin/slapos" ;;&
   python-node|all) run python-node "$VENV/bin/slapos" "$OURS" ;;
-  ours|python-master) ;;
+  ours|python-master|ours-client) ;;
   *) log "usage: $0 [ours|python-master|python-node|all]"; exit 2 ;;
 esac
 exit $rc
