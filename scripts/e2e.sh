@@ -48,6 +48,6 @@ case "$what" in
   python-master|all) run python-master "$OURS" "$VENV/bin/slapos" ;;&
   python-node|all) run python-node "$VENV/bin/slapos" "$OURS" ;;
   ours|python-master|ours-client) ;;
-  *) log "usage: $0 [ours|python-master|python-node|all]"; exit 2 ;;
+  *) log "usage: $0 [python-node|ours-client|ours|python-master|all]"; exit 2 ;;
 esac
 exit $rc
