@@ -73,6 +73,16 @@ fn ip_list(addresses: &[AddressRow]) -> Value {
 
 /// A partition as the node sees it (Python's `partitiondict2partition`).
 pub fn render_partition(tx: &mut dyn Tx, p: &PartitionRow) -> Result<ComputerPartition, MasterError> {
+    let addresses = if p.software_release.as_deref().is_some_and(|s| !s.is_empty()) {
+        tx.addresses(Some(&p.computer_reference), &p.reference)?
+    } else {
+        vec![]
+    };
+    render_partition_with(p, &addresses)
+}
+
+/// [`render_partition`] with the partition's addresses already read.
+fn render_partition_with(p: &PartitionRow, addresses: &[AddressRow]) -> Result<ComputerPartition, MasterError> {
     let mut cp = ComputerPartition::free(&p.computer_reference, &p.reference);
     let Some(sr) = p.software_release.as_deref().filter(|s| !s.is_empty()) else {
         return Ok(cp);
@@ -86,8 +96,7 @@ pub fn render_partition(tx: &mut dyn Tx, p: &PartitionRow) -> Result<ComputerPar
         }
     }
     let mut params = text_dict(p.xml.as_deref())?;
-    let addresses = tx.addresses(Some(&p.computer_reference), &p.reference)?;
-    params.insert("ip_list".into(), ip_list(&addresses));
+    params.insert("ip_list".into(), ip_list(addresses));
     params.insert("full_address_list".into(), Value::List(vec![]));
     params.insert("slap_software_type".into(), opt(&p.software_type));
     params.insert("instance_title".into(), opt(&p.partition_reference));
@@ -128,10 +137,16 @@ pub fn computer_information(tx: &mut dyn Tx, site: &Site, computer_id: &str) -> 
         }
         computer.software_releases.push(s);
     }
-    for p in tx.partitions(Some(computer_id))? {
-        computer.partitions.push(render_partition(tx, &p)?);
+    // one query for every address of the computer, grouped by partition
+    let mut addresses: std::collections::HashMap<String, Vec<AddressRow>> = std::collections::HashMap::new();
+    for a in tx.computer_addresses(computer_id)? {
+        addresses.entry(a.partition_reference.clone()).or_default().push(a);
     }
-    marshalled(&computer.to_value())
+    for p in tx.partitions(Some(computer_id))? {
+        let mine = addresses.get(&p.reference).map(Vec::as_slice).unwrap_or(&[]);
+        computer.partitions.push(render_partition_with(&p, mine)?);
+    }
+    marshalled(&computer.into_value())
 }
 
 /// `registerComputerPartition`.
@@ -139,7 +154,7 @@ pub fn register_partition(tx: &mut dyn Tx, computer_id: &str, partition_id: &str
     let p = tx
         .partition(computer_id, partition_id)?
         .ok_or_else(|| MasterError::Unknown(format!("Unknown partition '{partition_id}' on computer '{computer_id}'")))?;
-    marshalled(&render_partition(tx, &p)?.to_value())
+    marshalled(&render_partition(tx, &p)?.into_value())
 }
 
 // ---------------------------------------------------------------------------

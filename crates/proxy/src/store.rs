@@ -148,6 +148,8 @@ pub trait Tx {
     fn delete_slaves_not_hosted_in(&mut self, computer: &str, hosts: &[String]) -> Result<(), StoreError>;
 
     fn addresses(&mut self, computer: Option<&str>, partition: &str) -> Result<Vec<AddressRow>, StoreError>;
+    /// Every address of a computer's partitions, in insertion order.
+    fn computer_addresses(&mut self, computer: &str) -> Result<Vec<AddressRow>, StoreError>;
     fn replace_addresses(&mut self, computer: &str, rows: &[AddressRow]) -> Result<(), StoreError>;
 
     fn add_report(&mut self, row: &ReportRow) -> Result<(), StoreError>;
@@ -623,6 +625,24 @@ impl Tx for SqliteTx<'_> {
                 v
             }
         };
+        Ok(rows)
+    }
+    fn computer_addresses(&mut self, computer: &str) -> Result<Vec<AddressRow>, StoreError> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT partition_reference, computer_reference, reference, address, netmask FROM partition_network
+             WHERE computer_reference = ?1 ORDER BY rowid",
+        )?;
+        let rows = st
+            .query_map([computer], |r| {
+                Ok(AddressRow {
+                    partition_reference: r.get(0)?,
+                    computer_reference: r.get(1)?,
+                    interface: r.get(2)?,
+                    address: r.get(3)?,
+                    netmask: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
     fn replace_addresses(&mut self, computer: &str, rows: &[AddressRow]) -> Result<(), StoreError> {

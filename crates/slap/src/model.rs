@@ -372,12 +372,17 @@ impl ComputerPartition {
 
     /// The object the Python proxy sends for this partition.
     pub fn to_value(&self) -> Value {
+        self.clone().into_value()
+    }
+
+    /// Same as [`ComputerPartition::to_value`], without copying.
+    pub fn into_value(self) -> Value {
         let mut state = BTreeMap::new();
         state.insert("_computer_id".to_string(), Value::str(&self.computer_id));
         state.insert("_partition_id".to_string(), Value::str(&self.partition_id));
         state.insert("_request_dict".to_string(), Value::None);
-        if let Some(g) = &self.instance_guid {
-            state.insert("_instance_guid".to_string(), Value::str(g));
+        if let Some(g) = self.instance_guid {
+            state.insert("_instance_guid".to_string(), Value::Str(g));
         }
         if let Some(s) = self.requested_state {
             state.insert("_requested_state".to_string(), Value::str(s.as_str()));
@@ -389,18 +394,14 @@ impl ComputerPartition {
             "_software_release_document".to_string(),
             self.software_release.as_ref().map(SoftwareRelease::to_value).unwrap_or(Value::None),
         );
-        if let Some(p) = &self.parameters {
-            state.insert("_parameter_dict".to_string(), Value::Dict(p.clone()));
+        if let Some(p) = self.parameters {
+            state.insert("_parameter_dict".to_string(), Value::Dict(p));
         }
-        if let Some(c) = &self.connection {
-            state.insert("_connection_dict".to_string(), Value::Dict(c.clone()));
+        if let Some(c) = self.connection {
+            state.insert("_connection_dict".to_string(), Value::Dict(c));
         }
-        state.extend(self.extra.clone());
-        object(
-            "ComputerPartition",
-            vec![Value::str(&self.computer_id), Value::str(&self.partition_id), Value::None],
-            state,
-        )
+        state.extend(self.extra);
+        object("ComputerPartition", vec![Value::Str(self.computer_id), Value::Str(self.partition_id), Value::None], state)
     }
 
     fn parameter_str(&self, key: &str) -> Option<&str> {
@@ -511,18 +512,23 @@ impl Computer {
     }
 
     pub fn to_value(&self) -> Value {
+        self.clone().into_value()
+    }
+
+    /// Same as [`Computer::to_value`], without copying.
+    pub fn into_value(self) -> Value {
         let mut state = BTreeMap::new();
         state.insert("_computer_id".to_string(), Value::str(&self.computer_id));
         state.insert(
             "_computer_partition_list".to_string(),
-            Value::List(self.partitions.iter().map(ComputerPartition::to_value).collect()),
+            Value::List(self.partitions.into_iter().map(ComputerPartition::into_value).collect()),
         );
         state.insert(
             "_software_release_list".to_string(),
             Value::List(self.software_releases.iter().map(SoftwareRelease::to_value).collect()),
         );
-        state.extend(self.extra.clone());
-        object("Computer", vec![Value::str(&self.computer_id)], state)
+        state.extend(self.extra);
+        object("Computer", vec![Value::Str(self.computer_id)], state)
     }
 
     pub fn partition(&self, partition_id: &str) -> Option<&ComputerPartition> {
