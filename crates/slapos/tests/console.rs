@@ -30,11 +30,20 @@ impl Drop for Master {
 }
 
 fn master() -> Master {
+    master_with(Path::new(BIN))
+}
+
+/// `program proxy start` (ours or the Python one), formatted with one partition.
+fn master_with(program: &Path) -> Master {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let cfg = dir.path().join("slapos.cfg");
-    std::fs::write(&cfg, format!("[slapos]\ncomputer_id = COMP-CON\n[slapproxy]\nport = {port}\n")).unwrap();
-    let child = Command::new(BIN).args(["proxy", "start", "--cfg"]).arg(&cfg).stderr(Stdio::null()).spawn().unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[slapos]\ncomputer_id = COMP-CON\n[slapproxy]\nport = {port}\ndatabase_uri = {}\n", dir.path().join("p.db").display()),
+    )
+    .unwrap();
+    let child = Command::new(program).args(["proxy", "start", "--cfg"]).arg(&cfg).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline);
@@ -63,7 +72,15 @@ fn console(cfg: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn scripts_with_c_and_from_a_file() {
-    let m = master();
+    scripts_against(&master());
+}
+
+#[test]
+fn scripts_against_the_python_master() {
+    scripts_against(&master_with(&support::python_venv().join("bin/slapos")));
+}
+
+fn scripts_against(m: &Master) {
     let cfg = m.dir.path().join("client.cfg");
     let c = SlapClient::new(ClientConfig::new(&m.url)).unwrap();
     let o = console(&cfg, &["-c", r#"supply("http://sr/s.cfg", "COMP-CON"); let i = request("web", "http://sr/s.cfg", #{greeting: "hi"}); print(i.partition_id()); print(i.parameters().greeting);"#]);
