@@ -376,6 +376,16 @@ fn partition_row(r: &Row) -> rusqlite::Result<PartitionRow> {
     })
 }
 
+fn address_row(r: &Row) -> rusqlite::Result<AddressRow> {
+    Ok(AddressRow {
+        partition_reference: r.get(0)?,
+        computer_reference: r.get(1)?,
+        interface: r.get(2)?,
+        address: r.get(3)?,
+        netmask: r.get(4)?,
+    })
+}
+
 fn slave_row(r: &Row) -> rusqlite::Result<SlaveRow> {
     Ok(SlaveRow {
         reference: r.get(0)?,
@@ -598,15 +608,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn addresses(&mut self, computer: Option<&str>, partition: &str) -> Result<Vec<AddressRow>, StoreError> {
-        let map = |r: &Row| {
-            Ok(AddressRow {
-                partition_reference: r.get(0)?,
-                computer_reference: r.get(1)?,
-                interface: r.get(2)?,
-                address: r.get(3)?,
-                netmask: r.get(4)?,
-            })
-        };
+        let map = address_row;
         let rows = match computer {
             Some(c) => {
                 let mut st = self.tx.prepare_cached(
@@ -633,15 +635,7 @@ impl Tx for SqliteTx<'_> {
              WHERE computer_reference = ?1 ORDER BY rowid",
         )?;
         let rows = st
-            .query_map([computer], |r| {
-                Ok(AddressRow {
-                    partition_reference: r.get(0)?,
-                    computer_reference: r.get(1)?,
-                    interface: r.get(2)?,
-                    address: r.get(3)?,
-                    netmask: r.get(4)?,
-                })
-            })?
+            .query_map([computer], address_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }

@@ -165,6 +165,14 @@ fn take_str(extra: &mut BTreeMap<String, Value>, key: &str) -> Option<String> {
     }
 }
 
+/// Takes `_requested_state` out of `extra` when it is a known state; an
+/// unknown one stays there (see `unknown_requested_state`).
+fn take_state<T: FromStr>(extra: &mut BTreeMap<String, Value>) -> Option<T> {
+    let state = extra.get("_requested_state")?.as_str()?.parse().ok()?;
+    extra.remove("_requested_state");
+    Some(state)
+}
+
 fn take_dict(extra: &mut BTreeMap<String, Value>, key: &str) -> Option<BTreeMap<String, Value>> {
     match extra.get(key) {
         Some(Value::Dict(_)) => match extra.remove(key) {
@@ -241,16 +249,7 @@ impl SoftwareRelease {
             Some(c) => c,
             None => arg_str(o, 1, "SoftwareRelease", "computer_guid").unwrap_or_default(),
         };
-        let requested_state = match extra.get("_requested_state") {
-            Some(Value::Str(s)) => match s.parse() {
-                Ok(st) => {
-                    extra.remove("_requested_state");
-                    Some(st)
-                }
-                Err(_) => None,
-            },
-            _ => None,
-        };
+        let requested_state = take_state(&mut extra);
         Ok(SoftwareRelease { url, computer_id, requested_state, extra })
     }
 
@@ -318,16 +317,7 @@ impl ComputerPartition {
             None => arg_str(o, 1, "ComputerPartition", "partition_id")?,
         };
         let instance_guid = take_str(&mut extra, "_instance_guid");
-        let requested_state = match extra.get("_requested_state") {
-            Some(Value::Str(s)) => match s.parse() {
-                Ok(st) => {
-                    extra.remove("_requested_state");
-                    Some(st)
-                }
-                Err(_) => None,
-            },
-            _ => None,
-        };
+        let requested_state = take_state(&mut extra);
         let need_modification = match extra.get("_need_modification") {
             Some(Value::Int(i)) => {
                 let b = *i != 0;
@@ -559,16 +549,7 @@ impl SoftwareInstance {
     pub fn from_value(value: &Value) -> Result<SoftwareInstance, ModelError> {
         let o = slap_object(value, "SoftwareInstance")?;
         let mut extra = o.state.clone();
-        let requested_state = match extra.get("_requested_state") {
-            Some(Value::Str(s)) => match s.parse() {
-                Ok(st) => {
-                    extra.remove("_requested_state");
-                    Some(st)
-                }
-                Err(_) => None,
-            },
-            _ => None,
-        };
+        let requested_state = take_state(&mut extra);
         let ip_list = match extra.get("ip_list") {
             Some(v @ (Value::List(_) | Value::Tuple(_))) => {
                 let ips = ip_list_of(Some(v));
