@@ -1,5 +1,9 @@
-//! # slapos-format — `slapos node format`
+//! # slapos-format — `slapos node format` (in progress)
 //!
 //! Prepares a node: users and groups per partition, network, directories,
-//! state files and the report to the master. Computes a plan first, then
-//! applies it.
+//! state files and the report to the master, computing a plan first and
+//! then applying it. So far: the address derivation of SlapOS
+//! ([`addressing`]); the planner, the system probes and the command come
+//! next (issue 5).
+
+pub mod addressing;
