@@ -7,3 +7,5 @@
 //! next (issue 5).
 
 pub mod addressing;
+pub mod config;
+pub mod state;

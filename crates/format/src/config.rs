@@ -1,0 +1,200 @@
+//! The configuration of `slapos node format` (`node.md` §2.1): `[slapformat]`
+//! then `[slapos]` (which wins on a clash), command-line values over both,
+//! validated before anything is changed.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use slapos_config::Config;
+
+/// An invalid or missing option, named with its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatConfigError {
+    #[error("Parameter '{0}' is not defined.")]
+    Missing(&'static str),
+    #[error("Option '{key}' needs to be \"True\" or \"False\", wrong value: '{value}'")]
+    Bool { key: &'static str, value: String },
+    #[error("option '{key}' must be {what}, wrong value: '{value}'")]
+    Invalid { key: &'static str, what: &'static str, value: String },
+    #[error("option '{0}' was removed from SlapOS (a bridge is no longer managed by format): remove it from the configuration")]
+    Removed(&'static str),
+    #[error("{key} file {path} does not exist")]
+    MissingFile { key: &'static str, path: String },
+    #[error("{0} is not supported by this slapos node format yet; set it to false")]
+    Unsupported(&'static str),
+}
+
+/// Command-line values that override the file (`None`: not given).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub computer_xml: Option<PathBuf>,
+    pub computer_json: Option<PathBuf>,
+    pub alter_user: Option<bool>,
+    pub alter_network: Option<bool>,
+    pub local: bool,
+}
+
+/// Everything format needs to know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormatConfig {
+    pub computer_id: String,
+    pub master_url: String,
+    pub instance_root: PathBuf,
+    pub software_root: PathBuf,
+    pub computer_xml: PathBuf,
+    pub computer_json: Option<PathBuf>,
+    pub partition_amount: usize,
+    pub partition_base_name: String,
+    pub user_base_name: String,
+    pub tap_base_name: String,
+    pub software_user: String,
+    pub interface_name: Option<String>,
+    pub ipv6_interface: Option<String>,
+    pub ipv4_local_network: Option<(Ipv4Addr, u8)>,
+    pub partition_has_ipv6_range: bool,
+    pub ipv6_prefixshift: u8,
+    pub alter_user: bool,
+    pub alter_network: bool,
+    /// Local mode: partitions owned by the invoking user, loopback
+    /// addresses, no user or network change, no root needed.
+    pub local: bool,
+    pub root_check: bool,
+    pub key_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+}
+
+fn parse_cidr4(value: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, p) = value.trim().split_once('/')?;
+    let addr: Ipv4Addr = a.parse().ok()?;
+    let prefix: u8 = p.parse().ok().filter(|p| *p <= 32)?;
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    Some((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+impl FormatConfig {
+    pub fn from_config(config: &Config, o: &Overrides) -> Result<FormatConfig, FormatConfigError> {
+        // [slapos] wins over [slapformat] (SlapOS loads [slapformat] first)
+        let get = |key: &str| config.get("slapos", key).or_else(|| config.get("slapformat", key)).map(str::trim);
+        let nonempty = |key: &str| get(key).filter(|v| !v.is_empty()).map(str::to_string);
+        let required = |key: &'static str| nonempty(key).ok_or(FormatConfigError::Missing(key));
+        let boolean = |key: &'static str, default: bool| -> Result<bool, FormatConfigError> {
+            match get(key) {
+                None => Ok(default),
+                Some(v) => slapos_config::parse_bool(v).ok_or(FormatConfigError::Bool { key, value: v.to_string() }),
+            }
+        };
+        for removed in ["bridge_name", "no_bridge"] {
+            if get(removed).is_some() {
+                return Err(FormatConfigError::Removed(if removed == "bridge_name" { "bridge_name" } else { "no_bridge" }));
+            }
+        }
+        let local = o.local;
+        let alter_user = match o.alter_user {
+            Some(b) => b,
+            None => boolean("alter_user", true)?,
+        } && !local;
+        let alter_network = match o.alter_network {
+            Some(b) => b,
+            None => boolean("alter_network", true)?,
+        } && !local;
+        let computer_id = required("computer_id")?;
+        let master_url = required("master_url")?;
+        let instance_root = required("instance_root")?;
+        let software_root = required("software_root")?;
+        let amount_text = required("partition_amount")?;
+        let partition_amount = amount_text.parse().map_err(|_| FormatConfigError::Invalid {
+            key: "partition_amount",
+            what: "a whole number",
+            value: amount_text.clone(),
+        })?;
+        let ipv4_local_network = match nonempty("ipv4_local_network") {
+            None => None,
+            Some(v) => Some(parse_cidr4(&v).ok_or(FormatConfigError::Invalid {
+                key: "ipv4_local_network",
+                what: "an IPv4 network like 10.0.0.0/16",
+                value: v,
+            })?),
+        };
+        let shift_text = nonempty("ipv6_prefixshift").unwrap_or_else(|| "16".into());
+        let ipv6_prefixshift = shift_text.parse().ok().filter(|s: &u8| *s <= 64).ok_or(FormatConfigError::Invalid {
+            key: "ipv6_prefixshift",
+            what: "a number of bits (0 to 64)",
+            value: shift_text.clone(),
+        })?;
+        let file = |key: &'static str| -> Result<Option<PathBuf>, FormatConfigError> {
+            match nonempty(key) {
+                None => Ok(None),
+                Some(p) if std::path::Path::new(&p).exists() => Ok(Some(PathBuf::from(p))),
+                Some(p) => Err(FormatConfigError::MissingFile { key, path: p }),
+            }
+        };
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p) };
+        if boolean("create_tap", true)? && alter_network {
+            return Err(FormatConfigError::Unsupported("create_tap"));
+        }
+        if boolean("create_tun", false)? && alter_network {
+            return Err(FormatConfigError::Unsupported("create_tun"));
+        }
+        let computer_xml = match &o.computer_xml {
+            Some(p) => p.clone(),
+            None => PathBuf::from(required("computer_xml")?),
+        };
+        Ok(FormatConfig {
+            computer_id,
+            master_url,
+            instance_root: abs(PathBuf::from(instance_root)),
+            software_root: abs(PathBuf::from(software_root)),
+            computer_xml: abs(computer_xml),
+            computer_json: o.computer_json.clone().or_else(|| nonempty("computer_json").map(PathBuf::from)).map(abs),
+            partition_amount,
+            partition_base_name: nonempty("partition_base_name").unwrap_or_else(|| "slappart".into()),
+            user_base_name: nonempty("user_base_name").unwrap_or_else(|| "slapuser".into()),
+            tap_base_name: nonempty("tap_base_name").unwrap_or_else(|| "slaptap".into()),
+            software_user: nonempty("software_user").unwrap_or_else(|| "slapsoft".into()),
+            interface_name: nonempty("interface_name"),
+            ipv6_interface: nonempty("ipv6_interface"),
+            ipv4_local_network,
+            partition_has_ipv6_range: boolean("partition_has_ipv6_range", true)?,
+            ipv6_prefixshift,
+            alter_user,
+            alter_network,
+            local,
+            root_check: boolean("root_check", true)? && !local,
+            key_file: file("key_file")?,
+            cert_file: file("cert_file")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Result<FormatConfig, FormatConfigError> {
+        let text = format!(
+            "[slapos]\ncomputer_id = C\nmaster_url = http://m\ninstance_root = /srv/slapgrid\nsoftware_root = /opt/slapgrid\n[slapformat]\ncomputer_xml = /var/slapos.xml\npartition_amount = 3\ncreate_tap = false\n{extra}"
+        );
+        FormatConfig::from_config(&Config::parse(&text).unwrap(), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_and_validation_name_option_and_value() {
+        let c = cfg("").unwrap();
+        assert_eq!((c.partition_amount, c.ipv6_prefixshift, c.alter_user, c.partition_has_ipv6_range), (3, 16, true, true));
+        assert_eq!(c.user_base_name, "slapuser");
+        assert_eq!(cfg("alter_user = yes").unwrap_err().to_string(), "Option 'alter_user' needs to be \"True\" or \"False\", wrong value: 'yes'");
+        assert!(cfg("ipv4_local_network = 10.0.0.0/33").unwrap_err().to_string().contains("'10.0.0.0/33'"));
+        assert!(matches!(cfg("bridge_name = br0"), Err(FormatConfigError::Removed("bridge_name"))));
+        assert!(cfg("key_file = /nonexistent/key").unwrap_err().to_string().contains("/nonexistent/key"));
+        let e = FormatConfig::from_config(&Config::parse("[slapos]\ncomputer_id = C\n").unwrap(), &Overrides::default()).unwrap_err();
+        assert_eq!(e.to_string(), "Parameter 'master_url' is not defined.");
+        assert_eq!(cfg("ipv4_local_network = 10.0.3.4/16").unwrap().ipv4_local_network, Some((Ipv4Addr::new(10, 0, 0, 0), 16)));
+        let local = FormatConfig::from_config(
+            &Config::parse("[slapos]\ncomputer_id = C\nmaster_url = http://m\ninstance_root = i\nsoftware_root = s\ncomputer_xml = x\npartition_amount = 2\n").unwrap(),
+            &Overrides { local: true, ..Default::default() },
+        )
+        .unwrap();
+        assert!(!local.alter_user && !local.alter_network && !local.root_check);
+        assert!(local.instance_root.is_absolute());
+    }
+}

@@ -1,0 +1,332 @@
+//! The computer as format leaves it: the state file (`computer_xml`, an
+//! xml_marshaller dictionary pretty-printed like lxml; `computer_json`), the
+//! per-partition `.slapos-resource`, and the report to the master — all the
+//! same dictionary (`node.md` §2.7, capture 003).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use slap::marshal::{self, Value};
+
+/// One partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    pub reference: String,
+    pub path: PathBuf,
+    pub user: String,
+    pub tap_name: String,
+    /// `(address, netmask)`: one IPv4 and one IPv6 (when known).
+    pub addresses: Vec<(String, String)>,
+    /// `(network address, prefix length)` of the routed IPv6 range.
+    pub ipv6_range: Option<(String, u8)>,
+}
+
+/// The computer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputerState {
+    pub reference: String,
+    pub address: Option<String>,
+    pub netmask: Option<String>,
+    pub instance_root: PathBuf,
+    pub software_root: PathBuf,
+    pub software_user: String,
+    pub interface_name: Option<String>,
+    pub ipv6_interface: Option<String>,
+    pub ipv4_local_network: Option<String>,
+    pub ipv6_prefixshift: u8,
+    pub partition_has_ipv6_range: bool,
+    pub partitions: Vec<PartitionState>,
+}
+
+/// A state file that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("state file {path}: {message}")]
+pub struct StateError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::Str(v.into())
+}
+
+fn opt(v: &Option<String>) -> Value {
+    v.as_deref().map(s).unwrap_or(Value::None)
+}
+
+fn dict(pairs: Vec<(&str, Value)>) -> Value {
+    Value::Dict(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// The netmask text of an IPv6 prefix length.
+fn v6_mask(prefix: u8) -> String {
+    crate::addressing::ipv6_netmask(prefix).to_string()
+}
+
+impl PartitionState {
+    /// The partition's dictionary (also its `.slapos-resource`).
+    pub fn to_value(&self, software_user: &str) -> Value {
+        let tap = dict(
+            ["ipv4_addr", "ipv4_gateway", "ipv4_netmask", "ipv4_network", "ipv6_addr", "ipv6_gateway", "ipv6_netmask", "ipv6_network"]
+                .into_iter()
+                .map(|k| (k, s("")))
+                .chain([("name", s(&self.tap_name))])
+                .collect(),
+        );
+        let range = match &self.ipv6_range {
+            Some((addr, len)) => dict(vec![
+                ("addr", s(addr)),
+                ("netmask", s(v6_mask(*len))),
+                ("network", s(format!("{addr}/{len}"))),
+                ("prefixlen", Value::Int(*len as i128)),
+            ]),
+            None => Value::Dict(BTreeMap::new()),
+        };
+        dict(vec![
+            (
+                "address_list",
+                Value::List(self.addresses.iter().map(|(a, m)| dict(vec![("addr", s(a)), ("netmask", s(m))])).collect()),
+            ),
+            ("external_storage_list", Value::List(vec![])),
+            ("ipv6_range", range),
+            ("path", s(self.path.display().to_string())),
+            ("reference", s(&self.reference)),
+            ("tap", tap),
+            ("tun", Value::None),
+            (
+                "user",
+                dict(vec![
+                    ("additional_group_list", Value::List(vec![s(software_user)])),
+                    ("name", s(&self.user)),
+                    ("path", s(self.path.display().to_string())),
+                    ("shell", s("/bin/sh")),
+                ]),
+            ),
+        ])
+    }
+}
+
+impl ComputerState {
+    /// The whole dictionary: state file content and report to the master.
+    pub fn to_value(&self) -> Value {
+        dict(vec![
+            ("address", opt(&self.address)),
+            ("instance_root", s(self.instance_root.display().to_string())),
+            ("instance_storage_home", Value::None),
+            (
+                "interface",
+                dict(vec![
+                    ("ipv4_local_network", opt(&self.ipv4_local_network)),
+                    ("ipv6_interface", opt(&self.ipv6_interface.clone().or_else(|| self.interface_name.clone()))),
+                    ("ipv6_prefixshift", Value::Int(self.ipv6_prefixshift as i128)),
+                    ("name", opt(&self.interface_name)),
+                ]),
+            ),
+            ("ipv6_interface", opt(&self.ipv6_interface)),
+            ("netmask", opt(&self.netmask)),
+            ("os_type", s(os_type())),
+            ("partition_has_ipv6_range", Value::Bool(self.partition_has_ipv6_range)),
+            ("partition_list", Value::List(self.partitions.iter().map(|p| p.to_value(&self.software_user)).collect())),
+            ("public_ipv4_address", Value::None),
+            ("python_version", Value::None),
+            ("reference", s(&self.reference)),
+            ("slapos_version", s(format!("slapos-rs {}", env!("CARGO_PKG_VERSION")))),
+            ("software_root", s(self.software_root.display().to_string())),
+            ("software_user", s(&self.software_user)),
+            ("tap_gateway_interface", s("")),
+            ("tap_ipv6", Value::Bool(true)),
+        ])
+    }
+
+    /// Reads a state dictionary (ours or the Python tool's).
+    pub fn from_value(v: &Value, path: &Path) -> Result<ComputerState, StateError> {
+        let bad = |m: &str| StateError { path: path.to_path_buf(), message: m.to_string() };
+        let d = v.as_dict().ok_or_else(|| bad("not a dictionary"))?;
+        let text = |d: &BTreeMap<String, Value>, k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
+        let iface = d.get("interface").and_then(Value::as_dict).cloned().unwrap_or_default();
+        let mut partitions = Vec::new();
+        for p in d.get("partition_list").and_then(Value::as_seq).ok_or_else(|| bad("no partition_list"))? {
+            let pd = p.as_dict().ok_or_else(|| bad("a partition is not a dictionary"))?;
+            let reference = text(pd, "reference").ok_or_else(|| bad("a partition has no reference"))?;
+            let user = pd.get("user").and_then(Value::as_dict).and_then(|u| text(u, "name")).unwrap_or_default();
+            let tap_name = pd.get("tap").and_then(Value::as_dict).and_then(|t| text(t, "name")).unwrap_or_default();
+            let addresses = pd
+                .get("address_list")
+                .and_then(Value::as_seq)
+                .unwrap_or(&[])
+                .iter()
+                .filter_map(|a| a.as_dict())
+                .filter_map(|a| Some((text(a, "addr")?, text(a, "netmask")?)))
+                .collect();
+            let ipv6_range = pd.get("ipv6_range").and_then(Value::as_dict).and_then(|r| {
+                Some((text(r, "addr")?, r.get("prefixlen").and_then(Value::as_int).map(|i| i as u8)?))
+            });
+            partitions.push(PartitionState {
+                path: text(pd, "path").map(PathBuf::from).unwrap_or_default(),
+                reference,
+                user,
+                tap_name,
+                addresses,
+                ipv6_range,
+            });
+        }
+        Ok(ComputerState {
+            reference: text(d, "reference").ok_or_else(|| bad("no reference"))?,
+            address: text(d, "address"),
+            netmask: text(d, "netmask"),
+            instance_root: text(d, "instance_root").map(PathBuf::from).unwrap_or_default(),
+            software_root: text(d, "software_root").map(PathBuf::from).unwrap_or_default(),
+            software_user: text(d, "software_user").unwrap_or_else(|| "slapsoft".into()),
+            interface_name: text(&iface, "name"),
+            ipv6_interface: text(d, "ipv6_interface"),
+            ipv4_local_network: text(&iface, "ipv4_local_network"),
+            ipv6_prefixshift: iface.get("ipv6_prefixshift").and_then(Value::as_int).map(|i| i as u8).unwrap_or(16),
+            partition_has_ipv6_range: d.get("partition_has_ipv6_range").and_then(Value::as_bool).unwrap_or(true),
+            partitions,
+        })
+    }
+
+    /// Reads `computer_xml` if it exists.
+    pub fn load(path: &Path) -> Result<Option<ComputerState>, StateError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StateError { path: path.to_path_buf(), message: e.to_string() }),
+        };
+        let v = marshal::decode(&text).map_err(|e| StateError { path: path.to_path_buf(), message: e.to_string() })?;
+        Self::from_value(&v, path).map(Some)
+    }
+}
+
+fn os_type() -> String {
+    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |k: &str| {
+        release
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    serde_json::json!(["Linux", field("ID"), field("VERSION_ID"), field("PRETTY_NAME")]).to_string()
+}
+
+/// Pretty-prints a compact marshal document like lxml (`pretty_print=True`):
+/// one element per line, 2-space indentation, scalars on one line.
+pub fn pretty_marshal(compact: &str) -> String {
+    let mut out = String::with_capacity(compact.len() * 2);
+    let mut depth = 0usize;
+    let mut rest = compact;
+    while let Some(start) = rest.find('<') {
+        let end = match rest[start..].find('>') {
+            Some(e) => start + e + 1,
+            None => break,
+        };
+        let tag = &rest[start..end];
+        rest = &rest[end..];
+        if tag.starts_with("</") {
+            depth = depth.saturating_sub(1);
+            out.push_str(&"  ".repeat(depth));
+            out.push_str(tag);
+            out.push('\n');
+        } else if tag.ends_with("/>") {
+            out.push_str(&"  ".repeat(depth));
+            out.push_str(tag);
+            out.push('\n');
+        } else {
+            // a scalar: text (possibly empty) then its end tag, on one line
+            let text_end = rest.find('<').unwrap_or(rest.len());
+            if rest[text_end..].starts_with("</") {
+                let close_end = text_end + rest[text_end..].find('>').map(|e| e + 1).unwrap_or(0);
+                out.push_str(&"  ".repeat(depth));
+                out.push_str(tag);
+                out.push_str(&rest[..close_end]);
+                out.push('\n');
+                rest = &rest[close_end..];
+            } else {
+                out.push_str(&"  ".repeat(depth));
+                out.push_str(tag);
+                out.push('\n');
+                depth += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Writes `content` to `path` atomically (temporary file + rename), mode 0644.
+pub fn write_atomic(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, content)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Python's `json.dumps(value, sort_keys=True, indent=indent)` for our values.
+pub fn to_json(v: &Value, indent: usize) -> String {
+    fn j(v: &Value) -> serde_json::Value {
+        match v {
+            Value::None => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::json!(b),
+            Value::Int(i) => serde_json::json!(*i as i64),
+            Value::Float(f) => serde_json::json!(f),
+            Value::Str(s) => serde_json::json!(s),
+            Value::List(a) | Value::Tuple(a) | Value::Set(a) => serde_json::Value::Array(a.iter().map(j).collect()),
+            Value::Dict(d) => serde_json::Value::Object(d.iter().map(|(k, v)| (k.clone(), j(v))).collect()),
+            Value::Object(_) => serde_json::Value::Null,
+        }
+    }
+    let mut buf = Vec::new();
+    let indent_bytes = " ".repeat(indent);
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(indent_bytes.as_bytes());
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    serde::Serialize::serialize(&j(v), &mut ser).expect("serialisable");
+    String::from_utf8(buf).expect("utf-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ComputerState {
+        ComputerState {
+            reference: "COMP-1".into(),
+            address: Some("fd00:e2e::1".into()),
+            netmask: Some("ffff:ffff:ffff:ffff::".into()),
+            instance_root: "/srv/slapgrid".into(),
+            software_root: "/opt/slapgrid".into(),
+            software_user: "slapsoft".into(),
+            interface_name: Some("br0".into()),
+            ipv6_interface: None,
+            ipv4_local_network: Some("10.0.0.0/16".into()),
+            ipv6_prefixshift: 16,
+            partition_has_ipv6_range: true,
+            partitions: vec![PartitionState {
+                reference: "slappart0".into(),
+                path: "/srv/slapgrid/slappart0".into(),
+                user: "slapuser0".into(),
+                tap_name: "slaptap0".into(),
+                addresses: vec![("10.0.1.2".into(), "255.255.255.255".into()), ("fd00:e2e::2".into(), "ffff:ffff:ffff:ffff::".into())],
+                ipv6_range: Some(("fd00:e2e:0:0:4001::".into(), 80)),
+            }],
+        }
+    }
+
+    #[test]
+    fn state_round_trips_through_the_pretty_xml() {
+        let st = sample();
+        let xml = pretty_marshal(&marshal::encode(&st.to_value()).unwrap());
+        assert!(xml.starts_with("<marshal>\n  <dictionary id=\"i2\">\n    <string>address</string>\n"), "{xml}");
+        assert!(xml.contains("        <string>addr</string>\n"), "{xml}");
+        let back = ComputerState::from_value(&marshal::decode(&xml).unwrap(), Path::new("x")).unwrap();
+        assert_eq!(back, st);
+        // the partition dictionary has the shape of the Python report [cap 003]
+        let p = st.partitions[0].to_value("slapsoft");
+        let keys: Vec<&String> = p.as_dict().unwrap().keys().collect();
+        assert_eq!(keys, ["address_list", "external_storage_list", "ipv6_range", "path", "reference", "tap", "tun", "user"]);
+        assert!(to_json(&p, 4).contains("\n    \"address_list\": ["));
+    }
+}
