@@ -9,3 +9,5 @@
 pub mod addressing;
 pub mod config;
 pub mod state;
+pub mod system;
+pub mod plan;
