@@ -1,13 +1,19 @@
-//! # slapos-format — `slapos node format` (in progress)
+//! # slapos-format — `slapos node format`
 //!
-//! Prepares a node: users and groups per partition, network, directories,
-//! state files and the report to the master, computing a plan first and
-//! then applying it. So far: the address derivation of SlapOS
-//! ([`addressing`]); the planner, the system probes and the command come
-//! next (issue 5).
+//! Prepares a node: users and groups per partition, addresses and routes,
+//! partition directories with their owners and modes, the state file and
+//! the report to the master. Computes a plan first ([`plan`], pure, tested
+//! without root), then prints it (dry run), compares it (check) or applies
+//! it ([`apply`]).
+//!
+//! Layers: [`config`] (slapos.cfg → validated [`config::FormatConfig`]),
+//! [`addressing`] (SlapOS's address derivation), [`state`] (the computer
+//! dictionary: state files, resources, report), [`system`] (observe and
+//! change the machine: commands, netlink), [`plan`], [`apply`].
 
 pub mod addressing;
+pub mod apply;
 pub mod config;
+pub mod plan;
 pub mod state;
 pub mod system;
-pub mod plan;

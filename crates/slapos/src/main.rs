@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod client_cmd;
 mod console_cmd;
+mod format_cmd;
 mod logging;
 mod proxy_cmd;
 
@@ -52,11 +53,21 @@ pub enum Command {
     /// The local master: start it, or show what it knows.
     #[command(subcommand)]
     Proxy(proxy_cmd::ProxyCommand),
+    /// Node commands (format; software, instance, report, promise to come).
+    #[command(subcommand)]
+    Node(NodeCommand),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
     /// Interactive console bound to the master (Rhai scripting); runs a
     /// script with FILE or -c CODE.
     Console(console_cmd::ConsoleArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Prepare the node: users, addresses, partition directories; save the
+    /// state and report it to the master.
+    Format(format_cmd::FormatArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +91,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Proxy(cmd) => proxy_cmd::run(cmd, &cli.global),
+        Command::Node(NodeCommand::Format(args)) => format_cmd::run(args, &cli.global),
         Command::Client(cmd) => client_cmd::run(cmd, &cli.global),
         Command::Console(args) => console_cmd::run(args, &cli.global),
     };
