@@ -6,11 +6,12 @@
 #   ours-client    our master and our client commands (supply, request,
 #                  remove), the Python node (`slapos node …` is dispatched to
 #                  the reference until our node commands exist);
+#   ours-format    as ours-client, with our `slapos node format` too;
 #   ours           our master and our `slapos` for every command (once the
 #                  node and client commands exist);
 #   python-master  the Python master and our `slapos` for everything else.
 # Needs root (run.sh creates users and a network namespace, and removes them).
-# Usage: bash scripts/e2e.sh [python-node|ours-client|ours|python-master|all]   (default python-node)
+# Usage: bash scripts/e2e.sh [python-node|ours-client|ours-format|ours|python-master|all]   (default python-node)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN_SH=${SLAPOS_E2E_RUN_SH:-$ROOT/../shared/reference/python-e2e/run.sh}
@@ -42,12 +43,21 @@ exec "$OURS" "\$@"
 EOF2
 chmod 755 "$WRAP_DIR"
 chmod 755 "$WRAP_DIR/slapos"
+# …and ours for `slapos node format` too
+mkdir -p "$WRAP_DIR/with-format"
+cat >"$WRAP_DIR/with-format/slapos" <<EOF2
+#!/bin/sh
+if [ "\$1" = node ] && [ "\$2" != format ]; then exec "$VENV/bin/slapos" "\$@"; fi
+exec "$OURS" "\$@"
+EOF2
+chmod 755 "$WRAP_DIR/with-format" "$WRAP_DIR/with-format/slapos"
 case "$what" in
   ours-client) run ours-client "$WRAP_DIR/slapos" "$OURS" ;;
+  ours-format) run ours-format "$WRAP_DIR/with-format/slapos" "$OURS" ;;
   ours|all) run ours "$OURS" "$OURS" ;;&
   python-master|all) run python-master "$OURS" "$VENV/bin/slapos" ;;&
   python-node|all) run python-node "$VENV/bin/slapos" "$OURS" ;;
-  ours|python-master|ours-client) ;;
-  *) log "usage: $0 [python-node|ours-client|ours|python-master|all]"; exit 2 ;;
+  ours|python-master|ours-client|ours-format) ;;
+  *) log "usage: $0 [python-node|ours-client|ours-format|ours|python-master|all]"; exit 2 ;;
 esac
 exit $rc

@@ -17,7 +17,7 @@ log "cargo test --workspace"
 cargo test --workspace --no-fail-fast 2>&1
 
 if [ "$(id -u)" = 0 ] && [ -f ../shared/reference/python-e2e/run.sh ]; then
-  for mode in python-node ours-client; do
+  for mode in python-node ours-format; do
     log "end-to-end ($mode): format, software, instance, promises, destruction against our master"
     bash scripts/e2e.sh "$mode" 2>&1 | tail -n 45
     [ "${PIPESTATUS[0]}" = 0 ] || { log "end-to-end run ($mode) failed"; exit 1; }

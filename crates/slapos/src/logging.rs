@@ -62,7 +62,9 @@ pub fn init(global: &Global) -> anyhow::Result<()> {
         .with_target("slapos_proxy", level)
         .with_target("slapos_format", level)
         .with_target("slapos_grid", level)
-        .with_target("slapos_config", level);
+        .with_target("slapos_config", level)
+        // its notes on kernel attributes it does not know are not ours to show
+        .with_target("netlink_packet_route", LevelFilter::ERROR);
     let console = tracing_subscriber::fmt::layer()
         .event_format(ConsoleFormat)
         .with_writer(std::io::stderr)
