@@ -16,9 +16,9 @@ bash "$ROOT/scripts/install-deps.sh"
 export PATH="$HOME/.cargo/bin:$PATH"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-if SLAPOS_E2E_DESTROY=${SLAPOS_E2E_DESTROY:-0} bash "$ROOT/scripts/e2e.sh" ours-client >"$out" 2>&1; then
+if SLAPOS_E2E_DESTROY=${SLAPOS_E2E_DESTROY:-0} bash "$ROOT/scripts/e2e.sh" ours-format >"$out" 2>&1; then
   grep -E "step (supply|request)|connection parameters:|ok: " "$out" | sed 's/^\[run.sh [0-9:]*\] //'
-  log "the instance's connection parameters (published by the instance, read back with our client):"
+  log "the instance's connection parameters (published by the instance, read back from our master):"
   sed -n 's/.*connection parameters: //p' "$out"
   log "done: every check passed (full log: rerun with SLAPOS_E2E_KEEP=1 to keep the work directory)"
 else
