@@ -138,7 +138,32 @@ fn apply(cfg: &FormatConfig, plan: &Plan, previous: Option<&ComputerState>) -> a
         tracing::info!("the node is already formatted: nothing to change");
     }
     let mut added_v6 = std::collections::BTreeSet::new();
+    // network changes go first, in one netlink session: duplicate address
+    // detection then runs while users and directories are made
+    let mut network: Vec<(&Step, system::NetworkChange)> = Vec::new();
     for step in &plan.steps {
+        match step {
+            Step::AddAddress { interface, address, prefix } => {
+                if address.is_ipv6() {
+                    added_v6.insert(interface.clone());
+                }
+                network.push((step, system::NetworkChange::Address { interface: interface.clone(), addr: *address, prefix: *prefix }));
+            }
+            Step::AddLocalRoute { network: n, prefix } => {
+                network.push((step, system::NetworkChange::LocalRoute { network: *n, prefix: *prefix }));
+            }
+            _ => {}
+        }
+    }
+    for (step, _) in &network {
+        tracing::info!("{step}");
+    }
+    let changes: Vec<system::NetworkChange> = network.iter().map(|(_, c)| c.clone()).collect();
+    if let Err((done, e)) = system::apply_network(&changes) {
+        let step = network.get(done).map(|(s, _)| s.to_string()).unwrap_or_default();
+        return Err(anyhow!("step failed: {step}: {e} (what was done is kept; run slapos node format again once fixed)"));
+    }
+    for step in plan.steps.iter().filter(|s| !matches!(s, Step::AddAddress { .. } | Step::AddLocalRoute { .. })) {
         tracing::info!("{step}");
         let r: anyhow::Result<()> = match step {
             Step::CreateGroup { name } => system::run("groupadd", &[name]).map_err(Into::into),
@@ -172,13 +197,7 @@ fn apply(cfg: &FormatConfig, plan: &Plan, previous: Option<&ComputerState>) -> a
                 let file = format!("/proc/sys/{}", key.replace('.', "/"));
                 std::fs::write(&file, value).with_context(|| format!("cannot set {key}"))
             }
-            Step::AddAddress { interface, address, prefix } => {
-                if address.is_ipv6() {
-                    added_v6.insert(interface.clone());
-                }
-                system::add_address(interface, *address, *prefix).map_err(Into::into)
-            }
-            Step::AddLocalRoute { network, prefix } => system::add_local_route(*network, *prefix).map_err(Into::into),
+            Step::AddAddress { .. } | Step::AddLocalRoute { .. } => unreachable!("network steps are applied together"),
             Step::WriteResource { path } => {
                 let p = plan.state.partitions.iter().find(|p| p.path.join(".slapos-resource") == *path).expect("planned");
                 write_atomic(path, &to_json(&p.to_value(&plan.state.software_user), 4)).with_context(|| format!("cannot write {}", path.display()))

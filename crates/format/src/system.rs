@@ -209,24 +209,69 @@ pub fn observe(users: &[String], interfaces: &[String], paths: &[PathBuf], resou
     Ok(o)
 }
 
-/// Adds an address to an interface (`ip addr add A/P dev I`).
-pub fn add_address(interface: &str, addr: IpAddr, prefix: u8) -> Result<(), SystemError> {
-    runtime()?.block_on(async {
-        let handle = connect().await?;
-        let index = link_index(&handle, interface).await?.ok_or_else(|| SystemError::NoInterface(interface.into()))?;
-        match handle.address().add(index, addr, prefix).execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
-            Err(e) => Err(failed(format!("adding {addr}/{prefix} to {interface}"), e)),
+/// A network change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkChange {
+    /// `ip addr add A/P dev I`.
+    Address { interface: String, addr: IpAddr, prefix: u8 },
+    /// `ip -6 route add local N/P dev lo`: the partition's range is routed here.
+    LocalRoute { network: Ipv6Addr, prefix: u8 },
+}
+
+/// Applies network changes in order, over one netlink connection; stops at
+/// the first failure, returning how many were done.
+pub fn apply_network(changes: &[NetworkChange]) -> Result<(), (usize, SystemError)> {
+    let rt = runtime().map_err(|e| (0, e))?;
+    rt.block_on(async {
+        let handle = connect().await.map_err(|e| (0, e))?;
+        let mut indexes = std::collections::HashMap::new();
+        for (done, change) in changes.iter().enumerate() {
+            let r = match change {
+                NetworkChange::Address { interface, addr, prefix } => {
+                    let index = match indexes.get(interface) {
+                        Some(i) => *i,
+                        None => {
+                            let i = link_index(&handle, interface)
+                                .await
+                                .map_err(|e| (done, e))?
+                                .ok_or_else(|| (done, SystemError::NoInterface(interface.clone())))?;
+                            indexes.insert(interface.clone(), i);
+                            i
+                        }
+                    };
+                    add_address_with(&handle, index, interface, *addr, *prefix).await
+                }
+                NetworkChange::LocalRoute { network, prefix } => {
+                    let lo = match indexes.get("lo") {
+                        Some(i) => *i,
+                        None => {
+                            let i = link_index(&handle, "lo")
+                                .await
+                                .map_err(|e| (done, e))?
+                                .ok_or_else(|| (done, SystemError::NoInterface("lo".into())))?;
+                            indexes.insert("lo".to_string(), i);
+                            i
+                        }
+                    };
+                    add_local_route_with(&handle, lo, *network, *prefix).await
+                }
+            };
+            r.map_err(|e| (done, e))?;
         }
+        Ok(())
     })
 }
 
-/// `ip -6 route add local N/P dev lo`: the partition's range is routed here.
-pub fn add_local_route(network: Ipv6Addr, prefix: u8) -> Result<(), SystemError> {
-    runtime()?.block_on(async {
-        let handle = connect().await?;
-        let lo = link_index(&handle, "lo").await?.ok_or_else(|| SystemError::NoInterface("lo".into()))?;
+async fn add_address_with(handle: &rtnetlink::Handle, index: u32, interface: &str, addr: IpAddr, prefix: u8) -> Result<(), SystemError> {
+    match handle.address().add(index, addr, prefix).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        Err(e) => Err(failed(format!("adding {addr}/{prefix} to {interface}"), e)),
+    }
+}
+
+async fn add_local_route_with(handle: &rtnetlink::Handle, lo: u32, network: Ipv6Addr, prefix: u8) -> Result<(), SystemError> {
+    {
         let req = handle
             .route()
             .add()
@@ -240,7 +285,7 @@ pub fn add_local_route(network: Ipv6Addr, prefix: u8) -> Result<(), SystemError>
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
             Err(e) => Err(failed(format!("adding local route {network}/{prefix}"), e)),
         }
-    })
+    }
 }
 
 /// Addresses of `interface` that are still tentative (duplicate address detection).
