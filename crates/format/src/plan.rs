@@ -235,7 +235,7 @@ pub fn plan(
                 Some(u) => {
                     let missing_group = groups.iter().any(|g| !u.groups.contains(g));
                     if u.home != home || u.shell != "/bin/sh" || u.group != name || missing_group {
-                        steps.push(Step::ModifyUser { name, home, group: u.group.clone(), groups });
+                        steps.push(Step::ModifyUser { name: name.clone(), home, group: name, groups });
                     }
                 }
             }
