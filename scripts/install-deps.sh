@@ -11,6 +11,7 @@ PACKAGES=(
   build-essential pkg-config ca-certificates curl  # Rust crates with C parts (bundled SQLite)
   python3 python3-venv python3-dev                 # the venv: zc.buildout, supervisor, slapos.core
   iproute2 passwd login util-linux procps          # ip netns/useradd/runuser for node tests
+  bc                                               # arithmetic in the bench scripts
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
