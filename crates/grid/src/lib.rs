@@ -1,5 +1,8 @@
-//! # slapos-grid — `slapos node software|instance|report|promise`
+//! # slapos-grid — `slapos node software|instance|report|promise` (in progress)
 //!
-//! Installs software releases with the real zc.buildout, instantiates
-//! computer partitions, runs their services under the real supervisord,
-//! checks promises and reports to the master.
+//! Will install software releases with the real zc.buildout, instantiate
+//! computer partitions, run their services under the real supervisord,
+//! check promises and report to the master (issue 6). So far: the files the
+//! node writes for buildout and supervisord ([`templates`]).
+
+pub mod templates;
