@@ -2,7 +2,11 @@
 //!
 //! Will install software releases with the real zc.buildout, instantiate
 //! computer partitions, run their services under the real supervisord,
-//! check promises and report to the master (issue 6). So far: the files the
-//! node writes for buildout and supervisord ([`templates`]).
+//! check promises and report to the master (issue 6). So far, the pure
+//! parts: the node configuration ([`config`]), what to do with a partition
+//! ([`decision`]), and the files the node writes for buildout and
+//! supervisord ([`templates`]).
 
+pub mod config;
+pub mod decision;
 pub mod templates;

@@ -1,0 +1,157 @@
+//! The configuration of the node commands (`node.md` §3): `[slapos]` (or
+//! the 0.4 `[slapgrid]`), overridden by the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use slapos_config::Config;
+
+/// A missing or invalid option.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeConfigError {
+    #[error("Missing mandatory parameters: {0}")]
+    Missing(String),
+    #[error("option '{key}' must be {what}, wrong value: '{value}'")]
+    Invalid { key: &'static str, what: &'static str, value: String },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// Command-line values that override the file (the 0.4 options too).
+#[derive(Debug, Clone, Default)]
+pub struct NodeOverrides {
+    pub computer_id: Option<String>,
+    pub master_url: Option<String>,
+    pub software_root: Option<PathBuf>,
+    pub instance_root: Option<PathBuf>,
+    pub buildout: Option<String>,
+    pub maximum_periodicity: Option<i64>,
+    pub promise_timeout: Option<u64>,
+}
+
+/// Everything the node commands read from slapos.cfg.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    pub computer_id: String,
+    pub master_url: String,
+    pub software_root: PathBuf,
+    pub instance_root: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub certificate_repository_path: Option<PathBuf>,
+    /// The buildout to bootstrap with (default: `buildout` on PATH).
+    pub buildout: String,
+    /// Seconds after which an up-to-date partition is reprocessed anyway.
+    pub maximum_periodicity: i64,
+    pub promise_timeout: Duration,
+    /// Timeout of an instance buildout.
+    pub partition_timeout: Option<Duration>,
+    pub pidfile_software: PathBuf,
+    pub pidfile_instance: PathBuf,
+    pub pidfile_report: PathBuf,
+    pub shared_part_list: String,
+    pub build_time_part_list: String,
+    pub instance_storage_home: String,
+    pub ipv4_global_network: String,
+    pub root_check: bool,
+}
+
+impl NodeConfig {
+    pub fn from_config(config: &Config, o: &NodeOverrides) -> Result<NodeConfig, NodeConfigError> {
+        // [slapos], else the 0.4 [slapgrid] section
+        let get = |key: &str| config.get_first(&["slapos", "slapgrid"], key).map(str::trim).filter(|v| !v.is_empty());
+        let text = |key: &str| get(key).map(str::to_string);
+        let mut missing = Vec::new();
+        let mut need = |value: Option<String>, key: &str| {
+            if value.is_none() {
+                missing.push(key.to_string());
+            }
+            value.unwrap_or_default()
+        };
+        let computer_id = need(o.computer_id.clone().or_else(|| text("computer_id")), "computer_id");
+        let master_url = need(o.master_url.clone().or_else(|| text("master_url")), "master_url");
+        let software_root =
+            need(o.software_root.as_ref().map(|p| p.display().to_string()).or_else(|| text("software_root")), "software_root");
+        let instance_root =
+            need(o.instance_root.as_ref().map(|p| p.display().to_string()).or_else(|| text("instance_root")), "instance_root");
+        if !missing.is_empty() {
+            return Err(NodeConfigError::Missing(missing.join(", ")));
+        }
+        let int = |key: &'static str| -> Result<Option<i64>, NodeConfigError> {
+            match get(key) {
+                None => Ok(None),
+                Some(v) => v.parse().map(Some).map_err(|_| NodeConfigError::Invalid { key, what: "a whole number", value: v.into() }),
+            }
+        };
+        let key_file = text("key_file").map(PathBuf::from);
+        let cert_file = text("cert_file").map(PathBuf::from);
+        if key_file.is_some() != cert_file.is_some() {
+            return Err(NodeConfigError::Inconsistent("key_file and cert_file go together: set both or neither".into()));
+        }
+        let partition_timeout = match int("partition_timeout")?.or(int("partition-timeout")?) {
+            Some(s) if s > 0 => Some(Duration::from_secs(s as u64)),
+            _ => None,
+        };
+        let root_check = match get("root_check") {
+            None => true,
+            Some(v) => slapos_config::parse_bool(v)
+                .ok_or(NodeConfigError::Invalid { key: "root_check", what: "True or False", value: v.into() })?,
+        };
+        let pid = |key: &str, default: &str| text(key).or_else(|| text("pidfile")).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+        Ok(NodeConfig {
+            computer_id,
+            master_url,
+            software_root: PathBuf::from(software_root),
+            instance_root: PathBuf::from(instance_root),
+            key_file,
+            cert_file,
+            certificate_repository_path: text("certificate_repository_path").map(PathBuf::from),
+            buildout: o.buildout.clone().or_else(|| text("buildout")).unwrap_or_else(|| "buildout".into()),
+            maximum_periodicity: o.maximum_periodicity.or(int("maximum_periodicity")?).unwrap_or(86400),
+            // SlapOS ignores the file here (its command-line default always
+            // wins); we honour it
+            promise_timeout: Duration::from_secs(
+                o.promise_timeout.or(int("promise_timeout")?.filter(|t| *t > 0).map(|t| t as u64)).unwrap_or(20),
+            ),
+            partition_timeout,
+            pidfile_software: pid("pidfile_software", "/opt/slapos/slapgrid-sr.pid"),
+            pidfile_instance: pid("pidfile_instance", "/opt/slapos/slapgrid-cp.pid"),
+            pidfile_report: pid("pidfile_report", "/opt/slapos/slapgrid-ur.pid"),
+            shared_part_list: text("shared_part_list").unwrap_or_default(),
+            build_time_part_list: text("build_time_part_list").unwrap_or_default(),
+            instance_storage_home: text("instance_storage_home").unwrap_or_default(),
+            ipv4_global_network: text("ipv4_global_network").unwrap_or_default(),
+            root_check,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slapos_section_then_the_0_4_slapgrid_section_then_the_command_line() {
+        let c = Config::parse("[slapgrid]\ncomputer_id = OLD\nmaster_url = http://m\nsoftware_root = /opt/slapgrid\ninstance_root = /srv/slapgrid\n").unwrap();
+        let n = NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap();
+        assert_eq!(n.computer_id, "OLD");
+        assert_eq!((n.maximum_periodicity, n.promise_timeout, n.buildout.as_str()), (86400, Duration::from_secs(20), "buildout"));
+        assert_eq!(n.pidfile_instance, PathBuf::from("/opt/slapos/slapgrid-cp.pid"));
+        let o = NodeOverrides { computer_id: Some("CLI".into()), instance_root: Some("/tmp/i".into()), ..Default::default() };
+        let n = NodeConfig::from_config(&c, &o).unwrap();
+        assert_eq!((n.computer_id.as_str(), n.instance_root.to_str().unwrap()), ("CLI", "/tmp/i"));
+    }
+
+    #[test]
+    fn errors_name_what_is_missing_or_wrong() {
+        let c = Config::parse("[slapos]\ncomputer_id = C\n").unwrap();
+        assert_eq!(
+            NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap_err().to_string(),
+            "Missing mandatory parameters: master_url, software_root, instance_root"
+        );
+        let c = Config::parse("[slapos]\ncomputer_id = C\nmaster_url = m\nsoftware_root = s\ninstance_root = i\nmaximum_periodicity = often\n").unwrap();
+        assert!(NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap_err().to_string().contains("'often'"));
+        let c = Config::parse("[slapos]\ncomputer_id = C\nmaster_url = m\nsoftware_root = s\ninstance_root = i\nkey_file = k\n").unwrap();
+        assert!(matches!(NodeConfig::from_config(&c, &NodeOverrides::default()), Err(NodeConfigError::Inconsistent(_))));
+    }
+}
