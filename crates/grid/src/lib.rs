@@ -4,9 +4,11 @@
 //! computer partitions, run their services under the real supervisord,
 //! check promises and report to the master (issue 6). So far, the pure
 //! parts: the node configuration ([`config`]), what to do with a partition
-//! ([`decision`]), and the files the node writes for buildout and
-//! supervisord ([`templates`]).
+//! ([`decision`]), the files the node writes for buildout and
+//! supervisord ([`templates`]), and legacy promises with their result files
+//! ([`promise`]).
 
 pub mod config;
 pub mod decision;
+pub mod promise;
 pub mod templates;
