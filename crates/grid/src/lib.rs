@@ -10,5 +10,11 @@
 
 pub mod config;
 pub mod decision;
+pub mod instance;
+pub mod node;
+pub mod process;
+pub mod progress;
 pub mod promise;
+pub mod software;
+pub mod supervisor;
 pub mod templates;

@@ -185,6 +185,215 @@ pub fn run_legacy(path: &Path, partition: &Path, owner: Option<(u32, u32)>, time
     }
 }
 
+/// Why the promises of a partition did not pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromiseFailure {
+    /// A promise failed: `Promise '<name>' failed with output: <message>`.
+    Failed(String),
+    /// The promises could not be run at all.
+    Error(String),
+}
+
+/// Plugin promises of a partition: `etc/plugin/*.py` except `__init__*`.
+pub fn plugin_files(partition: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(partition.join("etc/plugin"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    n.ends_with(".py") && !n.starts_with("__init__")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The paths of the first `sys.path[0:0] = [...]` assignment of a plugin
+/// file: where its slapos.core is importable from.
+pub fn plugin_sys_path(plugin_source: &str) -> Vec<String> {
+    let Some(line) = plugin_source.lines().find(|l| l.trim_start().starts_with("sys.path[0:0]")) else { return Vec::new() };
+    let Some((_, list)) = line.split_once('=') else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut rest = list;
+    while let Some(start) = rest.find(['\'', '"']) {
+        let quote = rest.as_bytes()[start] as char;
+        let after = &rest[start + 1..];
+        let Some(end) = after.find(quote) else { break };
+        out.push(after[..end].to_string());
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// The cache of a promise: when it may run again.
+fn cache_path(partition: &Path, title: &str) -> PathBuf {
+    partition.join(".slapgrid/promise/cache").join(title)
+}
+
+fn saved_result(partition: &Path, title: &str) -> Option<(bool, String)> {
+    let text = std::fs::read_to_string(partition.join(".slapgrid/promise/result").join(format!("{title}.status.json"))).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let r = v.get("result")?;
+    Some((r.get("failed")?.as_bool()?, r.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_string()))
+}
+
+/// Legacy promises of a partition, run natively. `force`: ignore the
+/// periodicity (2 minutes) and run every promise now.
+pub fn run_legacy_all(partition: &Path, owner: (u32, u32), timeout: Duration, force: bool) -> Result<Vec<PromiseResult>, PromiseFailure> {
+    let dir = partition.join("etc/promise");
+    let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let mut results = Vec::new();
+    let mut first_failure = None;
+    let now = chrono::Utc::now().timestamp();
+    for entry in rd.flatten() {
+        let path = entry.path();
+        let title = entry.file_name().to_string_lossy().into_owned();
+        let cache = cache_path(partition, &title);
+        let next_run_after = std::fs::read_to_string(&cache)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("next_run_after").and_then(|n| n.as_f64()));
+        let (failed, message) = match (force, next_run_after, saved_result(partition, &title)) {
+            (false, Some(next), Some(saved)) if (now as f64) < next => saved,
+            _ => {
+                let r = run_legacy(&path, partition, Some(owner), timeout);
+                let _ = r.save(partition);
+                if let Some(dir) = cache.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let doc = serde_json::json!({
+                    "is_tested": true, "is_anomaly_detected": false, "periodicity": 2,
+                    "next_run_after": now as f64 + 120.0, "timestamp": now as f64,
+                    "module_file": path.display().to_string(),
+                });
+                let _ = std::fs::write(&cache, python_json(&doc));
+                let out = (r.failed, r.message.clone());
+                results.push(r);
+                out
+            }
+        };
+        if failed && first_failure.is_none() {
+            first_failure = Some(format!("Promise '{title}' failed with output: {message}"));
+        }
+    }
+    match first_failure {
+        Some(m) => Err(PromiseFailure::Failed(m)),
+        None => Ok(results),
+    }
+}
+
+/// Every promise of a partition (§5.5): plugin promises (and then the
+/// legacy ones) through slapos.core's `runpromises.py` with the software's
+/// Python, or the legacy ones natively when there is no plugin.
+pub fn run_all(
+    node: &crate::node::Node,
+    p: &slap::model::ComputerPartition,
+    pp: &Path,
+    owner: &crate::instance::Owner,
+    force: bool,
+    check_anomaly: bool,
+    log: &crate::instance::PartitionLog,
+) -> Result<(), PromiseFailure> {
+    let id = p.partition_id.as_str();
+    let timeout = node.cfg.promise_timeout;
+    let plugins = plugin_files(pp);
+    let legacy_count = std::fs::read_dir(pp.join("etc/promise")).map(|rd| rd.count()).unwrap_or(0);
+    if plugins.is_empty() && legacy_count == 0 {
+        return Ok(());
+    }
+    log.info(&format!("Checking {id} promises..."));
+    let result = if plugins.is_empty() {
+        run_legacy_all(pp, (owner.uid, owner.gid), timeout, force).map(drop)
+    } else {
+        run_with_python(node, p, pp, owner, &plugins, legacy_count, force, check_anomaly, log)
+    };
+    // the partition's user owns its promise state
+    if nix::unistd::geteuid().is_root() {
+        let _ = std::process::Command::new("chown").arg("-R").arg(format!("{}:{}", owner.uid, owner.gid)).arg(pp.join(".slapgrid")).status();
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_with_python(
+    node: &crate::node::Node,
+    p: &slap::model::ComputerPartition,
+    pp: &Path,
+    owner: &crate::instance::Owner,
+    plugins: &[PathBuf],
+    legacy_count: usize,
+    force: bool,
+    check_anomaly: bool,
+    log: &crate::instance::PartitionLog,
+) -> Result<(), PromiseFailure> {
+    let id = p.partition_id.as_str();
+    let sp = crate::decision::software_path(&node.cfg.software_root, p.software_release_url().unwrap_or_default());
+    let python = crate::process::shebang(&sp.join("bin/buildout"))
+        .and_then(|v| v.into_iter().next())
+        .ok_or_else(|| PromiseFailure::Error(format!("plugin promises need the software's Python: {} has none", sp.join("bin/buildout").display())))?;
+    let source = std::fs::read_to_string(&plugins[0]).unwrap_or_default();
+    let runner = plugin_sys_path(&source)
+        .into_iter()
+        .map(|d| Path::new(&d).join("slapos/grid/promise/runpromises.py"))
+        .find(|r| r.is_file())
+        .ok_or_else(|| {
+            PromiseFailure::Error(format!(
+                "plugin promise {} needs slapos.core: its sys.path[0:0] list has no slapos/grid/promise/runpromises.py",
+                plugins[0].display()
+            ))
+        })?;
+    log.info(&format!("Switching to {id}'s python at {python}"));
+    let (cert, key) = match &node.cfg.certificate_repository_path {
+        Some(r) => (r.join(format!("{id}.crt")).display().to_string(), r.join(format!("{id}.key")).display().to_string()),
+        None => ("None".to_string(), "None".to_string()),
+    };
+    let mut args = vec![
+        runner.display().to_string(),
+        "--promise-folder".into(),
+        pp.join("etc/plugin").display().to_string(),
+        "--legacy-promise-folder".into(),
+        pp.join("etc/promise").display().to_string(),
+        "--promise-timeout".into(),
+        node.cfg.promise_timeout.as_secs().to_string(),
+        "--partition-folder".into(),
+        pp.display().to_string(),
+        "--log-folder".into(),
+        pp.join(".slapgrid/promise/log").display().to_string(),
+    ];
+    if force {
+        args.push("--force".into());
+    }
+    if check_anomaly {
+        args.push("--check-anomaly".into());
+    }
+    for (k, v) in [
+        ("--master-url", node.cfg.master_url.clone()),
+        ("--partition-cert", cert),
+        ("--partition-key", key),
+        ("--partition-id", id.to_string()),
+        ("--computer-id", node.cfg.computer_id.clone()),
+    ] {
+        args.push(k.into());
+        args.push(v);
+    }
+    // the .slapgrid tree must be the partition user's before it writes there
+    if nix::unistd::geteuid().is_root() {
+        let _ = std::fs::create_dir_all(pp.join(".slapgrid"));
+        let _ = std::process::Command::new("chown").arg("-R").arg(format!("{}:{}", owner.uid, owner.gid)).arg(pp.join(".slapgrid")).status();
+    }
+    let total = Duration::from_secs((plugins.len() + legacy_count) as u64 * node.cfg.promise_timeout.as_secs() + 10);
+    let out = crate::process::run_as_owner(&python, &args, pp, &[("HOME", owner.home.as_str())], Some(total), |l| log.output(l))
+        .map_err(|e| PromiseFailure::Error(format!("cannot run {python}: {e}")))?;
+    match out.code {
+        Some(0) => Ok(()),
+        Some(2) => Err(PromiseFailure::Failed(out.stderr.trim().to_string())),
+        _ => Err(PromiseFailure::Error(if out.stderr.trim().is_empty() { out.output } else { out.stderr.trim().to_string() })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +422,33 @@ mod tests {
         assert!(bad.failed && bad.message.starts_with("Bad promise file"), "{bad:?}");
         let cwd = run_legacy(&script(d.path(), "cwd", "pwd"), d.path(), None, Duration::from_secs(10));
         assert_eq!(PathBuf::from(&cwd.message).canonicalize().unwrap(), d.path().canonicalize().unwrap());
+    }
+
+    #[test]
+    fn the_plugin_sys_path_is_read_from_its_first_assignment() {
+        let src = "import sys\nsys.path[0:0] = ['/venv/lib/site-packages', \"/other\"]\nimport x\nsys.path[0:0] = ['/no']\n";
+        assert_eq!(plugin_sys_path(src), ["/venv/lib/site-packages", "/other"]);
+        assert!(plugin_sys_path("import sys\n").is_empty());
+    }
+
+    #[test]
+    fn legacy_promises_report_the_first_failure_and_respect_their_periodicity() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("etc/promise");
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        script(&dir, "good", "echo ok");
+        let counter = d.path().join("count");
+        script(&dir, "bad", &format!("echo x >> {}; echo down; exit 1", counter.display()));
+        let e = run_legacy_all(d.path(), me, Duration::from_secs(5), true).unwrap_err();
+        assert_eq!(e, PromiseFailure::Failed("Promise 'bad' failed with output: down".into()));
+        assert!(d.path().join(".slapgrid/promise/result/good.status.json").exists());
+        // an anomaly run within the periodicity reuses the saved result
+        let e2 = run_legacy_all(d.path(), me, Duration::from_secs(5), false).unwrap_err();
+        assert_eq!(e, e2);
+        assert_eq!(std::fs::read_to_string(&counter).unwrap().lines().count(), 1);
+        run_legacy_all(d.path(), me, Duration::from_secs(5), true).unwrap_err();
+        assert_eq!(std::fs::read_to_string(&counter).unwrap().lines().count(), 2);
     }
 
     #[test]

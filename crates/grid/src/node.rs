@@ -1,0 +1,169 @@
+//! What every node command shares: the configuration, the master client,
+//! the node's supervisord, the pid-file lock and the exit codes (§3).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use slap::client::{ClientConfig, SlapClient, SlapError};
+use slap::model::Computer;
+
+use crate::config::NodeConfig;
+use crate::supervisor::Supervisor;
+
+/// slapgrid's exit codes.
+pub const SUCCESS: u8 = 0;
+pub const FAIL: u8 = 1;
+pub const PROMISE_FAIL: u8 = 2;
+pub const OFFLINE_SUCCESS: u8 = 3;
+pub const ALREADY_RUNNING: u8 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("another slapos process is already running (pid {pid}, pid file {path})")]
+    AlreadyRunning { pid: i32, path: PathBuf },
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Structure(String),
+    #[error(transparent)]
+    Master(#[from] SlapError),
+}
+
+/// The node: configuration, master, supervisord.
+pub struct Node {
+    pub cfg: NodeConfig,
+    pub client: SlapClient,
+    pub supervisor: Supervisor,
+}
+
+/// Where `supervisord` comes from: `[slapos] supervisord` is not a SlapOS
+/// option (slapgrid uses its own Python's); we look next to the configured
+/// buildout, then on PATH.
+pub fn find_program(name: &str, near: &str) -> String {
+    let near = Path::new(near);
+    if near.is_absolute() {
+        if let Some(dir) = near.parent() {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate.display().to_string();
+            }
+        }
+    }
+    which(name).map(|p| p.display().to_string()).unwrap_or_else(|| name.to_string())
+}
+
+/// The first `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+impl Node {
+    pub fn new(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let mut cc = ClientConfig::new(cfg.master_url.clone()).with_timeout(Duration::from_secs(60));
+        cc.key_file = cfg.key_file.clone();
+        cc.cert_file = cfg.cert_file.clone();
+        let client = SlapClient::new(cc)?;
+        let supervisor = Supervisor::new(&cfg.instance_root, find_program("supervisord", &cfg.buildout));
+        Ok(Node { cfg, client, supervisor })
+    }
+
+    /// `software_root` and `instance_root` must exist; the supervisord files
+    /// are created or refreshed (every software, instance and report run).
+    pub fn check_structure(&self) -> Result<(), NodeError> {
+        for (key, path) in [("software_root", &self.cfg.software_root), ("instance_root", &self.cfg.instance_root)] {
+            if !path.is_dir() {
+                return Err(NodeError::Structure(format!(
+                    "{key} {} does not exist or is not a directory: run `slapos node format` first, or fix [slapos] {key}",
+                    path.display()
+                )));
+            }
+        }
+        self.supervisor
+            .write_configuration(None)
+            .map_err(|e| NodeError::Structure(format!("cannot write the supervisord configuration: {e}")))
+    }
+
+    /// The computer as the master sees it (one `getFullComputerInformation`,
+    /// after the `getHateoasUrl` probe every slapgrid run makes), retried
+    /// with backoff while the master cannot be reached.
+    pub fn computer(&self) -> Result<Computer, SlapError> {
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            let r = self.client.hateoas_url().and_then(|_| self.client.computer_information(&self.cfg.computer_id));
+            match r {
+                Err(e) if e.is_unreachable() && attempt < 3 => {
+                    tracing::warn!("master unreachable ({e}); retrying in {:.1} s", delay.as_secs_f32());
+                    std::thread::sleep(delay);
+                    delay *= 3;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The pid-file lock of a node command: a live `slapos` process in the file
+/// means another run is going on.
+#[derive(Debug)]
+pub struct PidLock {
+    path: PathBuf,
+}
+
+impl PidLock {
+    pub fn acquire(path: &Path) -> Result<PidLock, NodeError> {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains("slapos") {
+                    return Err(NodeError::AlreadyRunning { pid, path: path.to_path_buf() });
+                }
+            }
+        }
+        let err = |source| NodeError::PidFile { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let mut f = std::fs::File::create(path).map_err(err)?;
+        write!(f, "{}", std::process::id()).map_err(err)?;
+        Ok(PidLock { path: path.to_path_buf() })
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_slapos_process_in_the_pid_file_refuses_a_second_run() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("run/slapgrid-cp.pid");
+        {
+            let _lock = PidLock::acquire(&path).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), std::process::id().to_string());
+        }
+        assert!(!path.exists(), "removed at the end");
+        // a stale pid (not a slapos process) is overwritten
+        std::fs::write(&path, "1").unwrap();
+        PidLock::acquire(&path).unwrap();
+        // a live process whose command line says slapos
+        let mut child = std::process::Command::new("/bin/sh").args(["-c", "sleep 5; true", "slapos"]).spawn().unwrap();
+        std::fs::write(&path, child.id().to_string()).unwrap();
+        let e = PidLock::acquire(&path).unwrap_err();
+        assert!(matches!(e, NodeError::AlreadyRunning { .. }), "{e}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -1,0 +1,306 @@
+//! `slapos node software` (`node.md` §4): build each software release
+//! supplied to this computer with the real zc.buildout, report it, destroy
+//! what the master says to destroy.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use slap::client::SlapError;
+use slap::model::SoftwareState;
+
+use crate::decision::software_path;
+use crate::node::{self, Node};
+use crate::process::{run_as_owner, shebang};
+use crate::progress::Progress;
+
+/// What `node software` was asked.
+#[derive(Debug, Clone, Default)]
+pub struct SoftwareOptions {
+    /// `--only-sr`: URLs or md5 keys; empty means every release.
+    pub only: Vec<String>,
+    /// `--force` / `--all`: rebuild installed releases, no `-N`.
+    pub force: bool,
+}
+
+impl SoftwareOptions {
+    fn selects(&self, url: &str, key: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == url || o == key)
+    }
+}
+
+/// What to do with one release (pure, from the master's state and the disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SoftwareAction {
+    Skip,
+    Install,
+    UpToDate,
+    Destroy,
+}
+
+pub fn software_action(state: SoftwareState, completed: bool, selected: bool, force: bool) -> SoftwareAction {
+    match (selected, state) {
+        (false, _) => SoftwareAction::Skip,
+        (true, SoftwareState::Destroyed) => SoftwareAction::Destroy,
+        (true, _) if force || !completed => SoftwareAction::Install,
+        (true, _) => SoftwareAction::UpToDate,
+    }
+}
+
+/// Why building a release failed: the text reported to the master.
+#[derive(Debug, thiserror::Error)]
+pub enum SoftwareError {
+    #[error("Failed to run buildout profile in directory '{path}':\n{output}\n")]
+    Buildout { path: String, output: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<std::io::Error> for SoftwareError {
+    fn from(e: std::io::Error) -> Self {
+        SoftwareError::Other(e.to_string())
+    }
+}
+
+/// `buildout.cfg` of a software path, as Python's configparser writes it.
+pub fn software_buildout_cfg(url: &str, shared_part_list: &str, build_time_part_list: &str) -> String {
+    // configparser writes multi-line values with a tab after each newline
+    let v = |s: &str| s.replace('\n', "\n\t");
+    format!(
+        "[buildout]\nextends = {url}\nshared-part-list = {}\nbuild-time-part-list = {}\n\n",
+        v(shared_part_list),
+        v(build_time_part_list)
+    )
+}
+
+fn chown_like(path: &Path, like: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if nix::unistd::geteuid().is_root() {
+        let m = std::fs::metadata(like)?;
+        std::os::unix::fs::lchown(path, Some(m.uid()), Some(m.gid()))?;
+    }
+    Ok(())
+}
+
+/// Builds one release in its software path (§4.2).
+pub fn install(node: &Node, url: &str, force: bool) -> Result<(), SoftwareError> {
+    let cfg = &node.cfg;
+    let sp = software_path(&cfg.software_root, url);
+    if !sp.exists() {
+        std::fs::create_dir(&sp)?;
+        std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o755))?;
+    }
+    chown_like(&sp, &cfg.software_root)?;
+    let extends_cache = sp.join("extends-cache");
+    if !extends_cache.is_dir() {
+        std::fs::create_dir(&extends_cache)?;
+    }
+    chown_like(&extends_cache, &cfg.software_root)?;
+    let buildout_cfg = sp.join("buildout.cfg");
+    if !buildout_cfg.exists() {
+        std::fs::write(&buildout_cfg, software_buildout_cfg(url, &cfg.shared_part_list, &cfg.build_time_part_list))?;
+        chown_like(&buildout_cfg, &cfg.software_root)?;
+    }
+    let mut args = vec![
+        format!("buildout:extends-cache={}", extends_cache.display()),
+        format!("buildout:directory={}", sp.display()),
+    ];
+    if !force {
+        args.push("-N".into());
+    }
+    args.push("-c".into());
+    args.push(buildout_cfg.display().to_string());
+
+    let progress = Progress::start(&format!("building {url}"));
+    let on_line = |l: &str| progress.line(l);
+    let fail = |output: String| SoftwareError::Buildout { path: sp.display().to_string(), output };
+    let binary = sp.join("bin/buildout");
+    let marker = sp.join("bin/buildout-bootstrap-skipped");
+    // a marker left by a failed run after a skipped bootstrap: bootstrap again
+    let skip_bootstrap = match std::fs::remove_file(&marker) {
+        Ok(()) => false,
+        Err(_) => binary.exists(),
+    };
+    if skip_bootstrap {
+        std::fs::write(&marker, "")?;
+    } else {
+        let buildout = node::which(&cfg.buildout)
+            .ok_or_else(|| SoftwareError::Other(format!("buildout program '{}' not found (set [slapos] buildout)", cfg.buildout)))?;
+        let mut boot = args.clone();
+        boot.push("bootstrap".into());
+        tracing::info!("Bootstrapping buildout in {} with {}", sp.display(), buildout.display());
+        let out = run_as_owner(&buildout.display().to_string(), &boot, &sp, &[], None, on_line)?;
+        if !out.success {
+            progress.finish();
+            return Err(fail(out.output));
+        }
+    }
+    let mut command = shebang(&binary).ok_or_else(|| fail(format!("{} is missing or has no interpreter line", binary.display())))?;
+    command.push(binary.display().to_string());
+    command.push("-U".into());
+    command.extend(args);
+    tracing::info!("Launching buildout in {}", sp.display());
+    let out = run_as_owner(&command[0], &command[1..], &sp, &[], None, on_line)?;
+    progress.finish();
+    if !out.success {
+        return Err(fail(out.output));
+    }
+    if skip_bootstrap {
+        let _ = std::fs::remove_file(&marker);
+    }
+    Ok(())
+}
+
+/// Deletes a software path, making unreadable directories readable first.
+pub fn destroy(path: &Path) -> std::io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if std::fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    fn open_up(p: &Path) {
+        if let Ok(m) = std::fs::symlink_metadata(p) {
+            if m.is_dir() {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+                if let Ok(rd) = std::fs::read_dir(p) {
+                    for e in rd.flatten() {
+                        open_up(&e.path());
+                    }
+                }
+            }
+        }
+    }
+    open_up(path);
+    std::fs::remove_dir_all(path)
+}
+
+fn asctime() -> String {
+    chrono::Local::now().format("%a %b %e %H:%M:%S %Y").to_string()
+}
+
+/// `slapos node software`: returns the exit code.
+pub fn run(node: &Node, opts: &SoftwareOptions) -> Result<u8, SlapError> {
+    let cfg = &node.cfg;
+    let computer = node.computer()?;
+    tracing::info!("Processing software releases...");
+    let mut clean = true;
+    for sr in &computer.software_releases {
+        let url = sr.url.as_str();
+        let sp = software_path(&cfg.software_root, url);
+        let key = sp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let completed = sp.join(".completed");
+        let action = software_action(sr.state(), completed.exists(), opts.selects(url, &key), opts.force);
+        let result: Result<(), String> = match action {
+            SoftwareAction::Skip => {
+                tracing::debug!("Skipping software release {url} (not selected by --only-sr)");
+                Ok(())
+            }
+            SoftwareAction::UpToDate => {
+                tracing::info!("Software release {url} is already installed in {}", sp.display());
+                Ok(())
+            }
+            SoftwareAction::Install => {
+                tracing::info!("Installing software release {url}...");
+                match node.client.software_release_building(url, &cfg.computer_id) {
+                    Err(e) if !e.is_not_found() => tracing::warn!("could not report building {url}: {e}"),
+                    _ => {}
+                }
+                let started = std::time::Instant::now();
+                match install(node, url, opts.force) {
+                    Ok(()) => {
+                        node.client.software_release_available(url, &cfg.computer_id)?;
+                        match std::fs::write(&completed, asctime()) {
+                            Ok(()) => {
+                                let _ = std::fs::set_permissions(&completed, std::fs::Permissions::from_mode(0o644));
+                                tracing::info!("Software release {url} installed in {:.1} s.", started.elapsed().as_secs_f64());
+                                Ok(())
+                            }
+                            Err(e) => Err(format!("cannot write {}: {e}", completed.display())),
+                        }
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        tracing::error!("{}", text.lines().next().unwrap_or_default());
+                        node.client.software_release_error(url, &cfg.computer_id, &text)?;
+                        Err(text)
+                    }
+                }
+            }
+            SoftwareAction::Destroy => {
+                if sp.exists() {
+                    tracing::info!("Destroying {url} in {}...", sp.display());
+                }
+                match destroy(&sp) {
+                    Ok(()) => {
+                        node.client.software_release_destroyed(url, &cfg.computer_id)?;
+                        tracing::info!("Destroyed {url}.");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let text = format!("Cannot remove {}: {e}", sp.display());
+                        node.client.software_release_error(url, &cfg.computer_id, &text)?;
+                        Err(text)
+                    }
+                }
+            }
+        };
+        if result.is_err() {
+            clean = false;
+        }
+    }
+    tracing::info!("Finished software releases.");
+    Ok(if clean { node::SUCCESS } else { node::FAIL })
+}
+
+/// The directory of a release (for people and tests).
+pub fn path_of(node: &Node, url: &str) -> PathBuf {
+    software_path(&node.cfg.software_root, url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installed_releases_are_left_alone_unless_forced() {
+        use SoftwareAction::*;
+        assert_eq!(software_action(SoftwareState::Available, false, true, false), Install);
+        assert_eq!(software_action(SoftwareState::Available, true, true, false), UpToDate);
+        assert_eq!(software_action(SoftwareState::Available, true, true, true), Install);
+        // --only-sr alone does not rebuild (as verified with slapos.core)
+        assert_eq!(software_action(SoftwareState::Available, true, true, false), UpToDate);
+        assert_eq!(software_action(SoftwareState::Available, false, false, false), Skip);
+        assert_eq!(software_action(SoftwareState::Destroyed, true, true, false), Destroy);
+        assert_eq!(software_action(SoftwareState::Destroyed, false, false, true), Skip);
+    }
+
+    #[test]
+    fn only_sr_takes_a_url_or_its_md5() {
+        let o = SoftwareOptions { only: vec!["0123".into()], force: false };
+        assert!(o.selects("http://x", "0123") && !o.selects("http://x", "4567"));
+        let o = SoftwareOptions { only: vec!["http://x".into()], force: false };
+        assert!(o.selects("http://x", "0123"));
+        assert!(SoftwareOptions::default().selects("any", "key"));
+    }
+
+    #[test]
+    fn the_software_buildout_cfg_is_configparser_shaped() {
+        assert_eq!(
+            software_buildout_cfg("http://sr/software.cfg", "", ""),
+            "[buildout]\nextends = http://sr/software.cfg\nshared-part-list = \nbuild-time-part-list = \n\n"
+        );
+        assert!(software_buildout_cfg("u", "/a\n/b", "").contains("shared-part-list = /a\n\t/b\n"));
+    }
+
+    #[test]
+    fn destroy_removes_unreadable_trees() {
+        let d = tempfile::tempdir().unwrap();
+        let sp = d.path().join("sp");
+        std::fs::create_dir_all(sp.join("a/b")).unwrap();
+        std::fs::write(sp.join("a/b/f"), "x").unwrap();
+        std::fs::set_permissions(sp.join("a"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        destroy(&sp).unwrap();
+        assert!(!sp.exists());
+        destroy(&sp).unwrap();
+    }
+}
