@@ -667,6 +667,51 @@ pub fn run(node: &Node, opts: &InstanceOptions) -> u8 {
     code
 }
 
+/// `slapos node promise`: a forced test run of the promises of every
+/// started partition; results are logged and saved, nothing is reported to
+/// the master. Exit 2 when a promise fails.
+pub fn check_promises(node: &Node, only: &[String], workers: usize) -> u8 {
+    let computer = match node.computer() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return node::FAIL;
+        }
+    };
+    let selected = match select_partitions(node, &computer.partitions, only, false) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return node::FAIL;
+        }
+    };
+    let started: Vec<&ComputerPartition> =
+        selected.into_iter().filter(|p| p.requested_state.unwrap_or(InstanceState::Started) == InstanceState::Started).collect();
+    let outcomes = parallel(&started, workers, |p| {
+        let pp = node.cfg.instance_root.join(&p.partition_id);
+        let owner = match Owner::of(&pp) {
+            Ok(o) => o,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let log = PartitionLog::open(&pp, &p.partition_id, &owner);
+        match promise::run_all(node, p, &pp, &owner, true, false, &log) {
+            Ok(()) => Outcome::Done,
+            Err(PromiseFailure::Failed(m)) => Outcome::PromiseFailed(m),
+            Err(PromiseFailure::Error(m)) => Outcome::Failed(m),
+        }
+    });
+    let results: Vec<(String, String, Outcome)> = started
+        .iter()
+        .zip(outcomes)
+        .map(|(p, o)| (p.partition_id.clone(), p.software_type().unwrap_or("(not ready)").to_string(), o))
+        .collect();
+    let (code, lines) = summarize(&results);
+    for l in &lines {
+        tracing::error!("{l}");
+    }
+    code
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

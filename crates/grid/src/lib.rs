@@ -15,6 +15,7 @@ pub mod node;
 pub mod process;
 pub mod progress;
 pub mod promise;
+pub mod report;
 pub mod software;
 pub mod supervisor;
 pub mod templates;

@@ -317,6 +317,30 @@ pub fn run_all(
     result
 }
 
+/// slapos.core's `runpromises.py`: under one of the plugin's `sys.path`
+/// entries, else wherever the software's Python imports slapos from.
+fn find_runpromises(python: &str, sys_path: &[String]) -> Option<PathBuf> {
+    let found = sys_path.iter().find_map(|d| {
+        ["slapos/grid/promise/runpromises.py", "grid/promise/runpromises.py"]
+            .iter()
+            .map(|rel| Path::new(d).join(rel))
+            .find(|r| r.is_file())
+    });
+    if found.is_some() {
+        return found;
+    }
+    let out = Command::new(python)
+        .args(["-c", "import sys, os; sys.path[0:0] = sys.argv[1:]; import slapos.grid.promise as p; print(os.path.dirname(p.__file__))"])
+        .args(sys_path)
+        .env_remove("PYTHONPATH")
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let r = Path::new(&dir).join("runpromises.py");
+    (out.status.success() && r.is_file()).then_some(r)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_with_python(
     node: &crate::node::Node,
@@ -335,16 +359,12 @@ fn run_with_python(
         .and_then(|v| v.into_iter().next())
         .ok_or_else(|| PromiseFailure::Error(format!("plugin promises need the software's Python: {} has none", sp.join("bin/buildout").display())))?;
     let source = std::fs::read_to_string(&plugins[0]).unwrap_or_default();
-    let runner = plugin_sys_path(&source)
-        .into_iter()
-        .map(|d| Path::new(&d).join("slapos/grid/promise/runpromises.py"))
-        .find(|r| r.is_file())
-        .ok_or_else(|| {
-            PromiseFailure::Error(format!(
-                "plugin promise {} needs slapos.core: its sys.path[0:0] list has no slapos/grid/promise/runpromises.py",
-                plugins[0].display()
-            ))
-        })?;
+    let runner = find_runpromises(&python, &plugin_sys_path(&source)).ok_or_else(|| {
+        PromiseFailure::Error(format!(
+            "plugin promise {} needs slapos.core: neither its sys.path[0:0] list nor {python} can import slapos.grid.promise",
+            plugins[0].display()
+        ))
+    })?;
     log.info(&format!("Switching to {id}'s python at {python}"));
     let (cert, key) = match &node.cfg.certificate_repository_path {
         Some(r) => (r.join(format!("{id}.crt")).display().to_string(), r.join(format!("{id}.key")).display().to_string()),

@@ -14,6 +14,7 @@ mod client_cmd;
 mod console_cmd;
 mod format_cmd;
 mod logging;
+mod node_cmd;
 mod proxy_cmd;
 
 /// SlapOS: turn ordinary Linux machines into a cloud.
@@ -53,7 +54,8 @@ pub enum Command {
     /// The local master: start it, or show what it knows.
     #[command(subcommand)]
     Proxy(proxy_cmd::ProxyCommand),
-    /// Node commands (format; software, instance, report, promise to come).
+    /// Node commands: format, software, instance, report, promise, and the
+    /// node's supervisord.
     #[command(subcommand)]
     Node(NodeCommand),
     #[command(flatten)]
@@ -68,6 +70,33 @@ pub enum NodeCommand {
     /// Prepare the node: users, addresses, partition directories; save the
     /// state and report it to the master.
     Format(format_cmd::FormatArgs),
+    /// Build the software releases supplied to this computer (buildout),
+    /// report them; destroy the ones the master says to destroy.
+    Software(node_cmd::SoftwareArgs),
+    /// Bring every partition to its requested state: instance buildout,
+    /// services under supervisord, promises, reports to the master.
+    Instance(node_cmd::InstanceArgs),
+    /// Send usage reports and destroy the partitions the master says to
+    /// destroy.
+    Report(node_cmd::ReportArgs),
+    /// Run the promises of the started partitions (nothing is reported).
+    Promise(node_cmd::PromiseArgs),
+    /// Status of the node's programs (supervisorctl status).
+    Status(node_cmd::CtlArgs),
+    /// Start programs (supervisorctl start, e.g. `slappart0:*`).
+    Start(node_cmd::CtlArgs),
+    /// Stop programs (supervisorctl stop).
+    Stop(node_cmd::CtlArgs),
+    /// Restart programs (supervisorctl restart).
+    Restart(node_cmd::CtlArgs),
+    /// Show a program's output (supervisorctl tail).
+    Tail(node_cmd::CtlArgs),
+    /// Run supervisorctl on the node's supervisord.
+    Supervisorctl(node_cmd::CtlArgs),
+    /// Write the node's supervisord configuration and launch it.
+    Supervisord(node_cmd::SupervisordArgs),
+    /// Ask the master to reprocess every instance of this computer.
+    Bang(node_cmd::BangArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,7 +120,21 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Proxy(cmd) => proxy_cmd::run(cmd, &cli.global),
-        Command::Node(NodeCommand::Format(args)) => format_cmd::run(args, &cli.global),
+        Command::Node(cmd) => match cmd {
+            NodeCommand::Format(args) => format_cmd::run(args, &cli.global),
+            NodeCommand::Software(args) => node_cmd::software(args, &cli.global),
+            NodeCommand::Instance(args) => node_cmd::instance(args, &cli.global),
+            NodeCommand::Report(args) => node_cmd::report(args, &cli.global),
+            NodeCommand::Promise(args) => node_cmd::promise(args, &cli.global),
+            NodeCommand::Status(args) => node_cmd::supervisorctl(Some("status"), args, &cli.global),
+            NodeCommand::Start(args) => node_cmd::supervisorctl(Some("start"), args, &cli.global),
+            NodeCommand::Stop(args) => node_cmd::supervisorctl(Some("stop"), args, &cli.global),
+            NodeCommand::Restart(args) => node_cmd::supervisorctl(Some("restart"), args, &cli.global),
+            NodeCommand::Tail(args) => node_cmd::supervisorctl(Some("tail"), args, &cli.global),
+            NodeCommand::Supervisorctl(args) => node_cmd::supervisorctl(None, args, &cli.global),
+            NodeCommand::Supervisord(args) => node_cmd::supervisord(args, &cli.global),
+            NodeCommand::Bang(args) => node_cmd::bang(args, &cli.global),
+        },
         Command::Client(cmd) => client_cmd::run(cmd, &cli.global),
         Command::Console(args) => console_cmd::run(args, &cli.global),
     };

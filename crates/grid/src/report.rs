@@ -1,0 +1,266 @@
+//! `slapos node report` (`node.md` §7): usage of each partition sent to the
+//! master, and destruction of the partitions the master says to destroy.
+//!
+//! Beyond slapgrid (whose usage report is empty unless a profile writes
+//! one): the CPU time and memory of each partition's processes, read from
+//! /proc for the processes its user runs (the partition user owns exactly
+//! its services), are sent as a consumption journal.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use slap::model::{ComputerPartition, InstanceState};
+
+use crate::instance::{select_partitions, Owner};
+use crate::node::{self, Node};
+use crate::process::run_as_owner;
+
+/// What a partition used, summed over its user's processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// CPU seconds (user + system) of the live processes.
+    pub cpu_seconds: f64,
+    /// Resident memory in MiB.
+    pub memory_mib: f64,
+    pub processes: u32,
+}
+
+/// Sums /proc for the processes of `uid`.
+pub fn usage_of_uid(uid: u32) -> Usage {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as f64;
+    let mut u = Usage::default();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return u };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if e.metadata().map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
+        let dir = e.path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
+        // fields after the command (which may hold spaces) in parentheses
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest[0] is field 3 (state): utime is field 14, stime 15, rss 24
+        let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        u.cpu_seconds += (num(14) + num(15)) / ticks;
+        u.memory_mib += num(24) * page / (1024.0 * 1024.0);
+        u.processes += 1;
+    }
+    u
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// The consumption journal slapgrid sends with `useComputer` (one
+/// "Sale Packing List" transaction, one movement per resource and
+/// partition).
+pub fn usage_journal(computer_id: &str, stop_date: &str, usages: &[(String, Usage)]) -> String {
+    let mut movements = String::new();
+    for (partition, u) in usages {
+        for (resource, quantity) in [("CPU Consumption", u.cpu_seconds), ("Memory Consumption", u.memory_mib)] {
+            movements.push_str(&format!(
+                "    <movement>\n      <resource>{resource}</resource>\n      <title>{resource}</title>\n      <reference>{}</reference>\n      <quantity>{quantity:.3}</quantity>\n      <price>0.00</price>\n      <VAT>None</VAT>\n      <category>None</category>\n    </movement>\n",
+                xml_escape(partition)
+            ));
+        }
+    }
+    format!(
+        "<?xml version='1.0' encoding='utf-8'?>\n<journal>\n  <transaction type=\"Sale Packing List\">\n    <title>Resource consumptions</title>\n    <start_date></start_date>\n    <stop_date>{stop_date}</stop_date>\n    <reference>{}</reference>\n    <currency></currency>\n    <payment_mode></payment_mode>\n    <category></category>\n    <arrow type=\"Administration\">\n      <source></source>\n      <destination></destination>\n    </arrow>\n{movements}  </transaction>\n</journal>\n",
+        xml_escape(computer_id)
+    )
+}
+
+/// Empties a partition directory completely (dotfiles too), keeping the
+/// directory itself, its owner and its mode.
+pub fn empty_partition(pp: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(pp)? {
+        let e = e?;
+        let path = e.path();
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            if std::fs::remove_dir_all(&path).is_err() {
+                crate::software::destroy(&path)?;
+            }
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Retention (§7.7): with a delay in days, the first attempt sets the lock
+/// date and refuses; later attempts refuse until that date.
+pub fn retention_allows(pp: &Path, now: f64) -> Result<bool, std::io::Error> {
+    let delay: f64 = std::fs::read_to_string(pp.join(".slapos-retention-lock-delay"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0.0);
+    if delay <= 0.0 {
+        return Ok(true);
+    }
+    let date_file = pp.join(".slapos-retention-lock-date");
+    match std::fs::read_to_string(&date_file).ok().and_then(|t| t.trim().parse::<f64>().ok()) {
+        Some(date) => Ok(now >= date),
+        None => {
+            std::fs::write(&date_file, format!("{}", now + delay * 86400.0))?;
+            Ok(false)
+        }
+    }
+}
+
+fn destroy_partition(node: &Node, p: &ComputerPartition) -> Result<(), String> {
+    let cfg = &node.cfg;
+    let id = p.partition_id.as_str();
+    let pp = cfg.instance_root.join(id);
+    tracing::info!("Destroying Computer Partition {id}...");
+    node.supervisor.stop_partition(id).map_err(|e| e.to_string())?;
+    if let Err(e) = node.client.partition_stopped(&cfg.computer_id, id) {
+        tracing::debug!("stoppedComputerPartition for {id}: {e}");
+    }
+    let now = chrono::Utc::now().timestamp() as f64;
+    if !retention_allows(&pp, now).map_err(|e| e.to_string())? {
+        tracing::info!("Computer Partition {id} is kept until its retention delay expires.");
+        return Ok(());
+    }
+    let destroy = pp.join("sbin/destroy");
+    if destroy.is_file() {
+        let out = run_as_owner(&destroy.display().to_string(), &[], &pp, &[], Some(std::time::Duration::from_secs(3600)), |l| {
+            tracing::info!("[{id}] {l}")
+        })
+        .map_err(|e| e.to_string())?;
+        if !out.success {
+            return Err(format!("Destroy script {} failed:\n{}", destroy.display(), out.output));
+        }
+    }
+    if let Some(repo) = &cfg.certificate_repository_path {
+        for ext in ["crt", "key"] {
+            let _ = std::fs::remove_file(repo.join(format!("{id}.{ext}")));
+        }
+    }
+    let mode = std::fs::metadata(&pp).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o750);
+    empty_partition(&pp).map_err(|e| format!("cannot empty {}: {e}", pp.display()))?;
+    let _ = std::fs::set_permissions(&pp, std::fs::Permissions::from_mode(mode));
+    match node.client.partition_destroyed(&cfg.computer_id, id) {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() || e.status() == Some(500) => tracing::debug!("destroyedComputerPartition for {id}: {e}"),
+        Err(e) => return Err(e.to_string()),
+    }
+    tracing::info!("Destroyed Computer Partition {id}.");
+    Ok(())
+}
+
+/// `slapos node report`: returns the exit code.
+pub fn run(node: &Node) -> u8 {
+    let cfg = &node.cfg;
+    if let Err(e) = node.supervisor.ensure_running() {
+        tracing::error!("{e}");
+        return node::FAIL;
+    }
+    let computer = match node.computer() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return node::FAIL;
+        }
+    };
+    let partitions = match select_partitions(node, &computer.partitions, &[], false) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e}");
+            return node::FAIL;
+        }
+    };
+    // usage of the partitions that run something
+    let mut usages = Vec::new();
+    for p in &partitions {
+        if p.requested_state == Some(InstanceState::Destroyed) {
+            continue;
+        }
+        let pp = cfg.instance_root.join(&p.partition_id);
+        let Ok(owner) = Owner::of(&pp) else { continue };
+        if owner.uid == 0 || owner.uid == nix::unistd::getuid().as_raw() {
+            // local mode: every partition is ours, usage cannot be told apart
+            continue;
+        }
+        let u = usage_of_uid(owner.uid);
+        if u.processes > 0 {
+            tracing::info!(
+                "{}: {} processes, {:.2} s CPU, {:.1} MiB resident",
+                p.partition_id,
+                u.processes,
+                u.cpu_seconds,
+                u.memory_mib
+            );
+            usages.push((p.partition_id.clone(), u));
+        }
+    }
+    if !usages.is_empty() {
+        let stop = chrono::Local::now().format("%Y-%m-%d at %H:%M:%S").to_string();
+        let journal = usage_journal(&cfg.computer_id, &stop, &usages);
+        if let Err(e) = node.client.use_computer(&cfg.computer_id, &journal) {
+            tracing::warn!("could not send the usage report: {e}");
+        }
+    }
+    let mut failed = false;
+    for p in partitions.iter().filter(|p| p.requested_state == Some(InstanceState::Destroyed)) {
+        if let Err(e) = destroy_partition(node, p) {
+            tracing::error!("Computer Partition {} not destroyed: {e}", p.partition_id);
+            let _ = node.client.partition_error(&cfg.computer_id, &p.partition_id, &e, None);
+            failed = true;
+        }
+    }
+    tracing::info!("Finished usage reports.");
+    if failed {
+        node::FAIL
+    } else {
+        node::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_has_one_movement_per_resource_and_partition() {
+        let j = usage_journal(
+            "COMP-1",
+            "2026-11-25 at 10:00:00",
+            &[("slappart0".into(), Usage { cpu_seconds: 1.5, memory_mib: 20.25, processes: 2 })],
+        );
+        assert!(j.contains("<reference>COMP-1</reference>"));
+        assert!(j.contains("<stop_date>2026-11-25 at 10:00:00</stop_date>"));
+        assert_eq!(j.matches("<movement>").count(), 2);
+        assert!(j.contains("<resource>CPU Consumption</resource>") && j.contains("<quantity>1.500</quantity>"));
+        assert!(j.contains("<reference>slappart0</reference>") && j.contains("<quantity>20.250</quantity>"));
+    }
+
+    #[test]
+    fn our_own_processes_are_counted() {
+        let u = usage_of_uid(nix::unistd::getuid().as_raw());
+        assert!(u.processes >= 1 && u.memory_mib > 0.0, "{u:?}");
+    }
+
+    #[test]
+    fn emptying_keeps_the_directory_and_retention_delays() {
+        let d = tempfile::tempdir().unwrap();
+        let pp = d.path().join("slappart0");
+        std::fs::create_dir_all(pp.join(".slapgrid/log")).unwrap();
+        std::fs::write(pp.join(".timestamp"), "1").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", pp.join("software_release")).unwrap();
+        std::fs::set_permissions(&pp, std::fs::Permissions::from_mode(0o750)).unwrap();
+        empty_partition(&pp).unwrap();
+        assert!(pp.is_dir() && std::fs::read_dir(&pp).unwrap().next().is_none());
+        assert!(retention_allows(&pp, 1000.0).unwrap());
+        std::fs::write(pp.join(".slapos-retention-lock-delay"), "1.0").unwrap();
+        assert!(!retention_allows(&pp, 1000.0).unwrap(), "first attempt sets the date");
+        assert!(!retention_allows(&pp, 1000.0 + 3600.0).unwrap());
+        assert!(retention_allows(&pp, 1000.0 + 86400.0).unwrap());
+    }
+}

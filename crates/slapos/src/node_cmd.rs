@@ -1,0 +1,274 @@
+//! `slapos node software|instance|report|promise|status|start|stop|…`:
+//! the command line of the grid crate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use slapos_config::{node_config_path, Config};
+use slapos_grid::config::{NodeConfig, NodeOverrides};
+use slapos_grid::instance::InstanceOptions;
+use slapos_grid::node::{self, Node, PidLock};
+use slapos_grid::software::SoftwareOptions;
+
+use crate::Global;
+
+/// Options of every slapgrid command (`node.md` §3), including the 0.4
+/// ones that override the configuration file.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GridArgs {
+    /// Start at once (there is no random delay unless maximal_delay is set).
+    #[arg(long)]
+    pub now: bool,
+    /// Overrides [slapos] computer_id.
+    #[arg(long = "computer-id", alias = "computer_id", value_name = "ID")]
+    pub computer_id: Option<String>,
+    /// Overrides [slapos] master_url.
+    #[arg(long = "master-url", alias = "master_url", value_name = "URL")]
+    pub master_url: Option<String>,
+    /// Overrides [slapos] software_root.
+    #[arg(long = "software-root", alias = "software_root", value_name = "DIR")]
+    pub software_root: Option<PathBuf>,
+    /// Overrides [slapos] instance_root.
+    #[arg(long = "instance-root", alias = "instance_root", value_name = "DIR")]
+    pub instance_root: Option<PathBuf>,
+    /// The buildout used to bootstrap software releases (default: `buildout`
+    /// on PATH).
+    #[arg(long, value_name = "PROGRAM")]
+    pub buildout: Option<String>,
+    /// Process up-to-date partitions again after this many seconds.
+    #[arg(long = "maximum-periodicity", alias = "maximum_periodicity", value_name = "SECONDS")]
+    pub maximum_periodicity: Option<i64>,
+    /// Time allowed to each promise, in seconds (default 20).
+    #[arg(long = "promise-timeout", alias = "promise_timeout", value_name = "SECONDS")]
+    pub promise_timeout: Option<u64>,
+    /// The pid file of this run (default: pidfile_software|instance|report).
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SoftwareArgs {
+    #[command(flatten)]
+    pub grid: GridArgs,
+    /// Only this software release (URL or md5 of the URL; comma-separated
+    /// for several). Does not rebuild an installed release by itself.
+    #[arg(long = "only-sr", alias = "only_sr", alias = "only", value_name = "URL|MD5")]
+    pub only_sr: Vec<String>,
+    /// Rebuild installed releases too (buildout without -N).
+    #[arg(long, alias = "all", alias = "develop")]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InstanceArgs {
+    #[command(flatten)]
+    pub grid: GridArgs,
+    /// Only this partition (comma-separated for several); an unknown id is
+    /// an error.
+    #[arg(long = "only-cp", alias = "only_cp", alias = "only", value_name = "ID")]
+    pub only_cp: Vec<String>,
+    /// Process up-to-date partitions too.
+    #[arg(long, alias = "all", alias = "develop")]
+    pub force: bool,
+    /// Stop the services even of started partitions.
+    #[arg(long = "force-stop")]
+    pub force_stop: bool,
+    /// Partitions processed at once (default: 2 per CPU, at most 8).
+    #[arg(short = 'j', long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Time allowed to one instance buildout, in seconds (overrides
+    /// [slapos] partition_timeout; default 3600).
+    #[arg(long = "partition-timeout", value_name = "SECONDS")]
+    pub partition_timeout: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PromiseArgs {
+    #[command(flatten)]
+    pub grid: GridArgs,
+    /// Only this partition (comma-separated for several).
+    #[arg(long = "only-cp", alias = "only_cp", alias = "only", value_name = "ID")]
+    pub only_cp: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub grid: GridArgs,
+}
+
+/// `node status|start|stop|restart|tail|supervisorctl`: arguments passed to
+/// supervisorctl.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// Arguments for supervisorctl (e.g. `slappart0:*`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SupervisordArgs {
+    /// Stay in the foreground.
+    #[arg(short = 'n', long)]
+    pub nodaemon: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BangArgs {
+    /// Why the computer is banged.
+    #[arg(short, long)]
+    pub message: String,
+}
+
+fn split_list(v: &[String]) -> Vec<String> {
+    v.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+fn load(global: &Global, g: &GridArgs) -> anyhow::Result<Node> {
+    let path = node_config_path(global.cfg.as_deref());
+    let config = Config::load(&path)?;
+    let overrides = NodeOverrides {
+        computer_id: g.computer_id.clone(),
+        master_url: g.master_url.clone(),
+        software_root: g.software_root.clone(),
+        instance_root: g.instance_root.clone(),
+        buildout: g.buildout.clone(),
+        maximum_periodicity: g.maximum_periodicity,
+        promise_timeout: g.promise_timeout,
+    };
+    let cfg = NodeConfig::from_config(&config, &overrides).map_err(|e| anyhow::anyhow!("{e} (in {})", path.display()))?;
+    Ok(Node::new(cfg)?)
+}
+
+/// Takes the pid-file lock; exit 10 when another run holds it.
+fn lock(path: &std::path::Path) -> Result<PidLock, u8> {
+    match PidLock::acquire(path) {
+        Ok(l) => Ok(l),
+        Err(e @ node::NodeError::AlreadyRunning { .. }) => {
+            tracing::info!("{e}");
+            Err(node::ALREADY_RUNNING)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(node::FAIL)
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(2).clamp(2, 8)
+}
+
+pub fn software(args: SoftwareArgs, global: &Global) -> anyhow::Result<u8> {
+    let node = load(global, &args.grid)?;
+    let _lock = match lock(args.grid.pidfile.as_deref().unwrap_or(&node.cfg.pidfile_software)) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    node.check_structure()?;
+    let opts = SoftwareOptions { only: split_list(&args.only_sr), force: args.force };
+    match slapos_grid::software::run(&node, &opts) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            tracing::error!("{e}");
+            Ok(node::FAIL)
+        }
+    }
+}
+
+pub fn instance(args: InstanceArgs, global: &Global) -> anyhow::Result<u8> {
+    let mut node = load(global, &args.grid)?;
+    if let Some(t) = args.partition_timeout {
+        node.cfg.partition_timeout = Some(Duration::from_secs(t));
+    }
+    let _lock = match lock(args.grid.pidfile.as_deref().unwrap_or(&node.cfg.pidfile_instance)) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    node.check_structure()?;
+    let opts = InstanceOptions {
+        only: split_list(&args.only_cp),
+        force: args.force,
+        force_stop: args.force_stop,
+        workers: args.jobs.unwrap_or_else(default_workers).max(1),
+        default_deadline: Duration::from_secs(3600),
+    };
+    Ok(slapos_grid::instance::run(&node, &opts))
+}
+
+pub fn report(args: ReportArgs, global: &Global) -> anyhow::Result<u8> {
+    let node = load(global, &args.grid)?;
+    let _lock = match lock(args.grid.pidfile.as_deref().unwrap_or(&node.cfg.pidfile_report)) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    node.check_structure()?;
+    Ok(slapos_grid::report::run(&node))
+}
+
+pub fn promise(args: PromiseArgs, global: &Global) -> anyhow::Result<u8> {
+    let node = load(global, &args.grid)?;
+    let _lock = match lock(args.grid.pidfile.as_deref().unwrap_or(&node.cfg.pidfile_instance)) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    node.check_structure()?;
+    Ok(slapos_grid::instance::check_promises(&node, &split_list(&args.only_cp), default_workers()))
+}
+
+fn load_plain(global: &Global) -> anyhow::Result<Node> {
+    load(
+        global,
+        &GridArgs {
+            now: true,
+            computer_id: None,
+            master_url: None,
+            software_root: None,
+            instance_root: None,
+            buildout: None,
+            maximum_periodicity: None,
+            promise_timeout: None,
+            pidfile: None,
+        },
+    )
+}
+
+/// `supervisorctl -c <conf> <command> <args…>`, supervisord launched first.
+pub fn supervisorctl(command: Option<&str>, args: CtlArgs, global: &Global) -> anyhow::Result<u8> {
+    let node = load_plain(global)?;
+    node.supervisor.write_configuration(None)?;
+    node.supervisor.ensure_running()?;
+    let ctl = slapos_grid::node::find_program("supervisorctl", &node.supervisor.program);
+    let mut cmd = std::process::Command::new(&ctl);
+    cmd.arg("-c").arg(&node.supervisor.conf);
+    if let Some(c) = command {
+        cmd.arg(c);
+    }
+    cmd.args(&args.args);
+    let status = cmd.status().map_err(|e| anyhow::anyhow!("cannot run {ctl}: {e}"))?;
+    Ok(status.code().unwrap_or(1).clamp(0, 255) as u8)
+}
+
+pub fn supervisord(args: SupervisordArgs, global: &Global) -> anyhow::Result<u8> {
+    let node = load_plain(global)?;
+    node.supervisor.write_configuration(None)?;
+    if args.nodaemon {
+        let status = std::process::Command::new(&node.supervisor.program)
+            .arg("-n")
+            .arg("-c")
+            .arg(&node.supervisor.conf)
+            .env_clear()
+            .status()
+            .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", node.supervisor.program))?;
+        return Ok(status.code().unwrap_or(1).clamp(0, 255) as u8);
+    }
+    node.supervisor.ensure_running()?;
+    Ok(0)
+}
+
+pub fn bang(args: BangArgs, global: &Global) -> anyhow::Result<u8> {
+    let node = load_plain(global)?;
+    node.client.computer_bang(&node.cfg.computer_id, &args.message)?;
+    tracing::info!("Banged computer {}.", node.cfg.computer_id);
+    Ok(0)
+}
