@@ -4,12 +4,13 @@
 # instance, promises, failures, destruction) in a private network namespace:
 #   python-node    our master (`slapos proxy start`), the Python node and client;
 #   ours-client    our master and our client commands (supply, request,
-#                  remove), the Python node (`slapos node …` is dispatched to
-#                  the reference until our node commands exist);
+#                  remove), the Python node (`slapos node …` dispatched to
+#                  the reference);
 #   ours-format    as ours-client, with our `slapos node format` too;
-#   ours           our master and our `slapos` for every command (once the
-#                  node and client commands exist);
-#   python-master  the Python master and our `slapos` for everything else.
+#   ours           our master and our `slapos` for every command (format,
+#                  client, software, instance, report, promise, status…);
+#   python-master  the Python master and our `slapos` for everything else
+#                  (our node and client against the reference master).
 # Needs root (run.sh creates users and a network namespace, and removes them).
 # Usage: bash scripts/e2e.sh [python-node|ours-client|ours-format|ours|python-master|all]   (default python-node)
 set -euo pipefail

@@ -140,6 +140,8 @@ pub fn plan(
     let ipv6_iface = cfg.ipv6_interface.clone().or_else(|| cfg.interface_name.clone());
     // the computer address: the interface's base IPv6
     let base = match (&ipv6_iface, cfg.alter_network || obs.interfaces.contains_key(ipv6_iface.as_deref().unwrap_or(""))) {
+        // local mode uses IPv6 only when the interface has a global address
+        (Some(name), true) if cfg.local => base_ipv6(obs, name, previous.and_then(|p| p.address.as_deref())).ok(),
         (Some(name), true) => Some(base_ipv6(obs, name, previous.and_then(|p| p.address.as_deref()))?),
         _ => None,
     };

@@ -204,6 +204,9 @@ fn periodicity(sp: Option<&Path>, maximum: i64) -> i64 {
 struct Run<'a> {
     node: &'a Node,
     opts: &'a InstanceOptions,
+    /// The program groups supervisord has loaded (a supervisord that was
+    /// restarted has none: started partitions get their services back).
+    loaded_groups: std::collections::BTreeSet<String>,
 }
 
 impl Run<'_> {
@@ -241,8 +244,18 @@ impl Run<'_> {
                 if state != InstanceState::Started || self.opts.force_stop {
                     return Outcome::UpToDate;
                 }
-                // the anomaly check of an up-to-date started partition
                 let log = PartitionLog::open(&pp, id, &owner);
+                // services lost with a supervisord that died: start them again
+                let has_programs = ["etc/run", "etc/service"]
+                    .iter()
+                    .any(|d| std::fs::read_dir(pp.join(d)).map(|mut rd| rd.next().is_some()).unwrap_or(false));
+                if has_programs && !self.loaded_groups.contains(id) {
+                    log.warn(&format!("The services of {id} are not loaded in supervisord (was it restarted?): starting them again"));
+                    if let Err(e) = self.start(id, &pp, &owner, &log) {
+                        return Outcome::Failed(e_to_string(e));
+                    }
+                }
+                // the anomaly check of an up-to-date started partition
                 match promise::run_all(self.node, p, &pp, &owner, false, true, &log) {
                     Ok(()) => {
                         let status = p.access_status();
@@ -515,6 +528,13 @@ impl Run<'_> {
     }
 }
 
+fn e_to_string(e: PartitionError) -> String {
+    match e {
+        PartitionError::Promise(m) | PartitionError::Other(m) => m,
+        PartitionError::Master(e) => e.to_string(),
+    }
+}
+
 /// The partitions `node instance`, `report` and `promise` work on: unknown
 /// `--only-cp` ids are an error; missing directories are reported; free
 /// partitions are cleaned and skipped.
@@ -648,7 +668,12 @@ pub fn run(node: &Node, opts: &InstanceOptions) -> u8 {
         }
     };
     tracing::info!("Processing computer partitions ({} to check, {} at once)...", selected.len(), opts.workers.max(1));
-    let run = Run { node, opts };
+    let loaded_groups = node
+        .supervisor
+        .processes()
+        .map(|ps| ps.into_iter().filter_map(|(name, _)| name.split_once(':').map(|(g, _)| g.to_string())).collect())
+        .unwrap_or_default();
+    let run = Run { node, opts, loaded_groups };
     let outcomes = parallel(&selected, opts.workers, |p| run.partition(p));
     if let Some(Outcome::MasterDown(m)) = outcomes.iter().find(|o| matches!(o, Outcome::MasterDown(_))) {
         tracing::error!("{m}");
