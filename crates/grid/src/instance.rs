@@ -22,6 +22,10 @@ use crate::process::{run_as_owner, shebang};
 use crate::promise::{self, PromiseFailure};
 use crate::templates::{self, ProgramOwner, TailParams};
 
+/// How long promises of services that were just started may fail before
+/// it counts (a server needs a moment to bind its port).
+const START_GRACE: Duration = Duration::from_secs(5);
+
 /// What `node instance` was asked.
 #[derive(Debug, Clone, Default)]
 pub struct InstanceOptions {
@@ -204,9 +208,9 @@ fn periodicity(sp: Option<&Path>, maximum: i64) -> i64 {
 struct Run<'a> {
     node: &'a Node,
     opts: &'a InstanceOptions,
-    /// The program groups supervisord has loaded (a supervisord that was
-    /// restarted has none: started partitions get their services back).
-    loaded_groups: std::collections::BTreeSet<String>,
+    /// supervisord was (re)launched by this run: the services of started
+    /// partitions are started again, even of up-to-date ones.
+    supervisord_launched: bool,
 }
 
 impl Run<'_> {
@@ -249,14 +253,19 @@ impl Run<'_> {
                 let has_programs = ["etc/run", "etc/service"]
                     .iter()
                     .any(|d| std::fs::read_dir(pp.join(d)).map(|mut rd| rd.next().is_some()).unwrap_or(false));
-                if has_programs && !self.loaded_groups.contains(id) {
-                    log.warn(&format!("The services of {id} are not loaded in supervisord (was it restarted?): starting them again"));
+                if has_programs && self.supervisord_launched {
+                    log.warn(&format!("supervisord was not running: starting the services of {id} again"));
                     if let Err(e) = self.start(id, &pp, &owner, &log) {
                         return Outcome::Failed(e_to_string(e));
                     }
                 }
                 // the anomaly check of an up-to-date started partition
-                match promise::run_all(self.node, p, &pp, &owner, false, true, &log) {
+                let checked = if has_programs && self.supervisord_launched {
+                    self.promises_after_start(p, &pp, &owner, &log)
+                } else {
+                    promise::run_all(self.node, p, &pp, &owner, false, true, &log)
+                };
+                match checked {
                     Ok(()) => {
                         let status = p.access_status();
                         if status.is_none() || status.is_some_and(|s| s.starts_with("#error")) {
@@ -343,7 +352,7 @@ impl Run<'_> {
                     return Ok(());
                 }
                 self.start(id, pp, owner, log)?;
-                promise::run_all(self.node, p, pp, owner, true, false, log)?;
+                self.promises_after_start(p, pp, owner, log)?;
                 self.node.client.partition_started(&cfg.computer_id, id)?;
                 self.end_transaction(id, pp, log)?;
             }
@@ -368,6 +377,21 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A forced promise run for services that were just started: they get a
+    /// short grace period to come up before a failure counts.
+    fn promises_after_start(&self, p: &ComputerPartition, pp: &Path, owner: &Owner, log: &PartitionLog) -> Result<(), PromiseFailure> {
+        let grace = std::time::Instant::now() + START_GRACE;
+        loop {
+            match promise::run_all(self.node, p, pp, owner, true, false, log) {
+                Err(PromiseFailure::Failed(m)) if std::time::Instant::now() < grace => {
+                    log.info(&format!("{m} (services just started: checking again)"));
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn refresh_certificate(&self, id: &str, owner: &Owner) -> Result<(), PartitionError> {
@@ -645,10 +669,13 @@ pub fn offline(node: &Node) -> u8 {
 
 /// `slapos node instance`: returns the exit code.
 pub fn run(node: &Node, opts: &InstanceOptions) -> u8 {
-    if let Err(e) = node.supervisor.ensure_running() {
-        tracing::error!("{e}");
-        return node::FAIL;
-    }
+    let supervisord_launched = match node.supervisor.ensure_running() {
+        Ok(launched) => launched,
+        Err(e) => {
+            tracing::error!("{e}");
+            return node::FAIL;
+        }
+    };
     let computer = match node.computer() {
         Ok(c) => c,
         Err(e) if e.is_unreachable() => {
@@ -668,12 +695,7 @@ pub fn run(node: &Node, opts: &InstanceOptions) -> u8 {
         }
     };
     tracing::info!("Processing computer partitions ({} to check, {} at once)...", selected.len(), opts.workers.max(1));
-    let loaded_groups = node
-        .supervisor
-        .processes()
-        .map(|ps| ps.into_iter().filter_map(|(name, _)| name.split_once(':').map(|(g, _)| g.to_string())).collect())
-        .unwrap_or_default();
-    let run = Run { node, opts, loaded_groups };
+    let run = Run { node, opts, supervisord_launched };
     let outcomes = parallel(&selected, opts.workers, |p| run.partition(p));
     if let Some(Outcome::MasterDown(m)) = outcomes.iter().find(|o| matches!(o, Outcome::MasterDown(_))) {
         tracing::error!("{m}");

@@ -306,13 +306,14 @@ impl Supervisor {
         Ok(v.get("statename").and_then(XValue::as_str).unwrap_or_default().to_string())
     }
 
-    /// Starts supervisord unless it answers (§5.4 "Launch").
-    pub fn ensure_running(&self) -> Result<(), SupervisorError> {
+    /// Starts supervisord unless it answers (§5.4 "Launch"); true when it
+    /// was launched by this call.
+    pub fn ensure_running(&self) -> Result<bool, SupervisorError> {
         for _ in 0..5 {
             match self.state() {
-                Ok(s) if s == "RUNNING" => return Ok(()),
+                Ok(s) if s == "RUNNING" => return Ok(false),
                 Ok(s) if s == "SHUTDOWN" || s == "SHUTDOWN_STATE" => std::thread::sleep(Duration::from_secs(1)),
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(false),
                 Err(SupervisorError::Fault { code: SHUTDOWN_STATE, .. }) => std::thread::sleep(Duration::from_secs(1)),
                 Err(_) => break,
             }
@@ -344,7 +345,7 @@ impl Supervisor {
             if let Ok(s) = self.state() {
                 if s == "RUNNING" {
                     tracing::info!("Supervisord started.");
-                    return Ok(());
+                    return Ok(true);
                 }
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -1,0 +1,318 @@
+//! `slapos node software|instance|report|promise` for real, on a local node
+//! (format `--local`, no root needed): our master, the real zc.buildout and
+//! supervisord of the project venv, the example software release
+//! `examples/hello-http`, loopback HTTP only. As root, every command runs as
+//! `nobody` (a local node is owned by the user who runs it).
+//!
+//! Faults: a profile that fails (reported with its log, the other release
+//! still built), supervisord killed (services back on the next run), the
+//! master down (offline: services kept, nothing destroyed, exit 3),
+//! `kill -9` in the middle of a build (the next run resumes).
+
+#[path = "../../slap/tests/support/mod.rs"]
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_slapos");
+const NOBODY: u32 = 65534;
+
+struct Cloud {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    venv: PathBuf,
+    cfg: PathBuf,
+    client_cfg: PathBuf,
+    master: Option<Child>,
+    port: u16,
+}
+
+fn as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn chown_tree(p: &Path) {
+    if as_root() {
+        let s = Command::new("chown").arg("-R").arg(format!("{NOBODY}:{NOBODY}")).arg(p).status().unwrap();
+        assert!(s.success());
+    }
+}
+
+impl Cloud {
+    fn new(name: &str) -> Cloud {
+        let venv = support::python_venv();
+        let dir = tempfile::Builder::new().prefix(&format!("slapos-node-{name}-")).tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["etc", "log", "var/run", "opt/slapgrid", "srv/slapgrid", "sr", "bin"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        // the binary and the example, where the node's user can read them
+        let bin = d.join("bin/slapos");
+        std::fs::copy(BIN, &bin).unwrap();
+        let sr = d.join("sr/hello-http");
+        let status = Command::new("cp").arg("-r").arg(support::repo_root().join("examples/hello-http")).arg(&sr).status().unwrap();
+        assert!(status.success());
+        let text = std::fs::read_to_string(sr.join("software.cfg.in")).unwrap().replace("@SR_DIR@", sr.to_str().unwrap());
+        std::fs::write(sr.join("software.cfg"), text).unwrap();
+        let port = support::free_port();
+        let cfg = d.join("etc/slapos.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[slapos]\ncomputer_id = local\nmaster_url = http://127.0.0.1:{port}\nsoftware_root = {d}/opt/slapgrid\ninstance_root = {d}/srv/slapgrid\nbuildout = {venv}/bin/buildout\npidfile_software = {d}/var/run/sr.pid\npidfile_instance = {d}/var/run/cp.pid\npidfile_report = {d}/var/run/ur.pid\n\n[slapformat]\npartition_amount = 2\ncomputer_xml = {d}/var/slapos.xml\ninterface_name = lo\ncreate_tap = false\n\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {d}/var/proxy.db\n",
+                d = d.display(),
+                venv = venv.display()
+            ),
+        )
+        .unwrap();
+        let client_cfg = d.join("etc/slapos-client.cfg");
+        std::fs::write(&client_cfg, format!("[slapos]\nmaster_url = http://127.0.0.1:{port}\n")).unwrap();
+        // tempdir is 0700: the node's user must reach it
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        chown_tree(d);
+        let mut cloud = Cloud { dir, bin, venv, cfg, client_cfg, master: None, port };
+        cloud.start_master();
+        cloud
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .env("PATH", format!("{}/bin:/usr/bin:/bin", self.venv.display()))
+            .env("HOME", self.dir.path())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        if as_root() {
+            c.uid(NOBODY).gid(NOBODY);
+        }
+        c
+    }
+
+    fn start_master(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("log/proxy.out")).unwrap();
+        let cfg = self.cfg.to_str().unwrap().to_string();
+        let child = self.command(&["proxy", "start", "--cfg", &cfg]).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "the master did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.master = Some(child);
+    }
+
+    fn stop_master(&mut self) {
+        if let Some(mut m) = self.master.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut full: Vec<&str> = args.to_vec();
+        let cfg = if args[0] == "node" { &self.cfg } else { &self.client_cfg };
+        full.push("--cfg");
+        full.push(cfg.to_str().unwrap());
+        self.command(&full).output().unwrap()
+    }
+
+    /// Runs and checks the exit code; returns stdout + stderr.
+    fn ok(&self, args: &[&str], code: i32) -> String {
+        let o = self.run(args);
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.status.code(), Some(code), "slapos {}:\n{text}", args.join(" "));
+        text
+    }
+
+    fn sr_url(&self) -> String {
+        self.dir.path().join("sr/hello-http/software.cfg").display().to_string()
+    }
+
+    fn show(&self) -> serde_json::Value {
+        let o = self.command(&["proxy", "show", "--json", "--cfg", self.cfg.to_str().unwrap()]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout);
+        serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap()
+    }
+
+    fn supervisord_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.path().join("srv/slapgrid/var/run/supervisord.pid")).ok()?.trim().parse().ok()
+    }
+
+    fn url_of(&self, reference: &str, port: u16) -> String {
+        let o = self.run(&["request", reference, &self.sr_url(), "--parameters", &format!("port={port}"), "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["url"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        // the supervisord this test's node started, with its programs
+        if let Some(pid) = self.supervisord_pid() {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..100 {
+                if nix::sys::signal::kill(pid, None).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.stop_master();
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string)))
+                .and_then(|pp| pp.parse::<i32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
+fn get(url: &str) -> Option<String> {
+    let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(2))).build().new_agent();
+    agent.get(url).call().ok()?.body_mut().read_to_string().ok()
+}
+
+fn wait_answer(url: &str) -> Option<String> {
+    for _ in 0..50 {
+        if let Some(a) = get(url) {
+            return Some(a);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn deploys_the_example_survives_supervisord_and_master_failures() {
+    let mut c = Cloud::new("deploy");
+    let http_port = support::free_port();
+    c.ok(&["node", "format", "--local", "--now"], 0);
+    c.ok(&["supply", &c.sr_url(), "local"], 0);
+    c.run(&["request", "hello", &c.sr_url(), "--parameters", &format!("port={http_port}")]);
+    let out = c.ok(&["node", "software", "--now"], 0);
+    assert!(out.contains("installed"), "{out}");
+    let sp = std::fs::read_dir(c.dir.path().join("opt/slapgrid")).unwrap().next().unwrap().unwrap().path();
+    assert!(sp.join(".completed").exists() && sp.join("instance.cfg").exists());
+    let again = c.ok(&["node", "software", "--now"], 0);
+    assert!(again.contains("already installed") && !again.contains("Launching buildout"), "{again}");
+
+    let out = c.ok(&["node", "instance", "--now"], 0);
+    assert!(out.contains("Processing Computer Partition slappart0."), "{out}");
+    let url = c.url_of("hello", http_port);
+    assert!(url.starts_with("http://127.1."), "{url}");
+    assert_eq!(wait_answer(&url).as_deref().map(str::trim), Some("Hello from SlapOS"));
+    let pp = c.dir.path().join("srv/slapgrid/slappart0");
+    assert!(pp.join(".timestamp").exists());
+    assert!(c.dir.path().join("srv/slapgrid/etc/supervisord.conf.d/slappart0.conf").exists());
+    let result = std::fs::read_to_string(pp.join(".slapgrid/promise/result/check-http.status.json")).unwrap();
+    assert!(result.contains("\"failed\": false"), "{result}");
+    // the master knows: started
+    let show = c.show();
+    let p0 = show["partitions"].as_array().unwrap().iter().find(|p| p["partition"] == "slappart0").unwrap().clone();
+    assert_eq!(p0["reported"]["state"], "started", "{p0}");
+    assert_eq!(p0["connection_parameters"]["url"], url.as_str());
+
+    // a second run is a no-op: no buildout
+    let noop = c.ok(&["node", "instance", "--now"], 0);
+    assert!(!noop.contains("Processing Computer Partition"), "{noop}");
+    c.ok(&["node", "promise", "--now"], 0);
+    let status = c.ok(&["node", "status"], 0);
+    assert!(status.contains("slappart0:http-server-on-watch") && status.contains("RUNNING"), "{status}");
+
+    // supervisord killed: the next run starts it and the services again
+    // (as after an OOM kill or a crash of the machine: its services die too)
+    let pid = c.supervisord_pid().expect("supervisord pid file");
+    for child in children_of(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL);
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(get(&url).is_none());
+    let out = c.ok(&["node", "instance", "--now"], 0);
+    assert!(out.contains("Launching supervisord"), "{out}");
+    assert_ne!(c.supervisord_pid(), Some(pid));
+    assert!(wait_answer(&url).is_some(), "the service answers again after supervisord was restarted:\n{out}");
+
+    // the master down: offline, services kept, nothing destroyed, exit 3
+    c.stop_master();
+    let t = Instant::now();
+    let out = c.ok(&["node", "instance", "--now"], 3);
+    assert!(out.contains(&format!("127.0.0.1:{}", c.port)), "the error names the master: {out}");
+    assert!(t.elapsed() < Duration::from_secs(30), "retries are bounded: {:?}", t.elapsed());
+    assert!(wait_answer(&url).is_some(), "services keep running while the master is down");
+    assert!(pp.join(".timestamp").exists() && pp.join("buildout.cfg").exists(), "nothing destroyed");
+    c.ok(&["node", "software", "--now"], 1);
+    assert!(sp.join(".completed").exists());
+    c.start_master();
+
+    // destruction: instance stopped, then emptied by node report
+    c.ok(&["request", "hello", &c.sr_url(), "--state", "destroyed"], 0);
+    c.ok(&["node", "instance", "--now"], 0);
+    assert!(!c.dir.path().join("srv/slapgrid/etc/supervisord.conf.d/slappart0.conf").exists());
+    c.ok(&["node", "report", "--now"], 0);
+    assert_eq!(std::fs::read_dir(&pp).unwrap().count(), 0, "destroyed partition emptied");
+    assert!(get(&url).is_none(), "the service is gone");
+}
+
+#[test]
+fn a_broken_profile_is_reported_and_the_other_release_still_builds() {
+    let c = Cloud::new("broken");
+    c.ok(&["node", "format", "--local", "--now"], 0);
+    let broken = c.dir.path().join("sr/broken.cfg");
+    std::fs::write(&broken, "[buildout]\nparts = broken\noffline = true\nnewest = false\n\n[broken]\nrecipe = no.such.recipe\n").unwrap();
+    chown_tree(&broken);
+    let broken_url = broken.display().to_string();
+    c.ok(&["supply", &broken_url, "local"], 0);
+    c.ok(&["supply", &c.sr_url(), "local"], 0);
+    let out = c.ok(&["node", "software", "--now"], 1);
+    assert!(out.contains("Failed to run buildout profile in directory"), "{out}");
+    let show = c.show();
+    let srs = show["software_releases"].as_array().unwrap();
+    let report = |url: &str| srs.iter().find(|s| s["url"] == url).unwrap()["reported"].clone();
+    let b = report(&broken_url);
+    assert_eq!(b["state"], "error", "{b}");
+    let msg = b["message"].as_str().unwrap();
+    assert!(msg.starts_with("Failed to run buildout profile in directory '") && msg.contains("no.such.recipe"), "{msg}");
+    assert_eq!(report(&c.sr_url())["state"], "available");
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_build_then_the_next_run_resumes() {
+    let c = Cloud::new("kill9");
+    c.ok(&["node", "format", "--local", "--now"], 0);
+    c.ok(&["supply", &c.sr_url(), "local"], 0);
+    let cfg = c.cfg.to_str().unwrap().to_string();
+    let mut child = c.command(&["node", "software", "--now", "--cfg", &cfg]).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn().unwrap();
+    let pgid = child.id() as i32;
+    // wait until buildout is at work, then kill the whole run
+    let root = c.dir.path().join("opt/slapgrid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&root).map(|mut r| r.next().is_none()).unwrap_or(true) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pgid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    let sp = std::fs::read_dir(&root).unwrap().next().unwrap().unwrap().path();
+    assert!(!sp.join(".completed").exists(), "killed before the end");
+    // the pid file of the killed run does not block the next one
+    c.ok(&["node", "software", "--now"], 0);
+    assert!(sp.join(".completed").exists());
+    assert!(sp.join("instance.cfg").exists());
+}
