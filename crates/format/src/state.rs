@@ -8,17 +8,77 @@ use std::path::{Path, PathBuf};
 
 use slap::marshal::{self, Value};
 
+/// A partition's tap or tun as SlapOS stores it: a name and eight strings,
+/// empty when unused (`ipv4_network` of a tun is `addr/dotted-mask`, sic).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkState {
+    pub name: String,
+    pub ipv4_addr: String,
+    pub ipv4_netmask: String,
+    pub ipv4_gateway: String,
+    pub ipv4_network: String,
+    pub ipv6_addr: String,
+    pub ipv6_netmask: String,
+    pub ipv6_gateway: String,
+    pub ipv6_network: String,
+}
+
+impl LinkState {
+    /// A link with only its name.
+    pub fn named(name: impl Into<String>) -> LinkState {
+        LinkState { name: name.into(), ..Default::default() }
+    }
+
+    fn fields(&self) -> [(&'static str, &String); 9] {
+        [
+            ("ipv4_addr", &self.ipv4_addr),
+            ("ipv4_gateway", &self.ipv4_gateway),
+            ("ipv4_netmask", &self.ipv4_netmask),
+            ("ipv4_network", &self.ipv4_network),
+            ("ipv6_addr", &self.ipv6_addr),
+            ("ipv6_gateway", &self.ipv6_gateway),
+            ("ipv6_netmask", &self.ipv6_netmask),
+            ("ipv6_network", &self.ipv6_network),
+            ("name", &self.name),
+        ]
+    }
+
+    pub fn to_value(&self) -> Value {
+        dict(self.fields().into_iter().map(|(k, v)| (k, s(v))).collect())
+    }
+
+    /// Reads a tap/tun dictionary; missing fields are empty (as in SlapOS).
+    pub fn from_dict(d: &BTreeMap<String, Value>) -> LinkState {
+        let t = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        LinkState {
+            name: t("name"),
+            ipv4_addr: t("ipv4_addr"),
+            ipv4_netmask: t("ipv4_netmask"),
+            ipv4_gateway: t("ipv4_gateway"),
+            ipv4_network: t("ipv4_network"),
+            ipv6_addr: t("ipv6_addr"),
+            ipv6_netmask: t("ipv6_netmask"),
+            ipv6_gateway: t("ipv6_gateway"),
+            ipv6_network: t("ipv6_network"),
+        }
+    }
+}
+
 /// One partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
     pub reference: String,
     pub path: PathBuf,
     pub user: String,
-    pub tap_name: String,
+    pub tap: LinkState,
+    /// `None` when the node has no tuns (SlapOS writes `None`).
+    pub tun: Option<LinkState>,
     /// `(address, netmask)`: one IPv4 and one IPv6 (when known).
     pub addresses: Vec<(String, String)>,
     /// `(network address, prefix length)` of the routed IPv6 range.
     pub ipv6_range: Option<(String, u8)>,
+    /// Capabilities from a definition file (`capability_list`), if any.
+    pub capability_list: Option<Vec<String>>,
 }
 
 /// The computer.
@@ -35,6 +95,8 @@ pub struct ComputerState {
     pub ipv4_local_network: Option<String>,
     pub ipv6_prefixshift: u8,
     pub partition_has_ipv6_range: bool,
+    pub tap_gateway_interface: String,
+    pub tap_ipv6: bool,
     pub partitions: Vec<PartitionState>,
 }
 
@@ -66,13 +128,6 @@ fn v6_mask(prefix: u8) -> String {
 impl PartitionState {
     /// The partition's dictionary (also its `.slapos-resource`).
     pub fn to_value(&self, software_user: &str) -> Value {
-        let tap = dict(
-            ["ipv4_addr", "ipv4_gateway", "ipv4_netmask", "ipv4_network", "ipv6_addr", "ipv6_gateway", "ipv6_netmask", "ipv6_network"]
-                .into_iter()
-                .map(|k| (k, s("")))
-                .chain([("name", s(&self.tap_name))])
-                .collect(),
-        );
         let range = match &self.ipv6_range {
             Some((addr, len)) => dict(vec![
                 ("addr", s(addr)),
@@ -82,7 +137,7 @@ impl PartitionState {
             ]),
             None => Value::Dict(BTreeMap::new()),
         };
-        dict(vec![
+        let mut fields = vec![
             (
                 "address_list",
                 Value::List(self.addresses.iter().map(|(a, m)| dict(vec![("addr", s(a)), ("netmask", s(m))])).collect()),
@@ -91,8 +146,8 @@ impl PartitionState {
             ("ipv6_range", range),
             ("path", s(self.path.display().to_string())),
             ("reference", s(&self.reference)),
-            ("tap", tap),
-            ("tun", Value::None),
+            ("tap", self.tap.to_value()),
+            ("tun", self.tun.as_ref().map(LinkState::to_value).unwrap_or(Value::None)),
             (
                 "user",
                 dict(vec![
@@ -102,7 +157,11 @@ impl PartitionState {
                     ("shell", s("/bin/sh")),
                 ]),
             ),
-        ])
+        ];
+        if let Some(caps) = &self.capability_list {
+            fields.push(("capability_list", Value::List(caps.iter().map(s).collect())));
+        }
+        dict(fields)
     }
 }
 
@@ -133,8 +192,8 @@ impl ComputerState {
             ("slapos_version", s(format!("slapos-rs {}", env!("CARGO_PKG_VERSION")))),
             ("software_root", s(self.software_root.display().to_string())),
             ("software_user", s(&self.software_user)),
-            ("tap_gateway_interface", s("")),
-            ("tap_ipv6", Value::Bool(true)),
+            ("tap_gateway_interface", s(&self.tap_gateway_interface)),
+            ("tap_ipv6", Value::Bool(self.tap_ipv6)),
         ])
     }
 
@@ -149,7 +208,13 @@ impl ComputerState {
             let pd = p.as_dict().ok_or_else(|| bad("a partition is not a dictionary"))?;
             let reference = text(pd, "reference").ok_or_else(|| bad("a partition has no reference"))?;
             let user = pd.get("user").and_then(Value::as_dict).and_then(|u| text(u, "name")).unwrap_or_default();
-            let tap_name = pd.get("tap").and_then(Value::as_dict).and_then(|t| text(t, "name")).unwrap_or_default();
+            // SlapOS: a partition without a tap gets one named after it
+            let tap = pd.get("tap").and_then(Value::as_dict).map(LinkState::from_dict).unwrap_or_else(|| LinkState::named(&reference));
+            let tun = pd.get("tun").and_then(Value::as_dict).map(LinkState::from_dict);
+            let capability_list = pd
+                .get("capability_list")
+                .and_then(Value::as_seq)
+                .map(|l| l.iter().filter_map(Value::as_str).map(str::to_string).collect());
             let addresses = pd
                 .get("address_list")
                 .and_then(Value::as_seq)
@@ -165,9 +230,11 @@ impl ComputerState {
                 path: text(pd, "path").map(PathBuf::from).unwrap_or_default(),
                 reference,
                 user,
-                tap_name,
+                tap,
+                tun,
                 addresses,
                 ipv6_range,
+                capability_list,
             });
         }
         Ok(ComputerState {
@@ -182,6 +249,8 @@ impl ComputerState {
             ipv4_local_network: text(&iface, "ipv4_local_network"),
             ipv6_prefixshift: iface.get("ipv6_prefixshift").and_then(Value::as_int).map(|i| i as u8).unwrap_or(16),
             partition_has_ipv6_range: d.get("partition_has_ipv6_range").and_then(Value::as_bool).unwrap_or(true),
+            tap_gateway_interface: text(d, "tap_gateway_interface").unwrap_or_default(),
+            tap_ipv6: d.get("tap_ipv6").and_then(Value::as_bool).unwrap_or(true),
             partitions,
         })
     }
@@ -304,13 +373,30 @@ mod tests {
             ipv4_local_network: Some("10.0.0.0/16".into()),
             ipv6_prefixshift: 16,
             partition_has_ipv6_range: true,
+            tap_gateway_interface: String::new(),
+            tap_ipv6: true,
             partitions: vec![PartitionState {
                 reference: "slappart0".into(),
                 path: "/srv/slapgrid/slappart0".into(),
                 user: "slapuser0".into(),
-                tap_name: "slaptap0".into(),
+                tap: LinkState {
+                    name: "slaptap0".into(),
+                    ipv6_addr: "fd00:e2e::8001:ffff:ffff:ffff".into(),
+                    ipv6_netmask: "ffff:ffff:ffff:ffff:ffff::".into(),
+                    ipv6_gateway: "fd00:e2e::8001:0:0:1".into(),
+                    ipv6_network: "fd00:e2e::8001:0:0:1/80".into(),
+                    ..Default::default()
+                },
+                tun: Some(LinkState {
+                    name: "slaptun0".into(),
+                    ipv4_addr: "172.16.0.1".into(),
+                    ipv4_netmask: "255.252.0.0".into(),
+                    ipv4_network: "172.16.0.1/255.252.0.0".into(),
+                    ..Default::default()
+                }),
                 addresses: vec![("10.0.1.2".into(), "255.255.255.255".into()), ("fd00:e2e::2".into(), "ffff:ffff:ffff:ffff::".into())],
                 ipv6_range: Some(("fd00:e2e:0:0:4001::".into(), 80)),
+                capability_list: None,
             }],
         }
     }

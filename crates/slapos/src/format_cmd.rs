@@ -59,6 +59,7 @@ pub fn run(args: FormatArgs, global: &Global) -> anyhow::Result<u8> {
         alter_user: args.alter_user,
         alter_network: args.alter_network,
         local: args.local,
+        ..Default::default()
     };
     let cfg = FormatConfig::from_config(&config, &overrides)?;
     let mode = if args.dry_run {
