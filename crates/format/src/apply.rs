@@ -10,6 +10,7 @@ use slap::client::{ClientConfig, SlapClient};
 use slap::marshal;
 
 use crate::config::FormatConfig;
+use crate::definition;
 use crate::plan::{plan, Picker, Plan, Step, TunTapMode};
 use crate::state::{pretty_marshal, to_json, write_atomic, ComputerState};
 use crate::system;
@@ -29,27 +30,54 @@ pub enum Mode {
 pub fn run(cfg: &FormatConfig, mode: Mode, json: bool) -> anyhow::Result<u8> {
     let _lock = lock(&cfg.computer_xml)?;
     let previous = ComputerState::load(&cfg.computer_xml)?;
-    match &previous {
-        Some(p) => tracing::info!("Loading previous computer data from {} ({} partitions)", cfg.computer_xml.display(), p.partitions.len()),
-        None => tracing::warn!("Creating new computer data with id {}", cfg.computer_id),
-    }
+    // the model: the definition file (-i), else the state file
+    let (cfg, model) = match &cfg.input_definition_file {
+        Some(path) => {
+            tracing::info!("Using definition file {}", path.display());
+            let defined = definition::read(path, cfg)?;
+            let mut cfg = cfg.clone();
+            cfg.software_user = defined.software_user.clone();
+            (cfg, Some(defined))
+        }
+        None => {
+            match &previous {
+                Some(p) => tracing::info!("Loading previous computer data from {} ({} partitions)", cfg.computer_xml.display(), p.partitions.len()),
+                None => tracing::warn!("Creating new computer data with id {}", cfg.computer_id),
+            }
+            (cfg.clone(), previous.clone())
+        }
+    };
+    let cfg = &cfg;
     let invoking = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| "root".into());
     let mut users = vec![cfg.software_user.clone()];
-    let mut paths = vec![cfg.instance_root.clone(), cfg.software_root.clone()];
-    let mut resources = Vec::new();
-    for i in 0..cfg.partition_amount.max(previous.as_ref().map(|p| p.partitions.len()).unwrap_or(0)) {
+    let mut partition_paths = Vec::new();
+    for i in 0..cfg.partition_amount.max(model.as_ref().map(|p| p.partitions.len()).unwrap_or(0)) {
         users.push(format!("{}{i}", cfg.user_base_name));
-        let pp = cfg.instance_root.join(format!("{}{i}", cfg.partition_base_name));
-        resources.push(pp.join(".slapos-resource"));
-        paths.push(pp);
+        partition_paths.push(cfg.instance_root.join(format!("{}{i}", cfg.partition_base_name)));
     }
+    for p in model.iter().flat_map(|m| &m.partitions) {
+        users.push(p.user.clone());
+        partition_paths.push(p.path.clone());
+    }
+    users.sort();
+    users.dedup();
+    partition_paths.sort();
+    partition_paths.dedup();
+    let resources: Vec<PathBuf> = partition_paths.iter().map(|p| p.join(".slapos-resource")).collect();
+    let mut paths = vec![cfg.instance_root.clone(), cfg.software_root.clone()];
+    paths.extend(partition_paths);
     if !cfg.alter_user {
         users.push(invoking.clone());
     }
     let interfaces: Vec<String> = [cfg.interface_name.clone(), cfg.ipv6_interface.clone()].into_iter().flatten().collect();
     let observed = system::observe(&users, &interfaces, &paths, &resources, cfg.alter_network)?;
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-    let plan = plan(cfg, previous.as_ref(), &observed, &invoking, &mut Picker::new(seed))?;
+    let plan = plan(cfg, model.as_ref(), &observed, &invoking, &mut Picker::new(seed))?;
+    if let (Some(path), true) = (&cfg.output_definition_file, mode != Mode::Check) {
+        // an output asked for by name: also written by a dry run, as SlapOS does
+        write_atomic(path, &definition::write(&plan.state)).with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!("Stored computer definition in {}", path.display());
+    }
     match mode {
         Mode::DryRun => {
             print_plan(&plan, json)?;

@@ -978,4 +978,19 @@ mod tests {
         let e = plan(&config("ipv6_prefixshift = 20"), None, &obs, "root", &mut Picker::new(11)).unwrap_err();
         assert!(matches!(e, PlanError::Collision { .. }), "{e}");
     }
+
+    #[test]
+    fn a_defined_computer_keeps_its_address_without_an_interface() {
+        let cfg = config("interface_name = nosuch0\nalter_network = false");
+        let defined = crate::definition::parse(
+            "[computer]\naddress = fd00:1::1/ffff:ffff:ffff:ffff::\n[partition_0]\naddress = 10.1.0.2/255.255.255.255 fd00:1::2/ffff:ffff:ffff:ffff::\nuser = duser0\nnetwork_interface = dtap0\npathname = dpart0\n[partition_1]\naddress = \nuser = duser1\nnetwork_interface = dtap1\npathname = dpart1\n",
+            "def.cfg",
+            &cfg,
+        )
+        .unwrap();
+        let p = plan(&cfg, Some(&defined), &Observed::default(), "root", &mut Picker::new(1)).unwrap();
+        assert_eq!((p.state.address.as_deref(), p.state.netmask.as_deref()), (Some("fd00:1::1"), Some("ffff:ffff:ffff:ffff::")));
+        assert_eq!(p.state.partitions, defined.partitions, "the definition is used as it is");
+        assert_has(&texts(&p), &["useradd -d /srv/slapgrid/dpart1 -g duser1 -s /bin/sh -r -G tsoft duser1", "mkdir -m 750 /srv/slapgrid/dpart0"]);
+    }
 }

@@ -254,3 +254,33 @@ fn a_missing_interface_becomes_a_bridge_only_with_create_bridge() {
     let o = format(&s, &cfg, &[]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to change"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn the_definition_file_is_written_with_o_and_used_with_i() {
+    let Some(s) = sandbox('e', 2) else { return };
+    let d = s.dir.path();
+    let cfg = config(&s, 2);
+    let def = d.join("computer.def");
+    let o = format(&s, &cfg, &["-o", def.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&def).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("slapos.json")).unwrap()).unwrap();
+    let p1 = &json["partition_list"][1];
+    let line = format!("address = {}/255.255.255.255 {}/ffff:ffff:ffff:ffff::", p1["address_list"][0]["addr"].as_str().unwrap(), p1["address_list"][1]["addr"].as_str().unwrap());
+    assert!(text.starts_with("[computer]\naddress = fd00:7e57::1/ffff:ffff:ffff:ffff::\n\n[partition_0]\n"), "{text}");
+    assert!(text.contains(&format!("[partition_1]\n{line}\nipv6_range = fd00:7e57:0:0:4002::/80\nuser = {}user1\nnetwork_interface = {}tap1\npathname = slappart1\n", s.prefix, s.prefix)), "{text}");
+    // a node formatted from a definition: its names and addresses, not derived ones
+    std::fs::remove_file(d.join("slapos.xml")).unwrap();
+    std::fs::write(&def, text.replace("pathname = slappart1", "pathname = custom1")).unwrap();
+    let o = format(&s, &cfg, &["-i", def.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("slapos.json")).unwrap()).unwrap();
+    assert_eq!(json["partition_list"][1]["reference"], "custom1");
+    assert_eq!(json["partition_list"][1]["address_list"], p1["address_list"]);
+    let user1 = uid_of(&format!("{}user1", s.prefix));
+    assert_eq!(mode_owner(&d.join("srv/custom1")).1.to_string(), user1);
+    assert!(d.join("srv/custom1/.slapos-resource").exists());
+    // and a re-run from the same definition changes nothing
+    let o = format(&s, &cfg, &["-i", def.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to change"), "{}", String::from_utf8_lossy(&o.stderr));
+}
