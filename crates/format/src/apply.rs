@@ -12,7 +12,7 @@ use slap::marshal;
 use crate::config::FormatConfig;
 use crate::definition;
 use crate::plan::{plan, Picker, Plan, Step, TunTapMode};
-use crate::state::{pretty_marshal, to_json, write_atomic, ComputerState};
+use crate::state::{pretty_marshal, save_xml, to_json, write_atomic, ComputerState};
 use crate::system;
 
 /// What to do with the plan.
@@ -109,7 +109,7 @@ pub fn run(cfg: &FormatConfig, mode: Mode, json: bool) -> anyhow::Result<u8> {
             }
             Ok(1)
         }
-        Mode::Apply => apply(cfg, &plan, previous.as_ref()),
+        Mode::Apply => apply(cfg, &plan),
     }
 }
 
@@ -199,13 +199,11 @@ fn apply_network(steps: &[&Step]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn apply(cfg: &FormatConfig, plan: &Plan, previous: Option<&ComputerState>) -> anyhow::Result<u8> {
+fn apply(cfg: &FormatConfig, plan: &Plan) -> anyhow::Result<u8> {
     // the state first: a failure below leaves the chosen addresses saved, and
     // the next run converges to them
-    if previous != Some(&plan.state) {
-        let xml = pretty_marshal(&marshal::encode(&plan.state.to_value())?);
-        write_atomic(&cfg.computer_xml, &xml).with_context(|| format!("cannot write {}", cfg.computer_xml.display()))?;
-    }
+    let xml = pretty_marshal(&marshal::encode(&plan.state.to_value())?);
+    save_xml(&cfg.computer_xml, &xml).with_context(|| format!("cannot write {}", cfg.computer_xml.display()))?;
     if let Some(json_path) = &cfg.computer_json {
         let text = to_json(&plan.state.to_value(), 2);
         if std::fs::read_to_string(json_path).ok().as_deref() != Some(text.as_str()) {

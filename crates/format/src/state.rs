@@ -334,6 +334,76 @@ pub fn write_atomic(path: &Path, content: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Saves `computer_xml` with its history, as SlapOS does (`node.md` §2.7):
+/// when the new document differs from the file, the old file is first
+/// appended to `<computer_xml>.zip` as `<basename>.YYYYMMDD-HH:MM`
+/// (deflated; a later copy in the same minute gets `.1`, `.2`… since a zip
+/// entry name is unique). A zip that cannot be read is moved to
+/// `<zip>_broken_YYYYMMDD-HH:MM` and a new one is started; if even that
+/// fails, the history is skipped with a warning and the state is still
+/// written. Unlike SlapOS, an unchanged file is never archived (SlapOS
+/// archives it once, on the first re-run, because there is no zip yet).
+/// Returns whether the file was written.
+pub fn save_xml(path: &Path, xml: &str) -> std::io::Result<bool> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(old) if old == xml => return Ok(false),
+        Ok(old) => Some(old),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(old) = old {
+        let now = chrono::Local::now();
+        let archive = PathBuf::from(format!("{}.zip", path.display()));
+        let name = format!("{}{}", path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), now.format(".%Y%m%d-%H:%M"));
+        if let Err(e) = archive_append(&archive, &name, &old, &now) {
+            let broken = PathBuf::from(format!("{}{}", archive.display(), now.format("_broken_%Y%m%d-%H:%M")));
+            tracing::warn!("cannot add to {} ({e}): moving it to {} and starting a new one", archive.display(), broken.display());
+            let retry = std::fs::rename(&archive, &broken).map_err(|e| e.to_string()).and_then(|_| archive_append(&archive, &name, &old, &now));
+            if let Err(e) = retry {
+                tracing::warn!("Can't backup {}: {e}", path.display());
+            }
+        }
+    }
+    write_atomic(path, xml)?;
+    Ok(true)
+}
+
+/// Appends `content` as `name` (made unique) to the zip `archive`, created if missing.
+fn archive_append(archive: &Path, name: &str, content: &str, now: &chrono::DateTime<chrono::Local>) -> Result<(), String> {
+    use chrono::{Datelike, Timelike};
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(archive).map_err(|e| e.to_string())?;
+    let empty = file.metadata().map_err(|e| e.to_string())?.len() == 0;
+    let mut names = std::collections::BTreeSet::new();
+    let mut zip = if empty {
+        zip::ZipWriter::new(file)
+    } else {
+        let reader = zip::ZipArchive::new(&file).map_err(|e| e.to_string())?;
+        names.extend(reader.file_names().map(str::to_string));
+        zip::ZipWriter::new_append(file).map_err(|e| e.to_string())?
+    };
+    let mut unique = name.to_string();
+    let mut n = 0;
+    while names.contains(&unique) {
+        n += 1;
+        unique = format!("{name}.{n}");
+    }
+    let time = zip::DateTime::from_date_and_time(
+        now.year().clamp(1980, 2107) as u16,
+        now.month() as u8,
+        now.day() as u8,
+        now.hour() as u8,
+        now.minute() as u8,
+        now.second().min(59) as u8,
+    )
+    .unwrap_or_default();
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).last_modified_time(time);
+    zip.start_file(unique, options).map_err(|e| e.to_string())?;
+    zip.write_all(content.as_bytes()).map_err(|e| e.to_string())?;
+    zip.finish().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Python's `json.dumps(value, sort_keys=True, indent=indent)` for our values.
 pub fn to_json(v: &Value, indent: usize) -> String {
     fn j(v: &Value) -> serde_json::Value {
@@ -414,5 +484,43 @@ mod tests {
         let keys: Vec<&String> = p.as_dict().unwrap().keys().collect();
         assert_eq!(keys, ["address_list", "external_storage_list", "ipv6_range", "path", "reference", "tap", "tun", "user"]);
         assert!(to_json(&p, 4).contains("\n    \"address_list\": ["));
+    }
+
+    #[test]
+    fn the_state_file_history_is_a_zip_of_the_replaced_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let xml = dir.path().join("slapos.xml");
+        let zip_path = dir.path().join("slapos.xml.zip");
+        let entries = || {
+            let mut z = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+            let names: Vec<String> = z.file_names().map(str::to_string).collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            let mut contents = Vec::new();
+            for n in &sorted {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut z.by_name(n).unwrap(), &mut text).unwrap();
+                contents.push((n.clone(), text));
+            }
+            contents
+        };
+        assert!(save_xml(&xml, "<v1/>").unwrap());
+        assert!(!zip_path.exists(), "nothing to keep yet");
+        assert!(!save_xml(&xml, "<v1/>").unwrap(), "unchanged: left alone");
+        assert!(!zip_path.exists(), "an unchanged file is not archived");
+        assert!(save_xml(&xml, "<v2/>").unwrap());
+        assert!(save_xml(&xml, "<v3/>").unwrap());
+        assert_eq!(std::fs::read_to_string(&xml).unwrap(), "<v3/>");
+        let e = entries();
+        assert_eq!(e.len(), 2);
+        assert!(e[0].0.starts_with("slapos.xml.20") && e[0].0.len() == "slapos.xml.YYYYMMDD-HH:MM".len(), "{e:?}");
+        let contents: Vec<&str> = e.iter().map(|(_, c)| c.as_str()).collect();
+        assert!(contents.contains(&"<v1/>") && contents.contains(&"<v2/>"), "{e:?}");
+        // a corrupt zip is moved aside and a new one started
+        std::fs::write(&zip_path, "not a zip").unwrap();
+        assert!(save_xml(&xml, "<v4/>").unwrap());
+        assert_eq!(entries().iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["<v3/>"]);
+        let broken: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("slapos.xml.zip_broken_")).collect();
+        assert_eq!(broken.len(), 1);
     }
 }

@@ -148,6 +148,13 @@ fn formats_a_node_then_reruns_check_and_dry_run_change_nothing_and_growth_keeps_
     assert_eq!(new["partition_list"][0], old["partition_list"][0]);
     assert_eq!(new["partition_list"][1], old["partition_list"][1]);
     assert_eq!(new["partition_list"][2]["address_list"][1]["addr"], "fd00:7e57::4");
+    // the replaced state is kept in the zip history, readable by Python's zipfile
+    let zip = s.dir.path().join("slapos.xml.zip");
+    assert!(zip.exists(), "history of the replaced state file");
+    if let Ok(o) = Command::new("unzip").arg("-t").arg(&zip).output() {
+        let list = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && list.contains("slapos.xml.20"), "{list}");
+    }
     // shrinking is refused before anything changes
     let o = format(&s, &config(&s, 1), &[]);
     assert_eq!(o.status.code(), Some(1));
