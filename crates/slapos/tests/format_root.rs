@@ -186,6 +186,11 @@ fn taps_and_tuns_are_owned_by_the_partition_user_attached_to_the_bridge_and_kept
     let Some(s) = sandbox('c', 2) else { return };
     let cfg = config_with(&s, 2, "create_tap = true\ncreate_tun = true\n");
     let (tap0, tap1) = (format!("{}tap0", s.prefix), format!("{}tap1", s.prefix));
+    // a dry run plans the taps and creates none
+    let o = format(&s, &cfg, &["--dry_run"]);
+    let plan = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success() && plan.contains(&format!("ip tuntap add dev {tap0} mode tap user {}user0", s.prefix)), "{plan}");
+    assert!(in_ns(&s, &["ip", "link", "show", &tap0]).is_empty(), "no tap after a dry run");
     let o = format(&s, &cfg, &[]);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(2), "{err}");
