@@ -10,8 +10,9 @@ use slap::client::{ClientConfig, SlapClient};
 use slap::marshal;
 
 use crate::config::FormatConfig;
-use crate::plan::{plan, Picker, Plan, Step};
-use crate::state::{pretty_marshal, to_json, write_atomic, ComputerState};
+use crate::definition;
+use crate::plan::{plan, Picker, Plan, Step, TunTapMode};
+use crate::state::{pretty_marshal, save_xml, to_json, write_atomic, ComputerState};
 use crate::system;
 
 /// What to do with the plan.
@@ -29,27 +30,54 @@ pub enum Mode {
 pub fn run(cfg: &FormatConfig, mode: Mode, json: bool) -> anyhow::Result<u8> {
     let _lock = lock(&cfg.computer_xml)?;
     let previous = ComputerState::load(&cfg.computer_xml)?;
-    match &previous {
-        Some(p) => tracing::info!("Loading previous computer data from {} ({} partitions)", cfg.computer_xml.display(), p.partitions.len()),
-        None => tracing::warn!("Creating new computer data with id {}", cfg.computer_id),
-    }
+    // the model: the definition file (-i), else the state file
+    let (cfg, model) = match &cfg.input_definition_file {
+        Some(path) => {
+            tracing::info!("Using definition file {}", path.display());
+            let defined = definition::read(path, cfg)?;
+            let mut cfg = cfg.clone();
+            cfg.software_user = defined.software_user.clone();
+            (cfg, Some(defined))
+        }
+        None => {
+            match &previous {
+                Some(p) => tracing::info!("Loading previous computer data from {} ({} partitions)", cfg.computer_xml.display(), p.partitions.len()),
+                None => tracing::warn!("Creating new computer data with id {}", cfg.computer_id),
+            }
+            (cfg.clone(), previous.clone())
+        }
+    };
+    let cfg = &cfg;
     let invoking = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| "root".into());
     let mut users = vec![cfg.software_user.clone()];
-    let mut paths = vec![cfg.instance_root.clone(), cfg.software_root.clone()];
-    let mut resources = Vec::new();
-    for i in 0..cfg.partition_amount.max(previous.as_ref().map(|p| p.partitions.len()).unwrap_or(0)) {
+    let mut partition_paths = Vec::new();
+    for i in 0..cfg.partition_amount.max(model.as_ref().map(|p| p.partitions.len()).unwrap_or(0)) {
         users.push(format!("{}{i}", cfg.user_base_name));
-        let pp = cfg.instance_root.join(format!("{}{i}", cfg.partition_base_name));
-        resources.push(pp.join(".slapos-resource"));
-        paths.push(pp);
+        partition_paths.push(cfg.instance_root.join(format!("{}{i}", cfg.partition_base_name)));
     }
+    for p in model.iter().flat_map(|m| &m.partitions) {
+        users.push(p.user.clone());
+        partition_paths.push(p.path.clone());
+    }
+    users.sort();
+    users.dedup();
+    partition_paths.sort();
+    partition_paths.dedup();
+    let resources: Vec<PathBuf> = partition_paths.iter().map(|p| p.join(".slapos-resource")).collect();
+    let mut paths = vec![cfg.instance_root.clone(), cfg.software_root.clone()];
+    paths.extend(partition_paths);
     if !cfg.alter_user {
         users.push(invoking.clone());
     }
     let interfaces: Vec<String> = [cfg.interface_name.clone(), cfg.ipv6_interface.clone()].into_iter().flatten().collect();
     let observed = system::observe(&users, &interfaces, &paths, &resources, cfg.alter_network)?;
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-    let plan = plan(cfg, previous.as_ref(), &observed, &invoking, &mut Picker::new(seed))?;
+    let plan = plan(cfg, model.as_ref(), &observed, &invoking, &mut Picker::new(seed))?;
+    if let (Some(path), true) = (&cfg.output_definition_file, mode != Mode::Check) {
+        // an output asked for by name: also written by a dry run, as SlapOS does
+        write_atomic(path, &definition::write(&plan.state)).with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!("Stored computer definition in {}", path.display());
+    }
     match mode {
         Mode::DryRun => {
             print_plan(&plan, json)?;
@@ -63,6 +91,9 @@ pub fn run(cfg: &FormatConfig, mode: Mode, json: bool) -> anyhow::Result<u8> {
             }
             if plan.state.partitions.len() != previous.as_ref().map(|p| p.partitions.len()).unwrap_or(0) {
                 println!("partition_amount is {}, the state file has {} partitions", cfg.partition_amount, previous.as_ref().map(|p| p.partitions.len()).unwrap_or(0));
+            }
+            for w in &plan.warnings {
+                println!("warning: {w}");
             }
             if drift.is_empty() {
                 println!("no drift: the system matches {}", cfg.computer_xml.display());
@@ -78,7 +109,7 @@ pub fn run(cfg: &FormatConfig, mode: Mode, json: bool) -> anyhow::Result<u8> {
             }
             Ok(1)
         }
-        Mode::Apply => apply(cfg, &plan, previous.as_ref()),
+        Mode::Apply => apply(cfg, &plan),
     }
 }
 
@@ -91,10 +122,16 @@ fn print_plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else if plan.steps.is_empty() {
         println!("nothing to change");
+        for w in &plan.warnings {
+            println!("warning: {w}");
+        }
     } else {
         println!("plan ({} steps):", plan.steps.len());
         for s in &plan.steps {
             println!("  {s}");
+        }
+        for w in &plan.warnings {
+            println!("warning: {w}");
         }
     }
     Ok(())
@@ -121,13 +158,52 @@ fn uid_gid(user: &str) -> anyhow::Result<(u32, u32)> {
     Ok((u.uid, u.gid))
 }
 
-fn apply(cfg: &FormatConfig, plan: &Plan, previous: Option<&ComputerState>) -> anyhow::Result<u8> {
+/// The netlink (or ioctl) change of a network step; a tun/tap's owner is
+/// resolved now, once the users exist (root when the user does not).
+fn network_change(step: &Step) -> Option<system::NetworkChange> {
+    use system::NetworkChange as N;
+    Some(match step {
+        Step::CreateBridge { name } => N::Bridge { name: name.clone() },
+        Step::CreateTunTap { name, mode, user } => {
+            N::TunTap { name: name.clone(), tap: *mode == TunTapMode::Tap, uid: system::user(user).map(|u| u.uid).unwrap_or(0) }
+        }
+        Step::SetMaster { interface, master } => N::Master { interface: interface.clone(), master: master.clone() },
+        Step::SetUp { interface } => N::Up { interface: interface.clone() },
+        Step::AddAddress { interface, address, prefix, noprefixroute } => {
+            N::Address { interface: interface.clone(), addr: *address, prefix: *prefix, noprefixroute: *noprefixroute }
+        }
+        Step::AddRoute { destination, prefix, interface, via } => {
+            N::Route { destination: *destination, prefix: *prefix, interface: interface.clone(), via: *via }
+        }
+        Step::AddLocalRoute { network, prefix } => N::LocalRoute { network: *network, prefix: *prefix },
+        _ => return None,
+    })
+}
+
+/// Applies network steps in order over one netlink session.
+fn apply_network(steps: &[&Step]) -> anyhow::Result<()> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    for step in steps {
+        if matches!(step, Step::CreateBridge { .. }) {
+            tracing::info!("creating bridge interface {}", step.device().unwrap_or_default());
+        }
+        tracing::info!("{step}");
+    }
+    let changes: Vec<system::NetworkChange> = steps.iter().filter_map(|s| network_change(s)).collect();
+    if let Err((done, e)) = system::apply_network(&changes) {
+        let step = steps.get(done).map(|s| s.to_string()).unwrap_or_default();
+        return Err(anyhow!("step failed: {step}: {e} (what was done is kept; run slapos node format again once fixed)"));
+    }
+    Ok(())
+}
+
+fn apply(cfg: &FormatConfig, plan: &Plan) -> anyhow::Result<u8> {
     // the state first: a failure below leaves the chosen addresses saved, and
     // the next run converges to them
-    if previous != Some(&plan.state) {
-        let xml = pretty_marshal(&marshal::encode(&plan.state.to_value())?);
-        write_atomic(&cfg.computer_xml, &xml).with_context(|| format!("cannot write {}", cfg.computer_xml.display()))?;
-    }
+    let xml = pretty_marshal(&marshal::encode(&plan.state.to_value())?);
+    save_xml(&cfg.computer_xml, &xml).with_context(|| format!("cannot write {}", cfg.computer_xml.display()))?;
     if let Some(json_path) = &cfg.computer_json {
         let text = to_json(&plan.state.to_value(), 2);
         if std::fs::read_to_string(json_path).ok().as_deref() != Some(text.as_str()) {
@@ -137,33 +213,24 @@ fn apply(cfg: &FormatConfig, plan: &Plan, previous: Option<&ComputerState>) -> a
     if plan.steps.is_empty() {
         tracing::info!("the node is already formatted: nothing to change");
     }
-    let mut added_v6 = std::collections::BTreeSet::new();
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
     // network changes go first, in one netlink session: duplicate address
-    // detection then runs while users and directories are made
-    let mut network: Vec<(&Step, system::NetworkChange)> = Vec::new();
-    for step in &plan.steps {
-        match step {
-            Step::AddAddress { interface, address, prefix } => {
-                if address.is_ipv6() {
-                    added_v6.insert(interface.clone());
-                }
-                network.push((step, system::NetworkChange::Address { interface: interface.clone(), addr: *address, prefix: *prefix }));
-            }
-            Step::AddLocalRoute { network: n, prefix } => {
-                network.push((step, system::NetworkChange::LocalRoute { network: *n, prefix: *prefix }));
-            }
-            _ => {}
-        }
-    }
-    for (step, _) in &network {
-        tracing::info!("{step}");
-    }
-    let changes: Vec<system::NetworkChange> = network.iter().map(|(_, c)| c.clone()).collect();
-    if let Err((done, e)) = system::apply_network(&changes) {
-        let step = network.get(done).map(|(s, _)| s.to_string()).unwrap_or_default();
-        return Err(anyhow!("step failed: {step}: {e} (what was done is kept; run slapos node format again once fixed)"));
-    }
-    for step in plan.steps.iter().filter(|s| !matches!(s, Step::AddAddress { .. } | Step::AddLocalRoute { .. })) {
+    // detection then runs while users and directories are made. New taps and
+    // tuns (and what is done on them) come after the users, who own them.
+    let created: std::collections::BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::CreateTunTap { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let (late, early): (Vec<&Step>, Vec<&Step>) =
+        plan.steps.iter().filter(|s| s.is_network()).partition(|s| s.device().is_some_and(|d| created.contains(d)));
+    apply_network(&early)?;
+    for step in plan.steps.iter().filter(|s| !s.is_network()) {
         tracing::info!("{step}");
         let r: anyhow::Result<()> = match step {
             Step::CreateGroup { name } => system::run("groupadd", &[name]).map_err(Into::into),
@@ -197,19 +264,33 @@ fn apply(cfg: &FormatConfig, plan: &Plan, previous: Option<&ComputerState>) -> a
                 let file = format!("/proc/sys/{}", key.replace('.', "/"));
                 std::fs::write(&file, value).with_context(|| format!("cannot set {key}"))
             }
-            Step::AddAddress { .. } | Step::AddLocalRoute { .. } => unreachable!("network steps are applied together"),
             Step::WriteResource { path } => {
                 let p = plan.state.partitions.iter().find(|p| p.path.join(".slapos-resource") == *path).expect("planned");
                 write_atomic(path, &to_json(&p.to_value(&plan.state.software_user), 4)).with_context(|| format!("cannot write {}", path.display()))
             }
+            _ => unreachable!("network steps are applied together"),
         };
         r.with_context(|| format!("step failed: {step} (what was done is kept; run slapos node format again once fixed)"))?;
     }
-    // new IPv6 addresses must pass duplicate address detection before use
+    apply_network(&late)?;
+    // new IPv6 addresses of the node's interfaces must pass duplicate address
+    // detection before use (taps and tuns stay tentative until used: SlapOS
+    // accepts that)
+    let node_interfaces = [cfg.interface_name.as_deref(), cfg.ipv6_interface.as_deref()];
+    let added_v6: std::collections::BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::AddAddress { interface, address: std::net::IpAddr::V6(_), .. } if node_interfaces.contains(&Some(interface.as_str())) => {
+                Some(interface.as_str())
+            }
+            _ => None,
+        })
+        .collect();
     for iface in added_v6 {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let t = system::tentative(&iface)?;
+            let t = system::tentative(iface)?;
             if t.is_empty() {
                 break;
             }

@@ -20,8 +20,6 @@ pub enum FormatConfigError {
     Removed(&'static str),
     #[error("{key} file {path} does not exist")]
     MissingFile { key: &'static str, path: String },
-    #[error("{0} is not supported by this slapos node format yet; set it to false")]
-    Unsupported(&'static str),
 }
 
 /// Command-line values that override the file (`None`: not given).
@@ -31,6 +29,8 @@ pub struct Overrides {
     pub computer_json: Option<PathBuf>,
     pub alter_user: Option<bool>,
     pub alter_network: Option<bool>,
+    pub input_definition_file: Option<PathBuf>,
+    pub output_definition_file: Option<PathBuf>,
     pub local: bool,
 }
 
@@ -53,6 +53,24 @@ pub struct FormatConfig {
     pub ipv4_local_network: Option<(Ipv4Addr, u8)>,
     pub partition_has_ipv6_range: bool,
     pub ipv6_prefixshift: u8,
+    /// One tap per partition (`tap_base_name` + index), owned by the
+    /// partition user, attached to `interface_name` when it is a bridge.
+    pub create_tap: bool,
+    /// Give taps an IPv6 range.
+    pub tap_ipv6: bool,
+    /// Interface whose IPv4 subnet feeds the taps' IPv4 (empty: none).
+    pub tap_gateway_interface: String,
+    /// One tun per partition (`slaptun` + index).
+    pub create_tun: bool,
+    /// Give tuns an IPv6 range.
+    pub tun_ipv6: bool,
+    /// `[slapformat] create_bridge`: create `interface_name` as a bridge
+    /// when it does not exist (off by default: an unknown interface is an error).
+    pub create_bridge: bool,
+    /// `-i`: take partitions and addresses from this definition file.
+    pub input_definition_file: Option<PathBuf>,
+    /// `-o`: write the computer definition to this file.
+    pub output_definition_file: Option<PathBuf>,
     pub alter_user: bool,
     pub alter_network: bool,
     /// Local mode: partitions owned by the invoking user, loopback
@@ -129,12 +147,7 @@ impl FormatConfig {
             }
         };
         let abs = |p: PathBuf| if p.is_absolute() { p } else { std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p) };
-        if boolean("create_tap", true)? && alter_network {
-            return Err(FormatConfigError::Unsupported("create_tap"));
-        }
-        if boolean("create_tun", false)? && alter_network {
-            return Err(FormatConfigError::Unsupported("create_tun"));
-        }
+        let definition = |over: &Option<PathBuf>, key: &str| over.clone().or_else(|| nonempty(key).map(PathBuf::from));
         let computer_xml = match &o.computer_xml {
             Some(p) => p.clone(),
             None => PathBuf::from(required("computer_xml")?),
@@ -156,6 +169,14 @@ impl FormatConfig {
             ipv4_local_network,
             partition_has_ipv6_range: boolean("partition_has_ipv6_range", true)?,
             ipv6_prefixshift,
+            create_tap: boolean("create_tap", true)?,
+            tap_ipv6: boolean("tap_ipv6", true)?,
+            tap_gateway_interface: nonempty("tap_gateway_interface").unwrap_or_default(),
+            create_tun: boolean("create_tun", false)?,
+            tun_ipv6: boolean("tun_ipv6", true)?,
+            create_bridge: boolean("create_bridge", false)?,
+            input_definition_file: definition(&o.input_definition_file, "input_definition_file").map(abs),
+            output_definition_file: definition(&o.output_definition_file, "output_definition_file").map(abs),
             alter_user,
             alter_network,
             local,
@@ -182,6 +203,11 @@ mod tests {
         let c = cfg("").unwrap();
         assert_eq!((c.partition_amount, c.ipv6_prefixshift, c.alter_user, c.partition_has_ipv6_range), (3, 16, true, true));
         assert_eq!(c.user_base_name, "slapuser");
+        assert!(!c.create_tap && c.tap_ipv6 && !c.create_tun && c.tun_ipv6 && !c.create_bridge);
+        assert!(cfg("").map(|c| c.tap_gateway_interface.is_empty()).unwrap());
+        let taps = cfg("create_tun = true\ncreate_bridge = true\ntap_gateway_interface = eth1\n").unwrap();
+        assert!(taps.create_tun && taps.create_bridge && taps.tap_gateway_interface == "eth1");
+        assert!(cfg("create_bridge = maybe").unwrap_err().to_string().contains("'create_bridge'"));
         assert_eq!(cfg("alter_user = yes").unwrap_err().to_string(), "Option 'alter_user' needs to be \"True\" or \"False\", wrong value: 'yes'");
         assert!(cfg("ipv4_local_network = 10.0.0.0/33").unwrap_err().to_string().contains("'10.0.0.0/33'"));
         assert!(matches!(cfg("bridge_name = br0"), Err(FormatConfigError::Removed("bridge_name"))));

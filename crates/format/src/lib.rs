@@ -7,13 +7,15 @@
 //! it ([`apply`]).
 //!
 //! Layers: [`config`] (slapos.cfg → validated [`config::FormatConfig`]),
-//! [`addressing`] (SlapOS's address derivation), [`state`] (the computer
+//! [`addressing`] (SlapOS's address derivation), [`definition`] (the INI
+//! computer definition of `-i`/`-o`), [`state`] (the computer
 //! dictionary: state files, resources, report), [`system`] (observe and
 //! change the machine: commands, netlink), [`plan`], [`apply`].
 
 pub mod addressing;
 pub mod apply;
 pub mod config;
+pub mod definition;
 pub mod plan;
 pub mod state;
 pub mod system;

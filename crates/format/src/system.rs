@@ -1,6 +1,7 @@
 //! The live system, observed and changed: users and groups (the system's
 //! `groupadd`/`useradd`/`usermod`/`passwd`, the standard auditable way),
-//! directories, and the network through netlink (rtnetlink).
+//! directories, and the network through netlink (rtnetlink) plus the TUN/TAP
+//! ioctls of `/dev/net/tun` (what `ip tuntap add` does).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
@@ -10,7 +11,8 @@ use std::process::Command;
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlag, AddressHeaderFlag};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlag, LinkInfo};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteScope, RouteType};
 
 /// A user as the system knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,25 @@ pub struct Interface {
     pub index: u32,
     /// `(address, prefix length, tentative)`.
     pub addresses: Vec<(IpAddr, u8, bool)>,
+    /// Administratively up.
+    pub up: bool,
+    /// A bridge (taps are attached to it).
+    pub bridge: bool,
+    /// The bridge (or other controller) this interface is attached to.
+    pub master: Option<String>,
+    /// A tun or tap device.
+    pub tuntap: bool,
+    /// Owner uid of a tun/tap (`/sys/class/net/<name>/owner`; none: -1 or unreadable).
+    pub owner: Option<u32>,
+}
+
+/// A route of the main table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub destination: IpAddr,
+    pub prefix: u8,
+    pub interface: String,
+    pub via: Option<IpAddr>,
 }
 
 /// A path's owner and mode.
@@ -46,8 +67,10 @@ pub struct PathInfo {
 pub struct Observed {
     pub users: BTreeMap<String, UserInfo>,
     pub groups: BTreeSet<String>,
-    /// Interfaces by name (those named in the configuration).
+    /// Interfaces by name (all of them).
     pub interfaces: BTreeMap<String, Interface>,
+    /// Routes of the main table (those through taps matter).
+    pub routes: BTreeSet<Route>,
     /// Every address on any interface (collisions).
     pub all_addresses: BTreeSet<IpAddr>,
     /// IPv6 routes of the `local` table: `(network, prefix length)`.
@@ -150,8 +173,73 @@ async fn addresses(handle: &rtnetlink::Handle, index: Option<u32>) -> Result<Vec
     Ok(out)
 }
 
+/// Every link: name, index, flags, kind, controller.
+async fn links(handle: &rtnetlink::Handle) -> Result<Vec<Interface>, SystemError> {
+    let mut stream = handle.link().get().execute();
+    let mut raw = Vec::new();
+    while let Some(msg) = stream.try_next().await.map_err(|e| failed("listing interfaces", e))? {
+        let mut i = Interface { index: msg.header.index, up: msg.header.flags.contains(&LinkFlag::Up), ..Default::default() };
+        let mut master = None;
+        for a in &msg.attributes {
+            match a {
+                LinkAttribute::IfName(n) => i.name = n.clone(),
+                LinkAttribute::Controller(m) => master = Some(*m),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            i.bridge = *kind == InfoKind::Bridge;
+                            i.tuntap = *kind == InfoKind::Tun;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        raw.push((i, master));
+    }
+    let names: BTreeMap<u32, String> = raw.iter().map(|(i, _)| (i.index, i.name.clone())).collect();
+    Ok(raw
+        .into_iter()
+        .map(|(mut i, m)| {
+            i.master = m.and_then(|m| names.get(&m).cloned());
+            if i.tuntap {
+                i.owner = tuntap_owner(&i.name);
+            }
+            i
+        })
+        .collect())
+}
+
+/// The owner uid of a tun/tap, as `/sys/class/net/<name>/owner` shows it.
+pub fn tuntap_owner(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/owner")).ok()?;
+    text.trim().parse::<i64>().ok().filter(|u| *u >= 0).map(|u| u as u32)
+}
+
+fn route_of(header: &RouteHeader, attributes: &[RouteAttribute], names: &BTreeMap<u32, String>) -> Option<Route> {
+    let mut table = header.table as u32;
+    let (mut dest, mut via, mut oif) = (None, None, None);
+    for a in attributes {
+        match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dest = Some(IpAddr::V4(*d)),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => dest = Some(IpAddr::V6(*d)),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => via = Some(IpAddr::V6(*g)),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    if table != RouteHeader::RT_TABLE_MAIN as u32 || header.kind != RouteType::Unicast {
+        return None;
+    }
+    Some(Route { destination: dest?, prefix: header.destination_prefix_length, interface: names.get(&oif?)?.clone(), via })
+}
+
 /// Observes what the planner needs: users, groups, interfaces, addresses,
-/// local routes, paths and resource files.
+/// routes, paths and resource files. `network`: also every address and the
+/// routes (what altering the network needs); `interfaces`: read the
+/// interfaces even without `network` (the computer address).
 pub fn observe(users: &[String], interfaces: &[String], paths: &[PathBuf], resources: &[PathBuf], network: bool) -> Result<Observed, SystemError> {
     let mut o = Observed::default();
     for u in users {
@@ -179,27 +267,33 @@ pub fn observe(users: &[String], interfaces: &[String], paths: &[PathBuf], resou
     let rt = runtime()?;
     rt.block_on(async {
         let handle = connect().await?;
-        for name in interfaces {
-            if let Some(index) = link_index(&handle, name).await? {
-                let addrs = addresses(&handle, Some(index)).await?;
-                o.interfaces.insert(
-                    name.clone(),
-                    Interface { name: name.clone(), index, addresses: addrs.into_iter().map(|(_, a, p, t)| (a, p, t)).collect() },
-                );
-            }
+        let mut by_index = BTreeMap::new();
+        for i in links(&handle).await? {
+            by_index.insert(i.index, i);
         }
-        if network {
-            for (_, a, _, _) in addresses(&handle, None).await? {
+        let names: BTreeMap<u32, String> = by_index.iter().map(|(k, i)| (*k, i.name.clone())).collect();
+        for (index, a, p, t) in addresses(&handle, None).await? {
+            if let Some(i) = by_index.get_mut(&index) {
+                i.addresses.push((a, p, t));
+            }
+            if network {
                 o.all_addresses.insert(a);
             }
-            let mut routes = handle.route().get(rtnetlink::IpVersion::V6).execute();
-            while let Some(r) = routes.try_next().await.map_err(|e| failed("listing routes", e))? {
-                if r.header.kind != RouteType::Local {
-                    continue;
-                }
-                for a in &r.attributes {
-                    if let RouteAttribute::Destination(RouteAddress::Inet6(d)) = a {
-                        o.local_routes.insert((*d, r.header.destination_prefix_length));
+        }
+        o.interfaces = by_index.into_values().map(|i| (i.name.clone(), i)).collect();
+        if network {
+            for version in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+                let v6 = version == rtnetlink::IpVersion::V6;
+                let mut routes = handle.route().get(version).execute();
+                while let Some(r) = routes.try_next().await.map_err(|e| failed("listing routes", e))? {
+                    if v6 && r.header.kind == RouteType::Local {
+                        for a in &r.attributes {
+                            if let RouteAttribute::Destination(RouteAddress::Inet6(d)) = a {
+                                o.local_routes.insert((*d, r.header.destination_prefix_length));
+                            }
+                        }
+                    } else if let Some(route) = route_of(&r.header, &r.attributes, &names) {
+                        o.routes.insert(route);
                     }
                 }
             }
@@ -212,10 +306,68 @@ pub fn observe(users: &[String], interfaces: &[String], paths: &[PathBuf], resou
 /// A network change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkChange {
-    /// `ip addr add A/P dev I`.
-    Address { interface: String, addr: IpAddr, prefix: u8 },
+    /// `ip link add N type bridge`.
+    Bridge { name: String },
+    /// `ip tuntap add dev N mode tap|tun user U`: a persistent tun/tap owned by `uid`.
+    TunTap { name: String, tap: bool, uid: u32 },
+    /// `ip link set I master M`.
+    Master { interface: String, master: String },
+    /// `ip link set I up`.
+    Up { interface: String },
+    /// `ip addr add A/P dev I [noprefixroute]`.
+    Address { interface: String, addr: IpAddr, prefix: u8, noprefixroute: bool },
+    /// `ip route add D/P dev I [via G]` (main table).
+    Route { destination: IpAddr, prefix: u8, interface: String, via: Option<IpAddr> },
     /// `ip -6 route add local N/P dev lo`: the partition's range is routed here.
     LocalRoute { network: Ipv6Addr, prefix: u8 },
+}
+
+nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
+nix::ioctl_write_int_bad!(tun_set_owner, libc::TUNSETOWNER);
+nix::ioctl_write_int_bad!(tun_set_persist, libc::TUNSETPERSIST);
+
+/// Creates a persistent tun or tap owned by `uid`, as `ip tuntap add` does:
+/// `TUNSETIFF` (`IFF_TAP` or `IFF_TUN`, with `IFF_NO_PI`), `TUNSETOWNER`,
+/// `TUNSETPERSIST 1` on `/dev/net/tun`, then the descriptor is closed (the
+/// device stays, without carrier until a program opens it).
+pub fn create_tuntap(name: &str, tap: bool, uid: u32) -> Result<(), SystemError> {
+    use std::os::fd::AsRawFd;
+    let what = || format!("creating {} {name}", if tap { "tap" } else { "tun" });
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(failed(what(), format!("an interface name has 1 to {} characters", libc::IFNAMSIZ - 1)));
+    }
+    let file = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(|e| failed(what(), format!("/dev/net/tun: {e}")))?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = ((if tap { libc::IFF_TAP } else { libc::IFF_TUN }) | libc::IFF_NO_PI) as libc::c_short;
+    let fd = file.as_raw_fd();
+    // SAFETY: fd is an open /dev/net/tun descriptor and req lives across the calls
+    unsafe {
+        tun_set_iff(fd, &req).map_err(|e| failed(what(), format!("TUNSETIFF: {e}")))?;
+        tun_set_owner(fd, uid as libc::c_int).map_err(|e| failed(what(), format!("TUNSETOWNER {uid}: {e}")))?;
+        tun_set_persist(fd, 1).map_err(|e| failed(what(), format!("TUNSETPERSIST: {e}")))?;
+    }
+    Ok(())
+}
+
+async fn index_of(handle: &rtnetlink::Handle, cache: &mut std::collections::HashMap<String, u32>, name: &str) -> Result<u32, SystemError> {
+    if let Some(i) = cache.get(name) {
+        return Ok(*i);
+    }
+    let i = link_index(handle, name).await?.ok_or_else(|| SystemError::NoInterface(name.to_string()))?;
+    cache.insert(name.to_string(), i);
+    Ok(i)
+}
+
+fn exists_ok(r: Result<(), rtnetlink::Error>, what: impl FnOnce() -> String) -> Result<(), SystemError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        Err(e) => Err(failed(what(), e)),
+    }
 }
 
 /// Applies network changes in order, over one netlink connection; stops at
@@ -226,48 +378,61 @@ pub fn apply_network(changes: &[NetworkChange]) -> Result<(), (usize, SystemErro
         let handle = connect().await.map_err(|e| (0, e))?;
         let mut indexes = std::collections::HashMap::new();
         for (done, change) in changes.iter().enumerate() {
-            let r = match change {
-                NetworkChange::Address { interface, addr, prefix } => {
-                    let index = match indexes.get(interface) {
-                        Some(i) => *i,
-                        None => {
-                            let i = link_index(&handle, interface)
-                                .await
-                                .map_err(|e| (done, e))?
-                                .ok_or_else(|| (done, SystemError::NoInterface(interface.clone())))?;
-                            indexes.insert(interface.clone(), i);
-                            i
+            let r = async {
+                match change {
+                    NetworkChange::Bridge { name } => {
+                        exists_ok(handle.link().add().bridge(name.clone()).execute().await, || format!("creating bridge {name}"))
+                    }
+                    NetworkChange::TunTap { name, tap, uid } => create_tuntap(name, *tap, *uid),
+                    NetworkChange::Master { interface, master } => {
+                        let i = index_of(&handle, &mut indexes, interface).await?;
+                        let m = index_of(&handle, &mut indexes, master).await?;
+                        handle.link().set(i).controller(m).execute().await.map_err(|e| failed(format!("attaching {interface} to {master}"), e))
+                    }
+                    NetworkChange::Up { interface } => {
+                        let i = index_of(&handle, &mut indexes, interface).await?;
+                        handle.link().set(i).up().execute().await.map_err(|e| failed(format!("bringing {interface} up"), e))
+                    }
+                    NetworkChange::Address { interface, addr, prefix, noprefixroute } => {
+                        let index = index_of(&handle, &mut indexes, interface).await?;
+                        let mut req = handle.address().add(index, *addr, *prefix);
+                        if *noprefixroute {
+                            req.message_mut().attributes.push(AddressAttribute::Flags(vec![AddressFlag::Noprefixroute]));
                         }
-                    };
-                    add_address_with(&handle, index, interface, *addr, *prefix).await
-                }
-                NetworkChange::LocalRoute { network, prefix } => {
-                    let lo = match indexes.get("lo") {
-                        Some(i) => *i,
-                        None => {
-                            let i = link_index(&handle, "lo")
-                                .await
-                                .map_err(|e| (done, e))?
-                                .ok_or_else(|| (done, SystemError::NoInterface("lo".into())))?;
-                            indexes.insert("lo".to_string(), i);
-                            i
+                        exists_ok(req.execute().await, || format!("adding {addr}/{prefix} to {interface}"))
+                    }
+                    NetworkChange::Route { destination, prefix, interface, via } => {
+                        let index = index_of(&handle, &mut indexes, interface).await?;
+                        let what = || format!("adding route {destination}/{prefix} dev {interface}");
+                        match (destination, via) {
+                            (IpAddr::V4(d), via) => {
+                                let mut req = handle.route().add().v4().destination_prefix(*d, *prefix).output_interface(index);
+                                match via {
+                                    Some(IpAddr::V4(g)) => req = req.gateway(*g),
+                                    _ => req = req.scope(RouteScope::Link),
+                                }
+                                exists_ok(req.execute().await, what)
+                            }
+                            (IpAddr::V6(d), via) => {
+                                let mut req = handle.route().add().v6().destination_prefix(*d, *prefix).output_interface(index);
+                                if let Some(IpAddr::V6(g)) = via {
+                                    req = req.gateway(*g);
+                                }
+                                exists_ok(req.execute().await, what)
+                            }
                         }
-                    };
-                    add_local_route_with(&handle, lo, *network, *prefix).await
+                    }
+                    NetworkChange::LocalRoute { network, prefix } => {
+                        let lo = index_of(&handle, &mut indexes, "lo").await?;
+                        add_local_route_with(&handle, lo, *network, *prefix).await
+                    }
                 }
-            };
+            }
+            .await;
             r.map_err(|e| (done, e))?;
         }
         Ok(())
     })
-}
-
-async fn add_address_with(handle: &rtnetlink::Handle, index: u32, interface: &str, addr: IpAddr, prefix: u8) -> Result<(), SystemError> {
-    match handle.address().add(index, addr, prefix).execute().await {
-        Ok(()) => Ok(()),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
-        Err(e) => Err(failed(format!("adding {addr}/{prefix} to {interface}"), e)),
-    }
 }
 
 async fn add_local_route_with(handle: &rtnetlink::Handle, lo: u32, network: Ipv6Addr, prefix: u8) -> Result<(), SystemError> {

@@ -35,6 +35,13 @@ pub struct FormatArgs {
     /// A JSON copy of the state, overriding [slapformat] computer_json.
     #[arg(long = "computer_json", value_name = "FILE")]
     pub computer_json: Option<PathBuf>,
+    /// Take partitions, users and addresses from this computer definition
+    /// file (INI: [computer], [partition_N]) instead of the state file.
+    #[arg(short = 'i', long = "input_definition_file", value_name = "FILE")]
+    pub input_definition_file: Option<PathBuf>,
+    /// Write the computer definition (INI) to this file.
+    #[arg(short = 'o', long = "output_definition_file", value_name = "FILE")]
+    pub output_definition_file: Option<PathBuf>,
     /// Create and modify users and groups (True/False).
     #[arg(long = "alter_user", value_name = "True|False", value_parser = parse_bool)]
     pub alter_user: Option<bool>,
@@ -58,6 +65,8 @@ pub fn run(args: FormatArgs, global: &Global) -> anyhow::Result<u8> {
         computer_json: args.computer_json,
         alter_user: args.alter_user,
         alter_network: args.alter_network,
+        input_definition_file: args.input_definition_file,
+        output_definition_file: args.output_definition_file,
         local: args.local,
     };
     let cfg = FormatConfig::from_config(&config, &overrides)?;

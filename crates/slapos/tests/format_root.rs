@@ -73,6 +73,24 @@ fn config(s: &Sandbox, partitions: usize) -> PathBuf {
     cfg
 }
 
+/// The sandbox configuration with `create_tap = false` replaced by `options`.
+fn config_with(s: &Sandbox, partitions: usize, options: &str) -> PathBuf {
+    let cfg = config(s, partitions);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("create_tap = false\n", options);
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// Runs a command in the sandbox's namespace (with its own /sys), returns stdout.
+fn in_ns(s: &Sandbox, args: &[&str]) -> String {
+    let o = Command::new("ip").args(["netns", "exec", &s.ns]).args(args).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn uid_of(name: &str) -> String {
+    nix::unistd::User::from_name(name).unwrap().unwrap_or_else(|| panic!("user {name} exists")).uid.to_string()
+}
+
 fn format(s: &Sandbox, cfg: &Path, extra: &[&str]) -> Output {
     Command::new("ip").args(["netns", "exec", &s.ns, BIN, "node", "format", "--now", "--cfg"]).arg(cfg).args(extra).output().unwrap()
 }
@@ -130,6 +148,13 @@ fn formats_a_node_then_reruns_check_and_dry_run_change_nothing_and_growth_keeps_
     assert_eq!(new["partition_list"][0], old["partition_list"][0]);
     assert_eq!(new["partition_list"][1], old["partition_list"][1]);
     assert_eq!(new["partition_list"][2]["address_list"][1]["addr"], "fd00:7e57::4");
+    // the replaced state is kept in the zip history, readable by Python's zipfile
+    let zip = s.dir.path().join("slapos.xml.zip");
+    assert!(zip.exists(), "history of the replaced state file");
+    if let Ok(o) = Command::new("unzip").arg("-t").arg(&zip).output() {
+        let list = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && list.contains("slapos.xml.20"), "{list}");
+    }
     // shrinking is refused before anything changes
     let o = format(&s, &config(&s, 1), &[]);
     assert_eq!(o.status.code(), Some(1));
@@ -154,4 +179,120 @@ fn bad_options_are_named_before_anything_changes() {
         assert!(err.contains(needle), "{to}: {err}");
         assert!(!s.dir.path().join("slapos.xml").exists(), "{to}: nothing written");
     }
+}
+
+#[test]
+fn taps_and_tuns_are_owned_by_the_partition_user_attached_to_the_bridge_and_kept_on_rerun() {
+    let Some(s) = sandbox('c', 2) else { return };
+    let cfg = config_with(&s, 2, "create_tap = true\ncreate_tun = true\n");
+    let (tap0, tap1) = (format!("{}tap0", s.prefix), format!("{}tap1", s.prefix));
+    // a dry run plans the taps and creates none
+    let o = format(&s, &cfg, &["--dry_run"]);
+    let plan = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success() && plan.contains(&format!("ip tuntap add dev {tap0} mode tap user {}user0", s.prefix)), "{plan}");
+    assert!(in_ns(&s, &["ip", "link", "show", &tap0]).is_empty(), "no tap after a dry run");
+    let o = format(&s, &cfg, &[]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    for (i, tap) in [&tap0, &tap1].into_iter().enumerate() {
+        let user = format!("{}user{i}", s.prefix);
+        assert_eq!(in_ns(&s, &["cat", &format!("/sys/class/net/{tap}/owner")]), uid_of(&user), "{tap} belongs to {user}");
+        assert!(in_ns(&s, &["readlink", &format!("/sys/class/net/{tap}/master")]).ends_with("/br0"), "{tap} is attached to br0");
+        // IFF_TAP | IFF_NO_PI | IFF_PERSIST, as `ip tuntap add` makes it
+        assert_eq!(in_ns(&s, &["cat", &format!("/sys/class/net/{tap}/tun_flags")]), "0x1802");
+        let tun = format!("slaptun{i}");
+        assert_eq!(in_ns(&s, &["cat", &format!("/sys/class/net/{tun}/owner")]), uid_of(&user), "{tun} belongs to {user}");
+        assert_eq!(in_ns(&s, &["cat", &format!("/sys/class/net/{tun}/tun_flags")]), "0x1801");
+    }
+    let link = in_ns(&s, &["ip", "link", "show", "dev", &tap0]);
+    assert!(link.contains(",UP") || link.contains("<UP") || link.contains(",UP,"), "{link}");
+    let addr = in_ns(&s, &["ip", "-6", "addr", "show", "dev", &tap0]);
+    assert!(addr.contains("fd00:7e57::8001:ffff:ffff:ffff/80") && addr.contains("noprefixroute"), "{addr}");
+    let routes = in_ns(&s, &["ip", "-6", "route", "show", "dev", &tap0]);
+    assert!(routes.contains("fd00:7e57::8001:0:0:1 "), "host route to the gateway: {routes}");
+    assert!(routes.contains("fd00:7e57:0:0:8001::/80 via fd00:7e57::8001:0:0:1"), "range through the gateway: {routes}");
+    let tun = in_ns(&s, &["ip", "addr", "show", "dev", "slaptun1"]);
+    assert!(tun.contains("172.24.0.1/13") && tun.contains("fd00:7e57::c002:0:0:1/80"), "{tun}");
+    // the state file has SlapOS's tap and tun dictionaries
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.dir.path().join("slapos.json")).unwrap()).unwrap();
+    let p0 = &json["partition_list"][0];
+    assert_eq!(p0["tap"]["name"], tap0.as_str());
+    assert_eq!(p0["tap"]["ipv6_gateway"], "fd00:7e57::8001:0:0:1");
+    assert_eq!(p0["tap"]["ipv6_network"], "fd00:7e57::8001:0:0:1/80");
+    assert_eq!(p0["tap"]["ipv4_addr"], "");
+    assert_eq!(p0["tun"]["ipv4_network"], "172.16.0.1/255.248.0.0");
+    let resource: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.dir.path().join("srv/slappart0/.slapos-resource")).unwrap()).unwrap();
+    assert_eq!(&resource["tap"], &p0["tap"], "instances read their tap from .slapos-resource");
+    // re-run: the taps are kept, nothing to change, no drift
+    let o = format(&s, &cfg, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to change"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = format(&s, &cfg, &["--check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    // a lost tap is drift, and format creates it again
+    in_ns(&s, &["ip", "link", "del", &tap1]);
+    let o = format(&s, &cfg, &["--check"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("ip tuntap add dev {tap1} mode tap user {}user1", s.prefix)), "{out}");
+    assert_eq!(format(&s, &cfg, &[]).status.code(), Some(2));
+    assert_eq!(in_ns(&s, &["cat", &format!("/sys/class/net/{tap1}/owner")]), uid_of(&format!("{}user1", s.prefix)));
+    assert!(in_ns(&s, &["ip", "-6", "route", "show", "dev", &tap1]).contains("8002::/80 via"));
+    assert_eq!(format(&s, &cfg, &["--check"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_missing_interface_becomes_a_bridge_only_with_create_bridge() {
+    let Some(s) = sandbox('d', 2) else { return };
+    let cfg = config_with(&s, 2, "create_tap = true\n");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("interface_name = br0\n", "interface_name = br1\nipv6_interface = br0\n");
+    std::fs::write(&cfg, &text).unwrap();
+    let o = format(&s, &cfg, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("'br1'") && err.contains("create_bridge"), "{err}");
+    assert!(in_ns(&s, &["ip", "link", "show", "br1"]).is_empty(), "nothing created");
+    std::fs::write(&cfg, format!("{text}create_bridge = true\n")).unwrap();
+    let o = format(&s, &cfg, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("creating bridge interface br1"), "{err}");
+    assert!(!in_ns(&s, &["ls", "/sys/class/net/br1/bridge"]).is_empty(), "br1 is a bridge");
+    let tap0 = format!("{}tap0", s.prefix);
+    assert!(in_ns(&s, &["readlink", &format!("/sys/class/net/{tap0}/master")]).ends_with("/br1"));
+    let br1 = in_ns(&s, &["ip", "addr", "show", "dev", "br1"]);
+    assert_eq!(br1.matches("inet 10.0.").count(), 2, "the partitions' IPv4 are on interface_name: {br1}");
+    assert!(addresses(&s).contains("fd00:7e57::2/64"), "the IPv6 on ipv6_interface");
+    let o = format(&s, &cfg, &[]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to change"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn the_definition_file_is_written_with_o_and_used_with_i() {
+    let Some(s) = sandbox('e', 2) else { return };
+    let d = s.dir.path();
+    let cfg = config(&s, 2);
+    let def = d.join("computer.def");
+    let o = format(&s, &cfg, &["-o", def.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&def).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("slapos.json")).unwrap()).unwrap();
+    let p1 = &json["partition_list"][1];
+    let line = format!("address = {}/255.255.255.255 {}/ffff:ffff:ffff:ffff::", p1["address_list"][0]["addr"].as_str().unwrap(), p1["address_list"][1]["addr"].as_str().unwrap());
+    assert!(text.starts_with("[computer]\naddress = fd00:7e57::1/ffff:ffff:ffff:ffff::\n\n[partition_0]\n"), "{text}");
+    assert!(text.contains(&format!("[partition_1]\n{line}\nipv6_range = fd00:7e57:0:0:4002::/80\nuser = {}user1\nnetwork_interface = {}tap1\npathname = slappart1\n", s.prefix, s.prefix)), "{text}");
+    // a node formatted from a definition: its names and addresses, not derived ones
+    std::fs::remove_file(d.join("slapos.xml")).unwrap();
+    std::fs::write(&def, text.replace("pathname = slappart1", "pathname = custom1")).unwrap();
+    let o = format(&s, &cfg, &["-i", def.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("slapos.json")).unwrap()).unwrap();
+    assert_eq!(json["partition_list"][1]["reference"], "custom1");
+    assert_eq!(json["partition_list"][1]["address_list"], p1["address_list"]);
+    let user1 = uid_of(&format!("{}user1", s.prefix));
+    assert_eq!(mode_owner(&d.join("srv/custom1")).1.to_string(), user1);
+    assert!(d.join("srv/custom1/.slapos-resource").exists());
+    // and a re-run from the same definition changes nothing
+    let o = format(&s, &cfg, &["-i", def.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to change"), "{}", String::from_utf8_lossy(&o.stderr));
 }
