@@ -274,7 +274,7 @@ fn a_broken_profile_is_reported_and_the_other_release_still_builds() {
     let c = Cloud::new("broken");
     c.ok(&["node", "format", "--local", "--now"], 0);
     let broken = c.dir.path().join("sr/broken.cfg");
-    std::fs::write(&broken, "[buildout]\nparts = broken\noffline = true\nnewest = false\n\n[broken]\nrecipe = no.such.recipe\n").unwrap();
+    std::fs::write(&broken, "[buildout]\nparts = broken\noffline = true\nnewest = false\n\n[broken]\nrecipe = ${missing-section:recipe}\n").unwrap();
     chown_tree(&broken);
     let broken_url = broken.display().to_string();
     c.ok(&["supply", &broken_url, "local"], 0);
@@ -287,7 +287,7 @@ fn a_broken_profile_is_reported_and_the_other_release_still_builds() {
     let b = report(&broken_url);
     assert_eq!(b["state"], "error", "{b}");
     let msg = b["message"].as_str().unwrap();
-    assert!(msg.starts_with("Failed to run buildout profile in directory '") && msg.contains("no.such.recipe"), "{msg}");
+    assert!(msg.starts_with("Failed to run buildout profile in directory '") && msg.contains("missing-section"), "{msg}");
     assert_eq!(report(&c.sr_url())["state"], "available");
 }
 
