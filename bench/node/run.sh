@@ -55,7 +55,7 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 bench() {
   local name=$1 node=$2 prefix=$3 dir="$WORK/$1"
   mkdir -p "$dir"/{etc,log,var,sr,opt,srv}
-  NS="bnode$$$name"
+  NS="bn$$$name"
   ip netns add "$NS"
   local nsx="ip netns exec $NS"
   $nsx ip link set lo up
@@ -106,13 +106,21 @@ CFG
     $nsx "$OURS" request --cfg "$dir/etc/client.cfg" "inst$i" "$sr" --parameters "greeting=hello $i" >/dev/null 2>&1 || true
   done
   local t0 t1 t2 t3 t4 best rss
-  t0=$(now); $nsx $node node software --cfg "$dir/etc/slapos.cfg" --now >"$dir/log/software.log" 2>&1 || { tail -20 "$dir/log/software.log" >&2; return 1; }
+  t0=$(now); $nsx $node node software --cfg "$dir/etc/slapos.cfg" --now >"$dir/log/software.log" 2>&1 || { tail -20 "$dir/log/software.log" >&2; exit 1; }
   t1=$(now); $nsx $node node software --cfg "$dir/etc/slapos.cfg" --now >"$dir/log/software-noop.log" 2>&1
-  t2=$(now); $nsx $node node instance --cfg "$dir/etc/slapos.cfg" --now >"$dir/log/instance.log" 2>&1 || { tail -20 "$dir/log/instance.log" >&2; return 1; }
+  # first instantiation: exit 2 (a promise checked before its server was
+  # up) still deployed the partition; it is reprocessed by the settle runs
+  local rc=0
+  t2=$(now); /usr/bin/time -f '%U user %S sys %P cpu' -o "$dir/log/instance.time" $nsx $node node instance --cfg "$dir/etc/slapos.cfg" --now >"$dir/log/instance.log" 2>&1 || rc=$?
   t3=$(now)
+  case $rc in 0|2) ;; *) tail -20 "$dir/log/instance.log" >&2; log "$name: node instance exited with $rc"; exit 1 ;; esac
+  log "$name: first instance run exited with $rc ($(tail -1 "$dir/log/instance.time"))"
+  for _ in 1 2 3; do
+    $nsx $node node instance --cfg "$dir/etc/slapos.cfg" --now >"$dir/log/instance-settle.log" 2>&1 && break
+  done
   local deployed
   deployed=$(ls "$dir"/srv/etc/supervisord.conf.d/*.conf 2>/dev/null | wc -l)
-  [ "$deployed" = "$N" ] || { log "$name: only $deployed of $N partitions deployed"; return 1; }
+  [ "$deployed" = "$N" ] || { log "$name: only $deployed of $N partitions deployed"; exit 1; }
   best=999
   for _ in 1 2 3; do
     local a b
@@ -124,10 +132,16 @@ CFG
   stop_node "$dir"
 }
 
-log "$N partitions: Python node (slapos.core 1.26.1)"
-read -r py_sw py_swn py_in py_inn py_rss < <(bench py "$PY_SLAPOS" "bnp")
+if [ "${BENCH_NODE_PYTHON:-1}" = 1 ]; then
+  log "$N partitions: Python node (slapos.core 1.26.1)"
+  bench py "$PY_SLAPOS" "bnp" >"$WORK/py.result"
+  read -r py_sw py_swn py_in py_inn py_rss <"$WORK/py.result"
+else
+  py_sw=0 py_swn=0 py_in=0 py_inn=0 py_rss=0
+fi
 log "$N partitions: our node"
-read -r us_sw us_swn us_in us_inn us_rss < <(bench ours "$OURS" "bno")
+bench ours "$OURS" "bno" >"$WORK/ours.result"
+read -r us_sw us_swn us_in us_inn us_rss <"$WORK/ours.result"
 ratio() { awk -v p="$1" -v o="$2" 'BEGIN { printf "%.1fx", p / o }'; }
 printf '\n== node software / instance, %s partitions (seconds; ratio = Python / ours)\n' "$N"
 printf '%-36s %10s %10s %8s\n' "" python ours ratio

@@ -82,7 +82,8 @@ fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32) {
+/// Gives a tree to `uid:gid` (as root; only what differs is changed).
+pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
@@ -658,6 +659,20 @@ pub fn summarize(results: &[(String, String, Outcome)]) -> (u8, Vec<String>) {
 /// running.
 pub fn offline(node: &Node) -> u8 {
     tracing::warn!("The master is unreachable: offline processing (services are kept running, nothing is built or destroyed)");
+    // legacy: a partition whose .requested_state says stopped stays stopped
+    if let Ok(rd) = std::fs::read_dir(&node.cfg.instance_root) {
+        for e in rd.flatten() {
+            let marker = e.path().join(".requested_state");
+            if std::fs::read_to_string(&marker).map(|t| t.trim() == "stopped").unwrap_or(false) {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = std::fs::remove_file(node.supervisor.conf_dir.join(format!("{id}.conf")));
+                let _ = std::fs::remove_file(&marker);
+            }
+        }
+    }
+    if let Err(e) = node.supervisor.update() {
+        tracing::warn!("{e}");
+    }
     match node.supervisor.call("supervisor.startAllProcesses", &[crate::supervisor::XValue::Bool(false)]) {
         Ok(_) => node::OFFLINE_SUCCESS,
         Err(e) => {

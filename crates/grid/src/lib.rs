@@ -1,12 +1,12 @@
-//! # slapos-grid — `slapos node software|instance|report|promise` (in progress)
+//! # slapos-grid — `slapos node software|instance|report|promise`
 //!
-//! Will install software releases with the real zc.buildout, instantiate
-//! computer partitions, run their services under the real supervisord,
-//! check promises and report to the master (issue 6). So far, the pure
-//! parts: the node configuration ([`config`]), what to do with a partition
-//! ([`decision`]), the files the node writes for buildout and
-//! supervisord ([`templates`]), and legacy promises with their result files
-//! ([`promise`]).
+//! Installs software releases with the real zc.buildout ([`software`]),
+//! instantiates computer partitions in parallel ([`instance`]), runs their
+//! services under the node's real supervisord ([`supervisor`]), checks
+//! promises ([`promise`]), reports usage and destroys partitions
+//! ([`report`]), and bangs the master when a watched service fails
+//! ([`watchdog`]). The decisions are pure ([`decision`], [`templates`],
+//! [`config`]); the effects are thin ([`process`], [`supervisor`]).
 
 pub mod config;
 pub mod decision;
@@ -19,3 +19,4 @@ pub mod report;
 pub mod software;
 pub mod supervisor;
 pub mod templates;
+pub mod watchdog;

@@ -83,8 +83,19 @@ impl Node {
                 )));
             }
         }
+        let watchdog = std::env::current_exe().ok().map(|exe| {
+            crate::watchdog::command_line(
+                &exe,
+                &crate::watchdog::WatchdogConfig {
+                    master_url: self.cfg.master_url.clone(),
+                    computer_id: self.cfg.computer_id.clone(),
+                    instance_root: self.cfg.instance_root.clone(),
+                    certificate_repository_path: self.cfg.certificate_repository_path.clone(),
+                },
+            )
+        });
         self.supervisor
-            .write_configuration(None)
+            .write_configuration(watchdog.as_deref())
             .map_err(|e| NodeError::Structure(format!("cannot write the supervisord configuration: {e}")))
     }
 

@@ -311,9 +311,7 @@ pub fn run_all(
         run_with_python(node, p, pp, owner, &plugins, legacy_count, force, check_anomaly, log)
     };
     // the partition's user owns its promise state
-    if nix::unistd::geteuid().is_root() {
-        let _ = std::process::Command::new("chown").arg("-R").arg(format!("{}:{}", owner.uid, owner.gid)).arg(pp.join(".slapgrid")).status();
-    }
+    crate::instance::chown_tree(&pp.join(".slapgrid"), owner.uid, owner.gid);
     result
 }
 
@@ -400,10 +398,8 @@ fn run_with_python(
         args.push(v);
     }
     // the .slapgrid tree must be the partition user's before it writes there
-    if nix::unistd::geteuid().is_root() {
-        let _ = std::fs::create_dir_all(pp.join(".slapgrid"));
-        let _ = std::process::Command::new("chown").arg("-R").arg(format!("{}:{}", owner.uid, owner.gid)).arg(pp.join(".slapgrid")).status();
-    }
+    let _ = std::fs::create_dir_all(pp.join(".slapgrid"));
+    crate::instance::chown_tree(&pp.join(".slapgrid"), owner.uid, owner.gid);
     let total = Duration::from_secs((plugins.len() + legacy_count) as u64 * node.cfg.promise_timeout.as_secs() + 10);
     let out = crate::process::run_as_owner(&python, &args, pp, &[("HOME", owner.home.as_str())], Some(total), |l| log.output(l))
         .map_err(|e| PromiseFailure::Error(format!("cannot run {python}: {e}")))?;

@@ -20,6 +20,8 @@ pub struct SoftwareOptions {
     pub only: Vec<String>,
     /// `--force` / `--all`: rebuild installed releases, no `-N`.
     pub force: bool,
+    /// `--garbage-collect`: delete software paths that are not supplied.
+    pub garbage_collect: bool,
 }
 
 impl SoftwareOptions {
@@ -81,6 +83,49 @@ fn chown_like(path: &Path, like: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The software_root owner's `~/.netrc` goes into the software path (0600),
+/// and a stale copy goes when the source is gone.
+fn copy_netrc(software_root: &Path, sp: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let target = sp.join(".netrc");
+    let uid = std::fs::metadata(software_root)?.uid();
+    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.dir);
+    match home.map(|h| h.join(".netrc")).filter(|p| p.is_file()) {
+        Some(source) => {
+            std::fs::copy(&source, &target)?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))?;
+            chown_like(&target, software_root)?;
+        }
+        None => {
+            if target.exists() {
+                std::fs::remove_file(&target)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--garbage-collect`: the software paths (32 hex digits, with a
+/// `buildout.cfg`) that no available release uses.
+pub fn garbage(software_root: &Path, available: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(software_root)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    name.len() == 32
+                        && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                        && p.join("buildout.cfg").is_file()
+                        && !available.contains(p)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// Builds one release in its software path (§4.2).
 pub fn install(node: &Node, url: &str, force: bool) -> Result<(), SoftwareError> {
     let cfg = &node.cfg;
@@ -90,6 +135,7 @@ pub fn install(node: &Node, url: &str, force: bool) -> Result<(), SoftwareError>
         std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o755))?;
     }
     chown_like(&sp, &cfg.software_root)?;
+    copy_netrc(&cfg.software_root, &sp)?;
     let extends_cache = sp.join("extends-cache");
     if !extends_cache.is_dir() {
         std::fs::create_dir(&extends_cache)?;
@@ -248,6 +294,21 @@ pub fn run(node: &Node, opts: &SoftwareOptions) -> Result<u8, SlapError> {
             clean = false;
         }
     }
+    if opts.garbage_collect {
+        let available: Vec<PathBuf> = computer
+            .software_releases
+            .iter()
+            .filter(|s| s.state() != SoftwareState::Destroyed)
+            .map(|s| software_path(&cfg.software_root, &s.url))
+            .collect();
+        for path in garbage(&cfg.software_root, &available) {
+            tracing::info!("Destroying garbage collected software folder {} ...", path.display());
+            match destroy(&path) {
+                Ok(()) => tracing::info!("Destroyed {} .", path.display()),
+                Err(e) => tracing::error!("Problem while destroying garbage collected software folder {}: {e}", path.display()),
+            }
+        }
+    }
     tracing::info!("Finished software releases.");
     Ok(if clean { node::SUCCESS } else { node::FAIL })
 }
@@ -276,9 +337,9 @@ mod tests {
 
     #[test]
     fn only_sr_takes_a_url_or_its_md5() {
-        let o = SoftwareOptions { only: vec!["0123".into()], force: false };
+        let o = SoftwareOptions { only: vec!["0123".into()], ..Default::default() };
         assert!(o.selects("http://x", "0123") && !o.selects("http://x", "4567"));
-        let o = SoftwareOptions { only: vec!["http://x".into()], force: false };
+        let o = SoftwareOptions { only: vec!["http://x".into()], ..Default::default() };
         assert!(o.selects("http://x", "0123"));
         assert!(SoftwareOptions::default().selects("any", "key"));
     }
@@ -290,6 +351,25 @@ mod tests {
             "[buildout]\nextends = http://sr/software.cfg\nshared-part-list = \nbuild-time-part-list = \n\n"
         );
         assert!(software_buildout_cfg("u", "/a\n/b", "").contains("shared-part-list = /a\n\t/b\n"));
+    }
+
+    #[test]
+    fn garbage_is_only_unsupplied_32_hex_directories_with_a_buildout_cfg() {
+        let d = tempfile::tempdir().unwrap();
+        let mk = |name: &str, cfg: bool| {
+            let p = d.path().join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            if cfg {
+                std::fs::write(p.join("buildout.cfg"), "").unwrap();
+            }
+            p
+        };
+        let kept = mk("0123456789abcdef0123456789abcdef", true);
+        let gone = mk("fedcba9876543210fedcba9876543210", true);
+        mk("00000000000000000000000000000000", false);
+        mk("not-a-software-path-at-all-xxxxx", true);
+        mk("0123456789ABCDEF0123456789ABCDEF", true);
+        assert_eq!(garbage(d.path(), &[kept]), [gone]);
     }
 
     #[test]

@@ -121,7 +121,12 @@ chmod=0700
 "
     );
     if let Some(cmd) = watchdog_command {
-        let _ = write!(out, "\n[eventlistener:watchdog]\ncommand={cmd}\nevents=PROCESS_STATE_EXITED, PROCESS_STATE_FATAL\n");
+        // (slapgrid sets no log file: supervisord then leaves the listener's
+        // AUTO logs in the system temp directory; ours go to var/log)
+        let _ = write!(
+            out,
+            "\n[eventlistener:watchdog]\ncommand={cmd}\nevents=PROCESS_STATE_EXITED, PROCESS_STATE_FATAL\nstderr_logfile={r}/var/log/watchdog.log\n"
+        );
     }
     out
 }
@@ -240,7 +245,7 @@ mod tests {
         let c = supervisord_conf(Path::new("/srv/slapgrid"), Some("/usr/bin/slapos node watchdog"));
         assert!(c.contains("[include]\nfiles = /srv/slapgrid/etc/supervisord.conf.d/*.conf\n"));
         assert!(c.contains("serverurl = unix:///srv/slapgrid/sv.sock\n"));
-        assert!(c.contains("[eventlistener:watchdog]\ncommand=/usr/bin/slapos node watchdog\nevents=PROCESS_STATE_EXITED, PROCESS_STATE_FATAL\n"));
+        assert!(c.contains("[eventlistener:watchdog]\ncommand=/usr/bin/slapos node watchdog\nevents=PROCESS_STATE_EXITED, PROCESS_STATE_FATAL\nstderr_logfile=/srv/slapgrid/var/log/watchdog.log\n"));
         let pp = Path::new("/srv/slapgrid/slappart0");
         let programs = partition_programs(pp, &["b".into(), "a".into(), "http-server".into()], &["http-server".into()]);
         assert_eq!(programs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["a", "b", "http-server-on-watch"]);

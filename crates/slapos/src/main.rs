@@ -97,6 +97,9 @@ pub enum NodeCommand {
     Supervisord(node_cmd::SupervisordArgs),
     /// Ask the master to reprocess every instance of this computer.
     Bang(node_cmd::BangArgs),
+    /// supervisord's event listener (the node configures it): bangs the
+    /// master when a watched service (etc/service) exits or fails.
+    Watchdog(node_cmd::WatchdogArgs),
 }
 
 fn main() -> ExitCode {
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
             NodeCommand::Supervisorctl(args) => node_cmd::supervisorctl(None, args, &cli.global),
             NodeCommand::Supervisord(args) => node_cmd::supervisord(args, &cli.global),
             NodeCommand::Bang(args) => node_cmd::bang(args, &cli.global),
+            NodeCommand::Watchdog(args) => node_cmd::watchdog(args),
         },
         Command::Client(cmd) => client_cmd::run(cmd, &cli.global),
         Command::Console(args) => console_cmd::run(args, &cli.global),

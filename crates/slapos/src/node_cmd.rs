@@ -57,6 +57,9 @@ pub struct SoftwareArgs {
     /// Rebuild installed releases too (buildout without -N).
     #[arg(long, alias = "all", alias = "develop")]
     pub force: bool,
+    /// Delete software paths (software_root/<md5>) that are not supplied.
+    #[arg(long = "garbage-collect")]
+    pub garbage_collect: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,6 +116,31 @@ pub struct SupervisordArgs {
     pub nodaemon: bool,
 }
 
+/// `node watchdog`: run by supervisord as its event listener.
+#[derive(Debug, clap::Args)]
+pub struct WatchdogArgs {
+    #[arg(long = "master-url")]
+    pub master_url: String,
+    #[arg(long = "computer-id")]
+    pub computer_id: String,
+    #[arg(long = "instance-root")]
+    pub instance_root: PathBuf,
+    #[arg(long = "certificate-repository-path")]
+    pub certificate_repository_path: Option<PathBuf>,
+}
+
+pub fn watchdog(args: WatchdogArgs) -> anyhow::Result<u8> {
+    let c = slapos_grid::watchdog::WatchdogConfig {
+        master_url: args.master_url,
+        computer_id: args.computer_id,
+        instance_root: args.instance_root,
+        certificate_repository_path: args.certificate_repository_path,
+    };
+    let stdin = std::io::stdin();
+    slapos_grid::watchdog::run(&c, &mut stdin.lock(), &mut std::io::stdout().lock())?;
+    Ok(0)
+}
+
 #[derive(Debug, clap::Args)]
 pub struct BangArgs {
     /// Why the computer is banged.
@@ -166,7 +194,7 @@ pub fn software(args: SoftwareArgs, global: &Global) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     node.check_structure()?;
-    let opts = SoftwareOptions { only: split_list(&args.only_sr), force: args.force };
+    let opts = SoftwareOptions { only: split_list(&args.only_sr), force: args.force, garbage_collect: args.garbage_collect };
     match slapos_grid::software::run(&node, &opts) {
         Ok(code) => Ok(code),
         Err(e) => {

@@ -234,6 +234,22 @@ fn deploys_the_example_survives_supervisord_and_master_failures() {
     let status = c.ok(&["node", "status"], 0);
     assert!(status.contains("slappart0:http-server-on-watch") && status.contains("RUNNING"), "{status}");
 
+    // the service dies: the watchdog bangs the master, whose new timestamp
+    // makes the next run reprocess the partition and start it again
+    let server = children_of(c.supervisord_pid().unwrap())
+        .into_iter()
+        .find(|p| std::fs::read(format!("/proc/{p}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains("http.server")).unwrap_or(false))
+        .expect("the service under supervisord");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pp.join(".slapos_latest_bang_timestamp").exists() {
+        assert!(Instant::now() < deadline, "no bang recorded by the watchdog");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = c.ok(&["node", "instance", "--now"], 0);
+    assert!(out.contains("Processing Computer Partition slappart0."), "reprocessed after the bang: {out}");
+    assert!(wait_answer(&url).is_some());
+
     // supervisord killed: the next run starts it and the services again
     // (as after an OOM kill or a crash of the machine: its services die too)
     let pid = c.supervisord_pid().expect("supervisord pid file");
