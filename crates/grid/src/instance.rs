@@ -541,7 +541,7 @@ impl Run<'_> {
         match self.node.client.update_related_instance_list(&self.node.cfg.computer_id, id, &list) {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => {
-                log.warn("Master doesn't implement this feature? (updateComputerPartitionRelatedInstanceList)");
+                log.info("The master does not track the instances a partition requests (updateComputerPartitionRelatedInstanceList: 404)");
                 Ok(())
             }
             Err(e) if e.is_unreachable() => Err(e.into()),
