@@ -716,7 +716,14 @@ pub fn run(node: &Node, opts: &InstanceOptions) -> u8 {
         tracing::error!("{m}");
         return offline(node);
     }
-    let results: Vec<(String, String, Outcome)> = selected
+    let code = log_summary(&selected, outcomes);
+    tracing::info!("Finished computer partitions.");
+    code
+}
+
+/// Logs the summary of a run over `partitions` and gives its exit code.
+fn log_summary(partitions: &[&ComputerPartition], outcomes: Vec<Outcome>) -> u8 {
+    let results: Vec<(String, String, Outcome)> = partitions
         .iter()
         .zip(outcomes)
         .map(|(p, o)| (p.partition_id.clone(), p.software_type().unwrap_or("(not ready)").to_string(), o))
@@ -725,7 +732,6 @@ pub fn run(node: &Node, opts: &InstanceOptions) -> u8 {
     for l in &lines {
         tracing::error!("{l}");
     }
-    tracing::info!("Finished computer partitions.");
     code
 }
 
@@ -762,16 +768,7 @@ pub fn check_promises(node: &Node, only: &[String], workers: usize) -> u8 {
             Err(PromiseFailure::Error(m)) => Outcome::Failed(m),
         }
     });
-    let results: Vec<(String, String, Outcome)> = started
-        .iter()
-        .zip(outcomes)
-        .map(|(p, o)| (p.partition_id.clone(), p.software_type().unwrap_or("(not ready)").to_string(), o))
-        .collect();
-    let (code, lines) = summarize(&results);
-    for l in &lines {
-        tracing::error!("{l}");
-    }
-    code
+    log_summary(&started, outcomes)
 }
 
 #[cfg(test)]

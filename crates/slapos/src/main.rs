@@ -97,6 +97,9 @@ pub enum NodeCommand {
     Supervisord(node_cmd::SupervisordArgs),
     /// Ask the master to reprocess every instance of this computer.
     Bang(node_cmd::BangArgs),
+    /// After a reboot: format until it succeeds, bang the master, and make
+    /// the next instance run reprocess every partition.
+    Boot(node_cmd::BootArgs),
     /// supervisord's event listener (the node configures it): bangs the
     /// master when a watched service (etc/service) exits or fails.
     Watchdog(node_cmd::WatchdogArgs),
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
             NodeCommand::Supervisorctl(args) => node_cmd::supervisorctl(None, args, &cli.global),
             NodeCommand::Supervisord(args) => node_cmd::supervisord(args, &cli.global),
             NodeCommand::Bang(args) => node_cmd::bang(args, &cli.global),
+            NodeCommand::Boot(args) => node_cmd::boot(args, &cli.global),
             NodeCommand::Watchdog(args) => node_cmd::watchdog(args),
         },
         Command::Client(cmd) => client_cmd::run(cmd, &cli.global),

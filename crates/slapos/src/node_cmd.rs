@@ -142,6 +142,70 @@ pub fn watchdog(args: WatchdogArgs) -> anyhow::Result<u8> {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct BootArgs {
+    /// Seconds between two format attempts.
+    #[arg(long, default_value_t = 15)]
+    pub interval: u64,
+    /// Give up after this many seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u64,
+    /// A local node (format --local).
+    #[arg(long)]
+    pub local: bool,
+}
+
+/// `slapos node boot`: after a reboot, format until it succeeds (the master
+/// may not answer yet), bang the computer, and forget every partition's
+/// `.timestamp` so that the next instance run reprocesses everything.
+pub fn boot(args: BootArgs, global: &Global) -> anyhow::Result<u8> {
+    let path = node_config_path(global.cfg.as_deref());
+    let config = Config::load(&path)?;
+    let base = config.get_first(&["slapformat"], "partition_base_name").map(str::trim).filter(|v| !v.is_empty()).unwrap_or("slappart").to_string();
+    let node = load_plain(global)?;
+    let exe = std::env::current_exe()?;
+    let start = std::time::Instant::now();
+    let expired = || args.timeout > 0 && start.elapsed() > Duration::from_secs(args.timeout);
+    loop {
+        let mut format = std::process::Command::new(&exe);
+        format.args(["node", "format", "--now", "--cfg"]).arg(&path);
+        if args.local {
+            format.arg("--local");
+        }
+        let status = format.status()?;
+        match status.code() {
+            Some(0) => break,
+            Some(2) => tracing::warn!("the master does not answer yet: formatting again in {} s", args.interval),
+            code => tracing::warn!("node format exited with {code:?}: again in {} s", args.interval),
+        }
+        if expired() {
+            tracing::error!("node boot gave up after {} s", args.timeout);
+            return Ok(1);
+        }
+        std::thread::sleep(Duration::from_secs(args.interval));
+    }
+    loop {
+        match node.client.computer_bang(&node.cfg.computer_id, "Reboot") {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!("cannot bang the master yet ({e}): again in {} s", args.interval);
+                if expired() {
+                    return Ok(1);
+                }
+                std::thread::sleep(Duration::from_secs(args.interval));
+            }
+        }
+    }
+    let mut forgotten = 0;
+    for e in std::fs::read_dir(&node.cfg.instance_root)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&base) && std::fs::remove_file(e.path().join(".timestamp")).is_ok() {
+            forgotten += 1;
+        }
+    }
+    tracing::info!("Node booted: formatted, master banged, {forgotten} partition(s) will be reprocessed by the next instance run.");
+    Ok(0)
+}
+
+#[derive(Debug, clap::Args)]
 pub struct BangArgs {
     /// Why the computer is banged.
     #[arg(short, long)]
