@@ -60,8 +60,13 @@ fn xml_escape(s: &str) -> String {
 /// The consumption journal slapgrid sends with `useComputer` (one
 /// "Sale Packing List" transaction, one movement per resource and
 /// partition).
-pub fn usage_journal(computer_id: &str, stop_date: &str, usages: &[(String, Usage)]) -> String {
+pub fn usage_journal(computer_id: &str, stop_date: &str, usages: &[(String, Usage)], extra_movements: &[String]) -> String {
     let mut movements = String::new();
+    for m in extra_movements {
+        movements.push_str("    ");
+        movements.push_str(m.trim());
+        movements.push('\n');
+    }
     for (partition, u) in usages {
         for (resource, quantity) in [("CPU Consumption", u.cpu_seconds), ("Memory Consumption", u.memory_mib)] {
             movements.push_str(&format!(
@@ -74,6 +79,88 @@ pub fn usage_journal(computer_id: &str, stop_date: &str, usages: &[(String, Usag
         "<?xml version='1.0' encoding='utf-8'?>\n<journal>\n  <transaction type=\"Sale Packing List\">\n    <title>Resource consumptions</title>\n    <start_date></start_date>\n    <stop_date>{stop_date}</stop_date>\n    <reference>{}</reference>\n    <currency></currency>\n    <payment_mode></payment_mode>\n    <category></category>\n    <arrow type=\"Administration\">\n      <source></source>\n      <destination></destination>\n    </arrow>\n{movements}  </transaction>\n</journal>\n",
         xml_escape(computer_id)
     )
+}
+
+/// The `<movement>` elements of a partition's consumption report, each with
+/// its `<reference>` replaced by the partition id; None when the document
+/// is not well-formed XML or holds no movement.
+pub fn partition_movements(xml: &str, partition_id: &str) -> Option<Vec<String>> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut depth_ok = false;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(_)) => depth_ok = true,
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    if !depth_ok {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find("<movement") {
+        let after = &rest[start..];
+        let end = after.find("</movement>")? + "</movement>".len();
+        let m = &after[..end];
+        let m = match (m.find("<reference>"), m.find("</reference>")) {
+            (Some(a), Some(b)) if a < b => format!("{}<reference>{}</reference>{}", &m[..a], xml_escape(partition_id), &m[b + "</reference>".len()..]),
+            _ => m.to_string(),
+        };
+        out.push(m);
+        rest = &after[end..];
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Runs the partition's `etc/report/*` scripts (as its user, each given a
+/// fresh file name under `var/xml_report/`), then collects the reports of
+/// the partition (its `var/xml_report/` and `instance_root/var/xml_report/<id>/`).
+/// Valid reports are consumed (deleted); invalid ones stay, with a warning.
+fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
+    let cfg = &node.cfg;
+    let id = p.partition_id.as_str();
+    let pp = cfg.instance_root.join(id);
+    let report_dir = pp.join("etc/report");
+    let xml_dir = pp.join("var/xml_report");
+    if let Ok(rd) = std::fs::read_dir(&report_dir) {
+        let mut scripts: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+        scripts.sort();
+        if !scripts.is_empty() {
+            let _ = std::fs::create_dir_all(&xml_dir);
+            if let Ok(owner) = Owner::of(&pp) {
+                crate::instance::chown_tree(&pp.join("var"), owner.uid, owner.gid);
+            }
+        }
+        for (i, script) in scripts.iter().enumerate() {
+            let target = xml_dir.join(format!("{}-{}-{i}.xml", chrono::Utc::now().format("%Y%m%d%H%M%S"), std::process::id()));
+            let ok = run_as_owner(&script.display().to_string(), &[target.display().to_string()], &report_dir, &[], Some(std::time::Duration::from_secs(600)), |l| {
+                tracing::info!("[{id}] {l}")
+            })
+            .map(|o| o.success)
+            .unwrap_or(false);
+            if !ok {
+                let name = script.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let _ = node.client.partition_error(&cfg.computer_id, id, &format!("Script '{name}' failed."), None);
+            }
+        }
+    }
+    let mut movements = Vec::new();
+    for dir in [xml_dir, cfg.instance_root.join("var/xml_report").join(id)] {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let path = e.path();
+            match std::fs::read_to_string(&path).ok().and_then(|t| partition_movements(&t, id)) {
+                Some(m) => {
+                    movements.extend(m);
+                    let _ = std::fs::remove_file(&path);
+                }
+                None => tracing::warn!("{} is not a valid consumption report: left in place", path.display()),
+            }
+        }
+    }
+    movements
 }
 
 /// Empties a partition directory completely (dotfiles too), keeping the
@@ -200,9 +287,26 @@ pub fn run(node: &Node) -> u8 {
             usages.push((p.partition_id.clone(), u));
         }
     }
-    if !usages.is_empty() {
+    // what the partitions report themselves
+    let mut movements = Vec::new();
+    for p in &partitions {
+        movements.extend(partition_reports(node, p));
+    }
+    // computer reports, sent as they are
+    if let Ok(rd) = std::fs::read_dir(cfg.instance_root.join("var/xml_report").join(&cfg.computer_id)) {
+        for e in rd.flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+            match node.client.use_computer(&cfg.computer_id, &text) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                Err(err) => tracing::warn!("could not send {}: {err}", e.path().display()),
+            }
+        }
+    }
+    if !usages.is_empty() || !movements.is_empty() {
         let stop = chrono::Local::now().format("%Y-%m-%d at %H:%M:%S").to_string();
-        let journal = usage_journal(&cfg.computer_id, &stop, &usages);
+        let journal = usage_journal(&cfg.computer_id, &stop, &usages, &movements);
         if let Err(e) = node.client.use_computer(&cfg.computer_id, &journal) {
             tracing::warn!("could not send the usage report: {e}");
         }
@@ -233,12 +337,26 @@ mod tests {
             "COMP-1",
             "2026-11-25 at 10:00:00",
             &[("slappart0".into(), Usage { cpu_seconds: 1.5, memory_mib: 20.25, processes: 2 })],
+            &[],
         );
         assert!(j.contains("<reference>COMP-1</reference>"));
         assert!(j.contains("<stop_date>2026-11-25 at 10:00:00</stop_date>"));
         assert_eq!(j.matches("<movement>").count(), 2);
         assert!(j.contains("<resource>CPU Consumption</resource>") && j.contains("<quantity>1.500</quantity>"));
         assert!(j.contains("<reference>slappart0</reference>") && j.contains("<quantity>20.250</quantity>"));
+    }
+
+    #[test]
+    fn partition_reports_give_their_movements_with_the_partition_reference() {
+        let xml = "<?xml version='1.0'?><journal><transaction><movement><resource>CPU</resource><reference>whatever</reference><quantity>2</quantity></movement><movement><resource>RAM</resource></movement></transaction></journal>";
+        let m = partition_movements(xml, "slappart3").unwrap();
+        assert_eq!(m.len(), 2);
+        assert!(m[0].contains("<reference>slappart3</reference>") && !m[0].contains("whatever"));
+        assert_eq!(m[1], "<movement><resource>RAM</resource></movement>");
+        assert_eq!(partition_movements("<journal><movement>", "p"), None);
+        assert_eq!(partition_movements("<journal/>", "p"), None);
+        let j = usage_journal("C", "d", &[], &m);
+        assert_eq!(j.matches("<movement>").count(), 2);
     }
 
     #[test]
