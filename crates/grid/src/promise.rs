@@ -285,6 +285,43 @@ pub fn run_legacy_all(partition: &Path, owner: (u32, u32), timeout: Duration, fo
     }
 }
 
+/// Whether every promise of a partition (plugins and legacy) has a cache
+/// entry saying it is not due yet, for the same plugin file, and a last
+/// result that passed: then an anomaly run has nothing to do.
+pub fn all_cached_and_passing(pp: &Path, plugins: &[PathBuf]) -> bool {
+    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+    let legacy: Vec<PathBuf> =
+        std::fs::read_dir(pp.join("etc/promise")).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let entries = plugins.iter().map(|p| (p, true)).chain(legacy.iter().map(|p| (p, false)));
+    for (path, is_plugin) in entries {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let title = if is_plugin { name.trim_end_matches(".py").to_string() } else { name };
+        let Some(cache) = std::fs::read_to_string(cache_path(pp, &title)).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        else {
+            return false;
+        };
+        if cache.get("next_run_after").and_then(|v| v.as_f64()).is_none_or(|next| now >= next) {
+            return false;
+        }
+        if is_plugin {
+            let mtime = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64());
+            let cached = cache.get("module_file_mtime").and_then(|v| v.as_f64());
+            if !matches!((mtime, cached), (Some(a), Some(b)) if (a - b).abs() < 1e-3) {
+                return false;
+            }
+        }
+        match saved_result(pp, &title) {
+            Some((false, _)) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Every promise of a partition (§5.5): plugin promises (and then the
 /// legacy ones) through slapos.core's `runpromises.py` with the software's
 /// Python, or the legacy ones natively when there is no plugin.
@@ -305,6 +342,10 @@ pub fn run_all(
         return Ok(());
     }
     log.info(&format!("Checking {id} promises..."));
+    if check_anomaly && !force && !plugins.is_empty() && all_cached_and_passing(pp, &plugins) {
+        // nothing is due: spare the start of the software's Python
+        return Ok(());
+    }
     let result = if plugins.is_empty() {
         run_legacy_all(pp, (owner.uid, owner.gid), timeout, force).map(drop)
     } else {
@@ -438,6 +479,45 @@ mod tests {
         assert!(bad.failed && bad.message.starts_with("Bad promise file"), "{bad:?}");
         let cwd = run_legacy(&script(d.path(), "cwd", "pwd"), d.path(), None, Duration::from_secs(10));
         assert_eq!(PathBuf::from(&cwd.message).canonicalize().unwrap(), d.path().canonicalize().unwrap());
+    }
+
+    #[test]
+    fn an_anomaly_run_is_skipped_only_when_every_promise_is_cached_passing_and_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let pp = d.path();
+        std::fs::create_dir_all(pp.join("etc/plugin")).unwrap();
+        std::fs::create_dir_all(pp.join(".slapgrid/promise/cache")).unwrap();
+        std::fs::create_dir_all(pp.join(".slapgrid/promise/result")).unwrap();
+        let plugin = pp.join("etc/plugin/check_http.py");
+        std::fs::write(&plugin, "sys.path[0:0] = []\n").unwrap();
+        let mtime = std::fs::metadata(&plugin).unwrap().modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let now = chrono::Utc::now().timestamp() as f64;
+        let cache = |next: f64, mtime: f64| {
+            std::fs::write(
+                pp.join(".slapgrid/promise/cache/check_http"),
+                format!("{{\"next_run_after\": {next}, \"module_file_mtime\": {mtime}}}"),
+            )
+            .unwrap()
+        };
+        let result = |failed: bool| {
+            std::fs::write(
+                pp.join(".slapgrid/promise/result/check_http.status.json"),
+                format!("{{\"result\": {{\"failed\": {failed}, \"message\": \"m\"}}}}"),
+            )
+            .unwrap()
+        };
+        let plugins = plugin_files(pp);
+        assert!(!all_cached_and_passing(pp, &plugins), "no cache yet");
+        cache(now + 60.0, mtime);
+        result(false);
+        assert!(all_cached_and_passing(pp, &plugins));
+        result(true);
+        assert!(!all_cached_and_passing(pp, &plugins), "last result failed");
+        result(false);
+        cache(now - 1.0, mtime);
+        assert!(!all_cached_and_passing(pp, &plugins), "due");
+        cache(now + 60.0, mtime - 10.0);
+        assert!(!all_cached_and_passing(pp, &plugins), "the plugin changed");
     }
 
     #[test]
