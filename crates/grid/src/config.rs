@@ -54,6 +54,9 @@ pub struct NodeConfig {
     pub instance_storage_home: String,
     pub ipv4_global_network: String,
     pub root_check: bool,
+    /// `maximal_delay`: a random sleep of 1..N seconds before a run
+    /// (skipped with `--now`); 0 by default.
+    pub maximal_delay: u64,
 }
 
 impl NodeConfig {
@@ -122,6 +125,7 @@ impl NodeConfig {
             instance_storage_home: text("instance_storage_home").unwrap_or_default(),
             ipv4_global_network: text("ipv4_global_network").unwrap_or_default(),
             root_check,
+            maximal_delay: int("maximal_delay")?.filter(|d| *d > 0).unwrap_or(0) as u64,
         })
     }
 }

@@ -229,6 +229,11 @@ fn load(global: &Global, g: &GridArgs) -> anyhow::Result<Node> {
         promise_timeout: g.promise_timeout,
     };
     let cfg = NodeConfig::from_config(&config, &overrides).map_err(|e| anyhow::anyhow!("{e} (in {})", path.display()))?;
+    if cfg.maximal_delay > 0 && !g.now {
+        let secs = rand::random::<u64>() % cfg.maximal_delay + 1;
+        tracing::info!("Sleeping for {secs} seconds (maximal_delay; --now skips it)");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     Ok(Node::new(cfg)?)
 }
 
