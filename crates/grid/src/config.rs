@@ -57,6 +57,31 @@ pub struct NodeConfig {
     /// `maximal_delay`: a random sleep of 1..N seconds before a run
     /// (skipped with `--now`); 0 by default.
     pub maximal_delay: u64,
+    /// Free space needed (bytes) before building a software release and
+    /// before an instance buildout (`software_min_free_space`,
+    /// `instance_min_free_space`, default `1000M`).
+    pub software_min_free_space: u64,
+    pub instance_min_free_space: u64,
+}
+
+/// slapos.human's `human2bytes`: `1000M`, `1 G`, `2Gi`, `512k`, `10 MB`,
+/// `42` (bytes); powers of 1024.
+pub fn human_to_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let power = match unit.trim_end_matches("ib").trim_end_matches('i').trim_end_matches('b') {
+        "" => 0,
+        "k" | "kilo" => 1,
+        "m" | "mega" => 2,
+        "g" | "giga" => 3,
+        "t" | "tera" => 4,
+        "p" | "peta" => 5,
+        _ => return None,
+    };
+    Some((num * 1024f64.powi(power)) as u64)
 }
 
 impl NodeConfig {
@@ -84,6 +109,12 @@ impl NodeConfig {
             match get(key) {
                 None => Ok(None),
                 Some(v) => v.parse().map(Some).map_err(|_| NodeConfigError::Invalid { key, what: "a whole number", value: v.into() }),
+            }
+        };
+        let size = |key: &'static str| -> Result<u64, NodeConfigError> {
+            match get(key) {
+                None => Ok(1000 * 1024 * 1024),
+                Some(v) => human_to_bytes(v).ok_or(NodeConfigError::Invalid { key, what: "a size such as 1000M or 2G", value: v.into() }),
             }
         };
         let key_file = text("key_file").map(PathBuf::from);
@@ -126,6 +157,8 @@ impl NodeConfig {
             ipv4_global_network: text("ipv4_global_network").unwrap_or_default(),
             root_check,
             maximal_delay: int("maximal_delay")?.filter(|d| *d > 0).unwrap_or(0) as u64,
+            software_min_free_space: size("software_min_free_space")?,
+            instance_min_free_space: size("instance_min_free_space")?,
         })
     }
 }
@@ -144,6 +177,19 @@ mod tests {
         let o = NodeOverrides { computer_id: Some("CLI".into()), instance_root: Some("/tmp/i".into()), ..Default::default() };
         let n = NodeConfig::from_config(&c, &o).unwrap();
         assert_eq!((n.computer_id.as_str(), n.instance_root.to_str().unwrap()), ("CLI", "/tmp/i"));
+    }
+
+    #[test]
+    fn sizes_are_read_like_slapos_human2bytes() {
+        assert_eq!(human_to_bytes("1000M"), Some(1000 * 1024 * 1024));
+        assert_eq!(human_to_bytes("1 K"), Some(1024));
+        assert_eq!(human_to_bytes("1 Gi"), Some(1 << 30));
+        assert_eq!(human_to_bytes("10 MB"), Some(10 << 20));
+        assert_eq!(human_to_bytes("0"), Some(0));
+        assert_eq!(human_to_bytes("lots"), None);
+        let c = Config::parse("[slapos]\ncomputer_id = C\nmaster_url = m\nsoftware_root = s\ninstance_root = i\ninstance_min_free_space = 2G\n").unwrap();
+        let n = NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap();
+        assert_eq!((n.software_min_free_space, n.instance_min_free_space), (1000 << 20, 2 << 30));
     }
 
     #[test]

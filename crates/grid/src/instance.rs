@@ -415,6 +415,7 @@ impl Run<'_> {
     fn install(&self, p: &ComputerPartition, pp: &Path, sp: Option<&Path>, owner: &Owner, log: &PartitionLog) -> Result<(), PartitionError> {
         let cfg = &self.node.cfg;
         let id = p.partition_id.as_str();
+        crate::node::check_free_space(pp, cfg.instance_min_free_space, "instance_min_free_space").map_err(PartitionError::Other)?;
         let mode = std::fs::metadata(pp)?.permissions().mode() & 0o7777;
         if mode != 0o750 {
             return Err(PartitionError::Other(format!(

@@ -120,6 +120,32 @@ impl Node {
     }
 }
 
+/// Free space for non-root users on the filesystem of `path` (or of its
+/// nearest existing ancestor).
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent().unwrap_or(Path::new("/"));
+    }
+    let s = nix::sys::statvfs::statvfs(p).map_err(std::io::Error::from)?;
+    Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+/// slapgrid's `DiskSpaceError`, with its message.
+pub fn check_free_space(path: &Path, required: u64, option: &str) -> Result<(), String> {
+    let available = free_space(path).map_err(|e| format!("cannot read the free space of {}: {e}", path.display()))?;
+    if available < required {
+        let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+        return Err(format!(
+            "Not enough space for {}: available {}, required {} (option '{option}')",
+            path.display(),
+            mib(available),
+            mib(required)
+        ));
+    }
+    Ok(())
+}
+
 /// The pid-file lock of a node command: a live `slapos` process in the file
 /// means another run is going on.
 #[derive(Debug)]
@@ -156,6 +182,14 @@ impl Drop for PidLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_space_is_checked_against_the_option() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(check_free_space(&d.path().join("not/yet"), 1, "software_min_free_space").is_ok());
+        let e = check_free_space(d.path(), u64::MAX, "instance_min_free_space").unwrap_err();
+        assert!(e.starts_with("Not enough space for ") && e.ends_with("(option 'instance_min_free_space')"), "{e}");
+    }
 
     #[test]
     fn a_live_slapos_process_in_the_pid_file_refuses_a_second_run() {

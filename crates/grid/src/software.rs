@@ -130,6 +130,7 @@ pub fn garbage(software_root: &Path, available: &[PathBuf]) -> Vec<PathBuf> {
 pub fn install(node: &Node, url: &str, force: bool) -> Result<(), SoftwareError> {
     let cfg = &node.cfg;
     let sp = software_path(&cfg.software_root, url);
+    node::check_free_space(&sp, cfg.software_min_free_space, "software_min_free_space").map_err(SoftwareError::Other)?;
     if !sp.exists() {
         std::fs::create_dir(&sp)?;
         std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o755))?;
