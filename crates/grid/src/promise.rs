@@ -242,7 +242,13 @@ fn saved_result(partition: &Path, title: &str) -> Option<(bool, String)> {
 
 /// Legacy promises of a partition, run natively. `force`: ignore the
 /// periodicity (2 minutes) and run every promise now.
-pub fn run_legacy_all(partition: &Path, owner: (u32, u32), timeout: Duration, force: bool) -> Result<Vec<PromiseResult>, PromiseFailure> {
+pub fn run_legacy_all(
+    partition: &Path,
+    owner: (u32, u32),
+    timeout: Duration,
+    force: bool,
+    anomaly: bool,
+) -> Result<Vec<PromiseResult>, PromiseFailure> {
     let dir = partition.join("etc/promise");
     let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
     let mut results = Vec::new();
@@ -252,10 +258,9 @@ pub fn run_legacy_all(partition: &Path, owner: (u32, u32), timeout: Duration, fo
         let path = entry.path();
         let title = entry.file_name().to_string_lossy().into_owned();
         let cache = cache_path(partition, &title);
-        let next_run_after = std::fs::read_to_string(&cache)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("next_run_after").and_then(|n| n.as_f64()));
+        let cached = std::fs::read_to_string(&cache).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        let next_run_after = cached.as_ref().and_then(|v| v.get("next_run_after").and_then(|n| n.as_f64()));
+        let mut in_a_row = cached.as_ref().and_then(|v| v.get("failed-in-a-row").and_then(|n| n.as_u64())).unwrap_or(0);
         let (failed, message) = match (force, next_run_after, saved_result(partition, &title)) {
             (false, Some(next), Some(saved)) if (now as f64) < next => saved,
             _ => {
@@ -264,10 +269,11 @@ pub fn run_legacy_all(partition: &Path, owner: (u32, u32), timeout: Duration, fo
                 if let Some(dir) = cache.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
+                in_a_row = if r.failed { in_a_row + 1 } else { 0 };
                 let doc = serde_json::json!({
-                    "is_tested": true, "is_anomaly_detected": false, "periodicity": 2,
+                    "is_tested": true, "is_anomaly_detected": anomaly && in_a_row >= ANOMALY_FAILURES, "periodicity": 2,
                     "next_run_after": now as f64 + 120.0, "timestamp": now as f64,
-                    "module_file": path.display().to_string(),
+                    "module_file": path.display().to_string(), "failed-in-a-row": in_a_row,
                 });
                 let _ = std::fs::write(&cache, python_json(&doc));
                 let out = (r.failed, r.message.clone());
@@ -275,7 +281,9 @@ pub fn run_legacy_all(partition: &Path, owner: (u32, u32), timeout: Duration, fo
                 out
             }
         };
-        if failed && first_failure.is_none() {
+        // a test fails at once; an anomaly only after several failures in a row
+        let counts = if anomaly { failed && in_a_row >= ANOMALY_FAILURES } else { failed };
+        if counts && first_failure.is_none() {
             first_failure = Some(format!("Promise '{title}' failed with output: {message}"));
         }
     }
@@ -284,6 +292,10 @@ pub fn run_legacy_all(partition: &Path, owner: (u32, u32), timeout: Duration, fo
         None => Ok(results),
     }
 }
+
+/// Failures in a row that make a legacy promise's anomaly (slapgrid wraps
+/// legacy promises with `_anomaly(result_count=3, failure_amount=3)`).
+pub const ANOMALY_FAILURES: u64 = 3;
 
 /// Whether every promise of a partition (plugins and legacy) has a cache
 /// entry saying it is not due yet, for the same plugin file, and a last
@@ -347,7 +359,16 @@ pub fn run_all(
         return Ok(());
     }
     let result = if plugins.is_empty() {
-        run_legacy_all(pp, (owner.uid, owner.gid), timeout, force).map(drop)
+        let r = run_legacy_all(pp, (owner.uid, owner.gid), timeout, force, check_anomaly && !force).map(drop);
+        // an anomaly asks the master to reprocess the instance (once per run)
+        if let (Err(PromiseFailure::Failed(m)), true) = (&r, check_anomaly && !force) {
+            let title = m.split('\'').nth(1).unwrap_or_default();
+            match node.client.bang(&node.cfg.computer_id, id, &format!("Promise {title} is failing")) {
+                Ok(()) => log.warn(&format!("Banged the master: promise {title} is failing")),
+                Err(e) => log.warn(&format!("could not bang the master: {e}")),
+            }
+        }
+        r
     } else {
         run_with_python(node, p, pp, owner, &plugins, legacy_count, force, check_anomaly, log)
     };
@@ -536,15 +557,20 @@ mod tests {
         script(&dir, "good", "echo ok");
         let counter = d.path().join("count");
         script(&dir, "bad", &format!("echo x >> {}; echo down; exit 1", counter.display()));
-        let e = run_legacy_all(d.path(), me, Duration::from_secs(5), true).unwrap_err();
+        let e = run_legacy_all(d.path(), me, Duration::from_secs(5), true, false).unwrap_err();
         assert_eq!(e, PromiseFailure::Failed("Promise 'bad' failed with output: down".into()));
         assert!(d.path().join(".slapgrid/promise/result/good.status.json").exists());
-        // an anomaly run within the periodicity reuses the saved result
-        let e2 = run_legacy_all(d.path(), me, Duration::from_secs(5), false).unwrap_err();
+        // a test run within the periodicity reuses the saved result
+        let e2 = run_legacy_all(d.path(), me, Duration::from_secs(5), false, false).unwrap_err();
         assert_eq!(e, e2);
         assert_eq!(std::fs::read_to_string(&counter).unwrap().lines().count(), 1);
-        run_legacy_all(d.path(), me, Duration::from_secs(5), true).unwrap_err();
+        run_legacy_all(d.path(), me, Duration::from_secs(5), true, false).unwrap_err();
         assert_eq!(std::fs::read_to_string(&counter).unwrap().lines().count(), 2);
+        // an anomaly needs three failures in a row: two so far, the third counts
+        std::fs::remove_file(d.path().join(".slapgrid/promise/cache/bad")).unwrap();
+        std::fs::write(d.path().join(".slapgrid/promise/cache/bad"), "{\"failed-in-a-row\": 1}").unwrap();
+        assert!(run_legacy_all(d.path(), me, Duration::from_secs(5), true, true).is_ok(), "2 in a row: not yet an anomaly");
+        assert!(run_legacy_all(d.path(), me, Duration::from_secs(5), true, true).is_err(), "3 in a row: an anomaly");
     }
 
     #[test]
