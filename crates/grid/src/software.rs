@@ -157,8 +157,13 @@ pub fn install(node: &Node, url: &str, force: bool) -> Result<(), SoftwareError>
     args.push("-c".into());
     args.push(buildout_cfg.display().to_string());
 
-    let progress = Progress::start(&format!("building {url}"));
-    let on_line = |l: &str| progress.line(l);
+    // one spinner per program run, started after its log line
+    let run = |program: &str, args: &[String]| {
+        let progress = Progress::start(&format!("building {url}"));
+        let out = run_as_owner(program, args, &sp, &[], None, |l| progress.line(l));
+        progress.finish();
+        out
+    };
     let fail = |output: String| SoftwareError::Buildout { path: sp.display().to_string(), output };
     let binary = sp.join("bin/buildout");
     let marker = sp.join("bin/buildout-bootstrap-skipped");
@@ -175,9 +180,8 @@ pub fn install(node: &Node, url: &str, force: bool) -> Result<(), SoftwareError>
         let mut boot = args.clone();
         boot.push("bootstrap".into());
         tracing::info!("Bootstrapping buildout in {} with {}", sp.display(), buildout.display());
-        let out = run_as_owner(&buildout.display().to_string(), &boot, &sp, &[], None, on_line)?;
+        let out = run(&buildout.display().to_string(), &boot)?;
         if !out.success {
-            progress.finish();
             return Err(fail(out.output));
         }
     }
@@ -186,8 +190,7 @@ pub fn install(node: &Node, url: &str, force: bool) -> Result<(), SoftwareError>
     command.push("-U".into());
     command.extend(args);
     tracing::info!("Launching buildout in {}", sp.display());
-    let out = run_as_owner(&command[0], &command[1..], &sp, &[], None, on_line)?;
-    progress.finish();
+    let out = run(&command[0], &command[1..])?;
     if !out.success {
         return Err(fail(out.output));
     }
