@@ -26,6 +26,17 @@ pub struct RunOutput {
     pub timed_out: bool,
 }
 
+/// In a child before exec: every inherited descriptor above 2 is closed at
+/// exec (buildout and promises get nothing of ours beyond stdio), while the
+/// standard library's own exec-error pipe keeps working. One syscall,
+/// async-signal-safe; ignored on kernels without `close_range` (< 5.11).
+pub(crate) fn close_inherited_fds_on_exec() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 4;
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC);
+    }
+}
+
 /// Runs `program args…` in `dir` as the owner of `dir` (when we are root
 /// and the owner is not), each output line passed to `on_line`; killed with
 /// its whole process group after `timeout`.
@@ -80,6 +91,7 @@ pub fn run_as_owner(
                 }
             }
             libc::umask(0o027);
+            close_inherited_fds_on_exec();
             Ok(())
         });
     }
@@ -216,6 +228,19 @@ mod tests {
         assert!(out.timed_out && !out.success);
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert!(out.output.starts_with("start\n") && out.output.contains("killed after"), "{}", out.output);
+    }
+
+    #[test]
+    fn inherited_descriptors_do_not_reach_the_program() {
+        use std::os::fd::AsRawFd;
+        let d = owned_dir();
+        // a descriptor without close-on-exec, as a parent process could leave us
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let fd = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD(50)).unwrap();
+        let out = run_as_owner("/bin/sh", &["-c".into(), format!("[ -e /proc/self/fd/{fd} ] && echo leaked || echo closed")], d.path(), &[], None, |_| {})
+            .unwrap();
+        nix::unistd::close(fd).unwrap();
+        assert_eq!(out.output.trim(), "closed");
     }
 
     #[test]

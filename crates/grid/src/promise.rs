@@ -143,6 +143,12 @@ pub fn run_legacy(path: &Path, partition: &Path, owner: Option<(u32, u32)>, time
     }
     let mut cmd = Command::new(path);
     cmd.current_dir(partition).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    unsafe {
+        cmd.pre_exec(|| {
+            crate::process::close_inherited_fds_on_exec();
+            Ok(())
+        });
+    }
     if let Some((uid, gid)) = owner {
         if nix::unistd::geteuid().is_root() && uid != 0 {
             cmd.uid(uid).gid(gid);
