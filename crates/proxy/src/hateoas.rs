@@ -57,8 +57,12 @@ fn last_report<'a>(reports: &'a [ReportRow], p: &PartitionRow) -> Option<&'a Rep
     reports.iter().find(|r| r.kind == "partition" && r.computer_reference == p.computer_reference && r.reference == p.reference)
 }
 
+/// A shared instance as its host lists it: its dict, the host partition,
+/// and the shared instance's own connection XML.
+type SharedEntry = (std::collections::BTreeMap<String, Value>, PartitionRow, Option<String>);
+
 /// The entry of a shared instance hosted somewhere: (its dict in the host's list, host).
-fn shared_entry(tx: &mut dyn Tx, reference: &str) -> Result<Option<(std::collections::BTreeMap<String, Value>, PartitionRow, Option<String>)>, MasterError> {
+fn shared_entry(tx: &mut dyn Tx, reference: &str) -> Result<Option<SharedEntry>, MasterError> {
     let Some(slave) = tx.slaves()?.into_iter().find(|s| s.reference == reference) else { return Ok(None) };
     let Some(host_ref) = &slave.hosted_by else { return Ok(None) };
     let Some(host) = tx.partitions(None)?.into_iter().find(|p| &p.reference == host_ref && p.computer_reference == slave.computer_reference) else {

@@ -656,7 +656,7 @@ fn close(
 }
 
 fn pairs(input: &[u8], pos: usize, items: Vec<Value>) -> Result<BTreeMap<String, Value>, DecodeError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(DecodeError::at(input, pos, "<dictionary> has a key without a value"));
     }
     let mut map = BTreeMap::new();
@@ -724,15 +724,15 @@ fn unescape_second_level(s: &str) -> String {
         // one left-to-right pass gives the result of Python's three
         // successive replaces: the three patterns cannot overlap, and the `&`
         // that `&amp;` leaves is not looked at again (as Python does it last)
-        if tail.starts_with("&lt;") {
+        if let Some(r) = tail.strip_prefix("&lt;") {
             out.push('<');
-            rest = &tail[4..];
-        } else if tail.starts_with("&gt;") {
+            rest = r;
+        } else if let Some(r) = tail.strip_prefix("&gt;") {
             out.push('>');
-            rest = &tail[4..];
-        } else if tail.starts_with("&amp;") {
+            rest = r;
+        } else if let Some(r) = tail.strip_prefix("&amp;") {
             out.push('&');
-            rest = &tail[5..];
+            rest = r;
         } else {
             out.push('&');
             rest = &tail[1..];
