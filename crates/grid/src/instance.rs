@@ -22,6 +22,10 @@ use crate::process::{run_as_owner, shebang};
 use crate::promise::{self, PromiseFailure};
 use crate::templates::{self, ProgramOwner, TailParams};
 
+fn has_promises(pp: &Path) -> bool {
+    ["etc/promise", "etc/plugin"].iter().any(|d| std::fs::read_dir(pp.join(d)).map(|mut rd| rd.next().is_some()).unwrap_or(false))
+}
+
 /// How long promises of services that were just started may fail before
 /// it counts (a server needs a moment to bind its port).
 const START_GRACE: Duration = Duration::from_secs(5);
@@ -384,11 +388,17 @@ impl Run<'_> {
     /// short grace period to come up before a failure counts.
     fn promises_after_start(&self, p: &ComputerPartition, pp: &Path, owner: &Owner, log: &PartitionLog) -> Result<(), PromiseFailure> {
         let grace = std::time::Instant::now() + START_GRACE;
+        // a server needs a moment to bind: waiting costs nothing here (other
+        // partitions use the CPU meanwhile), checking too early costs a
+        // promise run
+        if has_promises(pp) {
+            std::thread::sleep(Duration::from_millis(250));
+        }
         loop {
             match promise::run_all(self.node, p, pp, owner, true, false, log) {
                 Err(PromiseFailure::Failed(m)) if std::time::Instant::now() < grace => {
                     log.info(&format!("{m} (services just started: checking again)"));
-                    std::thread::sleep(Duration::from_millis(300));
+                    std::thread::sleep(Duration::from_millis(500));
                 }
                 other => return other,
             }
