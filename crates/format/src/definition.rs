@@ -53,7 +53,10 @@ pub fn parse(text: &str, shown: &str, cfg: &FormatConfig) -> Result<ComputerStat
         }
         None => (None, None),
     };
-    let software_user = ini.get_nonempty("computer", "software_user").unwrap_or("slapsoft").trim().to_string();
+    // (SlapOS falls back to `slapsoft`, and its own -o never writes the key,
+    // so a -o/-i round trip silently changed the software user: we keep the
+    // configured one)
+    let software_user = ini.get_nonempty("computer", "software_user").map(|u| u.trim().to_string()).unwrap_or_else(|| cfg.software_user.clone());
     let mut partitions = Vec::new();
     for i in 0..cfg.partition_amount {
         let section = format!("partition_{i}");
