@@ -42,6 +42,9 @@ pub struct InstanceOptions {
     pub workers: usize,
     /// Deadline of one instance buildout when `partition_timeout` is unset.
     pub default_deadline: Duration,
+    /// `--buildout-debug`: buildout `-D`, attached to the terminal, one
+    /// partition at a time.
+    pub buildout_debug: bool,
 }
 
 /// How one partition went.
@@ -506,9 +509,16 @@ impl Run<'_> {
         let mut cmd = shebang(&buildout)
             .ok_or_else(|| PartitionError::Other(format!("{} is missing or has no interpreter line", buildout.display())))?;
         cmd.push(buildout.display().to_string());
+        if self.opts.buildout_debug {
+            cmd.push("-D".into());
+        }
         cmd.push("-U".into());
         log.info(&format!("Launching buildout in {} as {}", pp.display(), owner.name));
-        let out = run_as_owner(&cmd[0], &cmd[1..], pp, &env, Some(deadline), on_line)?;
+        let out = if self.opts.buildout_debug {
+            crate::process::run_interactive_as_owner(&cmd[0], &cmd[1..], pp, &env)?
+        } else {
+            run_as_owner(&cmd[0], &cmd[1..], pp, &env, Some(deadline), on_line)?
+        };
         if !out.success {
             return Err(fail(out.output));
         }
@@ -722,7 +732,8 @@ pub fn run(node: &Node, opts: &InstanceOptions) -> u8 {
     };
     tracing::info!("Processing computer partitions ({} to check, {} at once)...", selected.len(), opts.workers.max(1));
     let run = Run { node, opts, supervisord_launched };
-    let outcomes = parallel(&selected, opts.workers, |p| run.partition(p));
+    let workers = if opts.buildout_debug { 1 } else { opts.workers };
+    let outcomes = parallel(&selected, workers, |p| run.partition(p));
     if let Some(Outcome::MasterDown(m)) = outcomes.iter().find(|o| matches!(o, Outcome::MasterDown(_))) {
         tracing::error!("{m}");
         return offline(node);

@@ -37,22 +37,29 @@ pub(crate) fn close_inherited_fds_on_exec() {
     }
 }
 
-/// Runs `program args…` in `dir` as the owner of `dir` (when we are root
-/// and the owner is not), each output line passed to `on_line`; killed with
-/// its whole process group after `timeout`.
-pub fn run_as_owner(
-    program: &str,
-    args: &[String],
-    dir: &Path,
-    extra_env: &[(&str, &str)],
-    timeout: Option<Duration>,
-    mut on_line: impl FnMut(&str),
-) -> std::io::Result<RunOutput> {
+/// `--buildout-debug`: the same run, attached to our terminal (buildout's
+/// `-D` opens pdb on errors), output not captured, no deadline.
+pub fn run_interactive_as_owner(program: &str, args: &[String], dir: &Path, extra_env: &[(&str, &str)]) -> std::io::Result<RunOutput> {
+    let mut cmd = owned_command(program, args, dir, extra_env)?;
+    let status = cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit()).status()?;
+    Ok(RunOutput {
+        success: status.success(),
+        code: status.code(),
+        output: format!("{program} exited with {status} (--buildout-debug: its output went to the terminal)\n"),
+        stderr: String::new(),
+        timed_out: false,
+    })
+}
+
+/// `program args…` prepared to run in `dir` as the owner of `dir`: groups,
+/// gid, uid dropped in the child, umask 027, cleaned environment, inherited
+/// descriptors closed at exec.
+fn owned_command(program: &str, args: &[String], dir: &Path, extra_env: &[(&str, &str)]) -> std::io::Result<Command> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir)?;
     let (uid, gid) = (meta.uid(), meta.gid());
     let mut cmd = Command::new(program);
-    cmd.args(args).current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    cmd.args(args).current_dir(dir);
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
         if DROPPED.contains(&k.as_str()) || k.starts_with("LC_") {
@@ -95,6 +102,23 @@ pub fn run_as_owner(
             Ok(())
         });
     }
+    Ok(cmd)
+}
+
+/// Runs `program args…` in `dir` as the owner of `dir` (when we are root
+/// and the owner is not), each output line passed to `on_line`; killed with
+/// its whole process group after `timeout`.
+pub fn run_as_owner(
+    program: &str,
+    args: &[String],
+    dir: &Path,
+    extra_env: &[(&str, &str)],
+    timeout: Option<Duration>,
+    mut on_line: impl FnMut(&str),
+) -> std::io::Result<RunOutput> {
+    let mut cmd = owned_command(program, args, dir, extra_env)?;
+    // its own process group, so that a deadline kills the whole tree
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;
     let stderr = child.stderr.take().expect("piped");

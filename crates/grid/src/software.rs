@@ -22,6 +22,8 @@ pub struct SoftwareOptions {
     pub force: bool,
     /// `--garbage-collect`: delete software paths that are not supplied.
     pub garbage_collect: bool,
+    /// `--buildout-debug`: buildout `-D`, attached to the terminal.
+    pub buildout_debug: bool,
 }
 
 impl SoftwareOptions {
@@ -127,7 +129,7 @@ pub fn garbage(software_root: &Path, available: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// Builds one release in its software path (§4.2).
-pub fn install(node: &Node, url: &str, force: bool) -> Result<(), SoftwareError> {
+pub fn install(node: &Node, url: &str, force: bool, debug: bool) -> Result<(), SoftwareError> {
     let cfg = &node.cfg;
     let sp = software_path(&cfg.software_root, url);
     node::check_free_space(&sp, cfg.software_min_free_space, "software_min_free_space").map_err(SoftwareError::Other)?;
@@ -159,6 +161,9 @@ pub fn install(node: &Node, url: &str, force: bool) -> Result<(), SoftwareError>
 
     // one spinner per program run, started after its log line
     let run = |program: &str, args: &[String]| {
+        if debug {
+            return crate::process::run_interactive_as_owner(program, args, &sp, &[]);
+        }
         let progress = Progress::start(&format!("building {url}"));
         let out = run_as_owner(program, args, &sp, &[], None, |l| progress.line(l));
         progress.finish();
@@ -187,6 +192,9 @@ pub fn install(node: &Node, url: &str, force: bool) -> Result<(), SoftwareError>
     }
     let mut command = shebang(&binary).ok_or_else(|| fail(format!("{} is missing or has no interpreter line", binary.display())))?;
     command.push(binary.display().to_string());
+    if debug {
+        command.push("-D".into());
+    }
     command.push("-U".into());
     command.extend(args);
     tracing::info!("Launching buildout in {}", sp.display());
@@ -256,7 +264,7 @@ pub fn run(node: &Node, opts: &SoftwareOptions) -> Result<u8, SlapError> {
                     _ => {}
                 }
                 let started = std::time::Instant::now();
-                match install(node, url, opts.force) {
+                match install(node, url, opts.force, opts.buildout_debug) {
                     Ok(()) => {
                         node.client.software_release_available(url, &cfg.computer_id)?;
                         match std::fs::write(&completed, asctime()) {

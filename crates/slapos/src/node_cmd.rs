@@ -44,6 +44,10 @@ pub struct GridArgs {
     /// The pid file of this run (default: pidfile_software|instance|report).
     #[arg(long, value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
+    /// Run buildout with -D (pdb on errors), attached to this terminal, one
+    /// partition at a time.
+    #[arg(long = "buildout-debug")]
+    pub buildout_debug: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -263,7 +267,12 @@ pub fn software(args: SoftwareArgs, global: &Global) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     node.check_structure()?;
-    let opts = SoftwareOptions { only: split_list(&args.only_sr), force: args.force, garbage_collect: args.garbage_collect };
+    let opts = SoftwareOptions {
+        only: split_list(&args.only_sr),
+        force: args.force,
+        garbage_collect: args.garbage_collect,
+        buildout_debug: args.grid.buildout_debug,
+    };
     match slapos_grid::software::run(&node, &opts) {
         Ok(code) => Ok(code),
         Err(e) => {
@@ -289,6 +298,7 @@ pub fn instance(args: InstanceArgs, global: &Global) -> anyhow::Result<u8> {
         force_stop: args.force_stop,
         workers: args.jobs.unwrap_or_else(default_workers).max(1),
         default_deadline: Duration::from_secs(3600),
+        buildout_debug: args.grid.buildout_debug,
     };
     Ok(slapos_grid::instance::run(&node, &opts))
 }
@@ -326,6 +336,7 @@ fn load_plain(global: &Global) -> anyhow::Result<Node> {
             maximum_periodicity: None,
             promise_timeout: None,
             pidfile: None,
+            buildout_debug: false,
         },
     )
 }
