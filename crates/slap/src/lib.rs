@@ -11,12 +11,14 @@
 //!   master stores parameters in, and its `_` JSON variant;
 //! * [`model`]: typed computers, partitions, software releases, instances,
 //!   states, and their conversion from/to marshalled objects;
-//! * [`client`]: a blocking HTTP client for every call the Python client makes.
+//! * [`client`]: a blocking HTTP client for every call the Python client makes;
+//! * [`pyjson`]: JSON written byte for byte as Python's `json.dumps`.
 
 pub mod client;
 pub mod instance_xml;
 pub mod marshal;
 pub mod model;
+pub mod pyjson;
 
 
 pub use marshal::{Object, Value};
