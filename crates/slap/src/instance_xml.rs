@@ -282,7 +282,7 @@ pub fn wrap_json(params: &serde_json::Map<String, serde_json::Value>) -> BTreeMa
             return BTreeMap::from([("_".to_string(), Value::str(s))]);
         }
     }
-    let text = python_json_dumps_indent2(&serde_json::Value::Object(params.clone()));
+    let text = crate::pyjson::dumps(&serde_json::Value::Object(params.clone()), &crate::pyjson::Options::indent(2));
     BTreeMap::from([("_".to_string(), Value::str(text))])
 }
 
@@ -294,81 +294,6 @@ pub fn unwrap_json(dict: &BTreeMap<String, Option<String>>) -> Option<serde_json
     }
     let text = dict.get("_")?.as_deref()?;
     serde_json::from_str(text).ok()
-}
-
-/// `json.dumps(value, indent=2)` (separators `", "`/`": "` become `","`/`": "`
-/// with indentation, non-ASCII escaped as `\uXXXX`).
-pub fn python_json_dumps_indent2(value: &serde_json::Value) -> String {
-    let mut out = String::new();
-    dump(&mut out, value, 0);
-    out
-}
-
-fn dump(out: &mut String, v: &serde_json::Value, level: usize) {
-    use serde_json::Value as J;
-    match v {
-        J::Null => out.push_str("null"),
-        J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        J::Number(n) => {
-            let _ = write!(out, "{n}");
-        }
-        J::String(s) => dump_str(out, s),
-        J::Array(items) => {
-            if items.is_empty() {
-                out.push_str("[]");
-                return;
-            }
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                out.push_str(if i > 0 { ",\n" } else { "\n" });
-                out.push_str(&"  ".repeat(level + 1));
-                dump(out, item, level + 1);
-            }
-            out.push('\n');
-            out.push_str(&"  ".repeat(level));
-            out.push(']');
-        }
-        J::Object(map) => {
-            if map.is_empty() {
-                out.push_str("{}");
-                return;
-            }
-            out.push('{');
-            for (i, (k, item)) in map.iter().enumerate() {
-                out.push_str(if i > 0 { ",\n" } else { "\n" });
-                out.push_str(&"  ".repeat(level + 1));
-                dump_str(out, k);
-                out.push_str(": ");
-                dump(out, item, level + 1);
-            }
-            out.push('\n');
-            out.push_str(&"  ".repeat(level));
-            out.push('}');
-        }
-    }
-}
-
-fn dump_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || !c.is_ascii() => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    let _ = write!(out, "\\u{:04x}", unit);
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
