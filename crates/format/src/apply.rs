@@ -12,7 +12,7 @@ use slap::marshal;
 use crate::config::FormatConfig;
 use crate::definition;
 use crate::plan::{plan, Picker, Plan, Step, TunTapMode};
-use crate::state::{pretty_marshal, save_xml, to_json, write_atomic, ComputerState};
+use crate::state::{pretty_marshal, save_xml, to_json, to_json_value, write_atomic, ComputerState};
 use crate::system;
 
 /// What to do with the plan.
@@ -117,7 +117,7 @@ fn print_plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
     if json {
         let doc = serde_json::json!({
             "steps": plan.steps,
-            "state": serde_json::from_str::<serde_json::Value>(&to_json(&plan.state.to_value(), 2))?,
+            "state": to_json_value(&plan.state.to_value()),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else if plan.steps.is_empty() {
@@ -202,7 +202,7 @@ fn apply_network(steps: &[&Step]) -> anyhow::Result<()> {
 fn apply(cfg: &FormatConfig, plan: &Plan) -> anyhow::Result<u8> {
     // the state first: a failure below leaves the chosen addresses saved, and
     // the next run converges to them
-    let xml = pretty_marshal(&marshal::encode(&plan.state.to_value())?);
+    let xml = pretty_marshal(&marshal::encode(&plan.state.to_value())?)?;
     save_xml(&cfg.computer_xml, &xml).with_context(|| format!("cannot write {}", cfg.computer_xml.display()))?;
     if let Some(json_path) = &cfg.computer_json {
         let text = to_json(&plan.state.to_value(), 2);

@@ -267,6 +267,9 @@ impl ComputerState {
     }
 }
 
+/// SlapOS's `json.dumps((platform.platform(), distro.id(), distro.version(),
+/// distro.name()))`, e.g. `["Linux-6.1.0-x86_64-with-glibc2.36", "debian",
+/// "12", "Debian GNU/Linux"]`.
 fn os_type() -> String {
     let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let field = |k: &str| {
@@ -276,50 +279,77 @@ fn os_type() -> String {
             .map(|v| v.trim_matches('"').to_string())
             .unwrap_or_default()
     };
-    serde_json::json!(["Linux", field("ID"), field("VERSION_ID"), field("PRETTY_NAME")]).to_string()
+    let value = serde_json::json!([python_platform(), field("ID"), field("VERSION_ID"), field("NAME")]);
+    slap::pyjson::dumps(&value, &slap::pyjson::Options::DEFAULT)
 }
 
-/// Pretty-prints a compact marshal document like lxml (`pretty_print=True`):
-/// one element per line, 2-space indentation, scalars on one line.
-pub fn pretty_marshal(compact: &str) -> String {
-    let mut out = String::with_capacity(compact.len() * 2);
+/// Python's `platform.platform()` on Linux: `system-release-machine`, then
+/// `-with-glibcX.Y` when linked with the GNU C library.
+fn python_platform() -> String {
+    let Ok(u) = nix::sys::utsname::uname() else { return "Linux".into() };
+    let mut text = [u.sysname(), u.release(), u.machine()].map(|p| p.to_string_lossy().into_owned()).join("-");
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: glibc returns a static NUL-terminated version string
+        let version = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        text.push_str(&format!("-with-glibc{}", version.to_string_lossy()));
+    }
+    // platform._platform: unsafe characters become '-', runs of '-' one
+    let text: String = text.chars().map(|c| if " /\\:;\"()".contains(c) { '-' } else { c }).collect();
+    text.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-")
+}
+
+/// Pretty-prints a compact marshal document as SlapOS does (lxml's
+/// `tostring(fromstring(xml), pretty_print=True)`): one element per line,
+/// 2-space indentation, a leaf with its text on one line, an empty leaf as
+/// `<tag/>` (lxml reads `<string></string>` as no text), no XML declaration.
+/// Text and attributes are copied as they are escaped in `compact`.
+pub fn pretty_marshal(compact: &str) -> Result<String, quick_xml::Error> {
+    use quick_xml::events::{BytesStart, BytesText, Event};
+    let mut reader = quick_xml::Reader::from_str(compact);
+    let mut writer = quick_xml::Writer::new(Vec::with_capacity(compact.len() * 2));
     let mut depth = 0usize;
-    let mut rest = compact;
-    while let Some(start) = rest.find('<') {
-        let end = match rest[start..].find('>') {
-            Some(e) => start + e + 1,
-            None => break,
-        };
-        let tag = &rest[start..end];
-        rest = &rest[end..];
-        if tag.starts_with("</") {
-            depth = depth.saturating_sub(1);
-            out.push_str(&"  ".repeat(depth));
-            out.push_str(tag);
-            out.push('\n');
-        } else if tag.ends_with("/>") {
-            out.push_str(&"  ".repeat(depth));
-            out.push_str(tag);
-            out.push('\n');
-        } else {
-            // a scalar: text (possibly empty) then its end tag, on one line
-            let text_end = rest.find('<').unwrap_or(rest.len());
-            if rest[text_end..].starts_with("</") {
-                let close_end = text_end + rest[text_end..].find('>').map(|e| e + 1).unwrap_or(0);
-                out.push_str(&"  ".repeat(depth));
-                out.push_str(tag);
-                out.push_str(&rest[..close_end]);
-                out.push('\n');
-                rest = &rest[close_end..];
-            } else {
-                out.push_str(&"  ".repeat(depth));
-                out.push_str(tag);
-                out.push('\n');
+    // an element just opened: a leaf if its end comes before any child
+    let mut open: Option<(BytesStart, Option<BytesText>)> = None;
+    let line = |writer: &mut quick_xml::Writer<Vec<u8>>, depth: usize, events: Vec<Event>| -> Result<(), quick_xml::Error> {
+        writer.get_mut().extend(std::iter::repeat_n(b' ', 2 * depth));
+        for e in events {
+            writer.write_event(e)?;
+        }
+        writer.get_mut().push(b'\n');
+        Ok(())
+    };
+    loop {
+        let event = reader.read_event()?;
+        // a child (or the end of the document) makes the open element a container
+        if matches!(event, Event::Start(_) | Event::Empty(_) | Event::Eof) {
+            if let Some((start, text)) = open.take() {
+                line(&mut writer, depth, std::iter::once(Event::Start(start)).chain(text.map(Event::Text)).collect())?;
                 depth += 1;
             }
         }
+        match event {
+            Event::Start(e) => open = Some((e, None)),
+            Event::Text(t) if t.is_empty() => {}
+            Event::Text(t) => match &mut open {
+                Some((_, text)) => *text = Some(t),
+                None if t.iter().all(u8::is_ascii_whitespace) => {} // lxml replaces the indentation
+                None => line(&mut writer, depth, vec![Event::Text(t)])?,
+            },
+            Event::End(e) => match open.take() {
+                Some((start, None)) => line(&mut writer, depth, vec![Event::Empty(start)])?,
+                Some((start, Some(text))) => line(&mut writer, depth, vec![Event::Start(start), Event::Text(text), Event::End(e)])?,
+                None => {
+                    depth = depth.saturating_sub(1);
+                    line(&mut writer, depth, vec![Event::End(e)])?;
+                }
+            },
+            Event::Eof => break,
+            Event::Decl(_) => {} // tostring(root) writes none
+            other => line(&mut writer, depth, vec![other])?,
+        }
     }
-    out
+    Ok(String::from_utf8(writer.into_inner()).expect("the input was UTF-8"))
 }
 
 /// Writes `content` to `path` atomically (temporary file + rename), mode 0644.
@@ -404,26 +434,24 @@ fn archive_append(archive: &Path, name: &str, content: &str, now: &chrono::DateT
     Ok(())
 }
 
-/// Python's `json.dumps(value, sort_keys=True, indent=indent)` for our values.
-pub fn to_json(v: &Value, indent: usize) -> String {
-    fn j(v: &Value) -> serde_json::Value {
-        match v {
-            Value::None => serde_json::Value::Null,
-            Value::Bool(b) => serde_json::json!(b),
-            Value::Int(i) => serde_json::json!(*i as i64),
-            Value::Float(f) => serde_json::json!(f),
-            Value::Str(s) => serde_json::json!(s),
-            Value::List(a) | Value::Tuple(a) | Value::Set(a) => serde_json::Value::Array(a.iter().map(j).collect()),
-            Value::Dict(d) => serde_json::Value::Object(d.iter().map(|(k, v)| (k.clone(), j(v))).collect()),
-            Value::Object(_) => serde_json::Value::Null,
-        }
+/// Our value as JSON (a marshalled object, which the state never holds, as
+/// `null`).
+pub fn to_json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::None | Value::Object(_) => serde_json::Value::Null,
+        Value::Bool(b) => serde_json::json!(b),
+        Value::Int(i) => serde_json::json!(*i as i64),
+        Value::Float(f) => serde_json::json!(f),
+        Value::Str(s) => serde_json::json!(s),
+        Value::List(a) | Value::Tuple(a) | Value::Set(a) => serde_json::Value::Array(a.iter().map(to_json_value).collect()),
+        Value::Dict(d) => serde_json::Value::Object(d.iter().map(|(k, v)| (k.clone(), to_json_value(v))).collect()),
     }
-    let mut buf = Vec::new();
-    let indent_bytes = " ".repeat(indent);
-    let fmt = serde_json::ser::PrettyFormatter::with_indent(indent_bytes.as_bytes());
-    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
-    serde::Serialize::serialize(&j(v), &mut ser).expect("serialisable");
-    String::from_utf8(buf).expect("utf-8")
+}
+
+/// Python's `json.dumps(value, sort_keys=True, indent=indent)` for our values
+/// (`computer_json`, `.slapos-resource`).
+pub fn to_json(v: &Value, indent: usize) -> String {
+    slap::pyjson::dumps(&to_json_value(v), &slap::pyjson::Options::indent(indent).sort_keys())
 }
 
 #[cfg(test)]
@@ -474,7 +502,7 @@ mod tests {
     #[test]
     fn state_round_trips_through_the_pretty_xml() {
         let st = sample();
-        let xml = pretty_marshal(&marshal::encode(&st.to_value()).unwrap());
+        let xml = pretty_marshal(&marshal::encode(&st.to_value()).unwrap()).unwrap();
         assert!(xml.starts_with("<marshal>\n  <dictionary id=\"i2\">\n    <string>address</string>\n"), "{xml}");
         assert!(xml.contains("        <string>addr</string>\n"), "{xml}");
         let back = ComputerState::from_value(&marshal::decode(&xml).unwrap(), Path::new("x")).unwrap();
@@ -484,6 +512,81 @@ mod tests {
         let keys: Vec<&String> = p.as_dict().unwrap().keys().collect();
         assert_eq!(keys, ["address_list", "external_storage_list", "ipv6_range", "path", "reference", "tap", "tun", "user"]);
         assert!(to_json(&p, 4).contains("\n    \"address_list\": ["));
+    }
+
+    // What SlapOS 1.26.1's format does with a dictionary (venv Python 3.11,
+    // lxml 6.1.3): `xml_marshaller.dumps(d)`, then `prettify_xml` (lxml's
+    // `tostring(fromstring(xml), pretty_print=True)`); JSON-quoted as printed.
+    const PY_COMPACT: &str = r#""<marshal><dictionary id=\"i2\"><string>address</string><string>fd00::1</string><string>empty</string><string></string><string>flag</string><bool>1</bool><string>n</string><int>16</int><string>none</string><none/><string>partition_list</string><list id=\"i3\"><dictionary id=\"i4\"><string>address_list</string><list id=\"i5\"/><string>tap</string><dictionary id=\"i6\"><string>ipv4_addr</string><string></string><string>name</string><string>t0</string></dictionary><string>user</string><dictionary id=\"i7\"><string>additional_group_list</string><list id=\"i8\"><string>slapsoft</string></list></dictionary></dictionary></list><string>text</string><string>a&amp;amp;b&amp;lt;c&amp;gt;d\"e'f&#13;\tg&#233;&#8364;</string></dictionary></marshal>""#;
+    const PY_PRETTY: &str = r#""<marshal>\n  <dictionary id=\"i2\">\n    <string>address</string>\n    <string>fd00::1</string>\n    <string>empty</string>\n    <string/>\n    <string>flag</string>\n    <bool>1</bool>\n    <string>n</string>\n    <int>16</int>\n    <string>none</string>\n    <none/>\n    <string>partition_list</string>\n    <list id=\"i3\">\n      <dictionary id=\"i4\">\n        <string>address_list</string>\n        <list id=\"i5\"/>\n        <string>tap</string>\n        <dictionary id=\"i6\">\n          <string>ipv4_addr</string>\n          <string/>\n          <string>name</string>\n          <string>t0</string>\n        </dictionary>\n        <string>user</string>\n        <dictionary id=\"i7\">\n          <string>additional_group_list</string>\n          <list id=\"i8\">\n            <string>slapsoft</string>\n          </list>\n        </dictionary>\n      </dictionary>\n    </list>\n    <string>text</string>\n    <string>a&amp;amp;b&amp;lt;c&amp;gt;d\"e'f&#13;\tg&#233;&#8364;</string>\n  </dictionary>\n</marshal>\n""#;
+
+    #[test]
+    fn the_state_file_is_laid_out_as_slapos_lays_it_out() {
+        let compact: String = serde_json::from_str(PY_COMPACT).unwrap();
+        let pretty: String = serde_json::from_str(PY_PRETTY).unwrap();
+        let value = marshal::decode(&compact).unwrap();
+        assert_eq!(marshal::encode(&value).unwrap(), compact, "our encoding is the input SlapOS pretty-prints");
+        assert_eq!(pretty_marshal(&compact).unwrap(), pretty);
+        assert_eq!(marshal::decode(&pretty).unwrap(), value);
+        assert!(pretty_marshal("<marshal></list>").is_err());
+    }
+
+    /// Python 3.11's `json.dumps(d, sort_keys=True, indent=4)` (what SlapOS
+    /// writes to `.slapos-resource`) of `sample()`'s partition with the user
+    /// `slapuser0é`, JSON-quoted as printed.
+    const PY_RESOURCE: &str = r#""{\n    \"address_list\": [\n        {\n            \"addr\": \"10.0.1.2\",\n            \"netmask\": \"255.255.255.255\"\n        },\n        {\n            \"addr\": \"fd00:e2e::2\",\n            \"netmask\": \"ffff:ffff:ffff:ffff::\"\n        }\n    ],\n    \"external_storage_list\": [],\n    \"ipv6_range\": {\n        \"addr\": \"fd00:e2e:0:0:4001::\",\n        \"netmask\": \"ffff:ffff:ffff:ffff:ffff::\",\n        \"network\": \"fd00:e2e:0:0:4001::/80\",\n        \"prefixlen\": 80\n    },\n    \"path\": \"/srv/slapgrid/slappart0\",\n    \"reference\": \"slappart0\",\n    \"tap\": {\n        \"ipv4_addr\": \"\",\n        \"ipv4_gateway\": \"\",\n        \"ipv4_netmask\": \"\",\n        \"ipv4_network\": \"\",\n        \"ipv6_addr\": \"fd00:e2e::8001:ffff:ffff:ffff\",\n        \"ipv6_gateway\": \"fd00:e2e::8001:0:0:1\",\n        \"ipv6_netmask\": \"ffff:ffff:ffff:ffff:ffff::\",\n        \"ipv6_network\": \"fd00:e2e::8001:0:0:1/80\",\n        \"name\": \"slaptap0\"\n    },\n    \"tun\": {\n        \"ipv4_addr\": \"172.16.0.1\",\n        \"ipv4_gateway\": \"\",\n        \"ipv4_netmask\": \"255.252.0.0\",\n        \"ipv4_network\": \"172.16.0.1/255.252.0.0\",\n        \"ipv6_addr\": \"\",\n        \"ipv6_gateway\": \"\",\n        \"ipv6_netmask\": \"\",\n        \"ipv6_network\": \"\",\n        \"name\": \"slaptun0\"\n    },\n    \"user\": {\n        \"additional_group_list\": [\n            \"slapsoft\"\n        ],\n        \"name\": \"slapuser0\\u00e9\",\n        \"path\": \"/srv/slapgrid/slappart0\",\n        \"shell\": \"/bin/sh\"\n    }\n}""#;
+
+    #[test]
+    fn json_files_are_written_as_python_writes_them() {
+        let mut p = sample().partitions[0].clone();
+        p.user = "slapuser0é".into();
+        let python: String = serde_json::from_str(PY_RESOURCE).unwrap();
+        assert_eq!(to_json(&p.to_value("slapsoft"), 4), python);
+    }
+
+    /// Runs the venv's Python (slapos.core 1.26.1) on `script` with `args`;
+    /// its standard output.
+    fn venv_python(script: &str, args: &[&Path]) -> String {
+        let venv = std::env::var("SLAPOS_VENV").unwrap_or_else(|_| "/var/cache/slapos-e2e/venv-1.26.1".into());
+        let python = format!("{venv}/bin/python3");
+        let out = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("this test needs the venv's {python} (set SLAPOS_VENV): {e}"));
+        assert!(out.status.success(), "{python}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// SlapOS's `os_type` from the venv's Python (`platform`, `distro`).
+    #[test]
+    #[ignore = "needs the venv"]
+    fn needs_venv_os_type_is_what_slapos_reports() {
+        let script = "import json,platform,distro; print(json.dumps((platform.platform(),distro.id(),distro.version(),distro.name())))";
+        assert_eq!(os_type(), venv_python(script, &[]).trim_end());
+    }
+
+    /// SlapOS's `Computer.load` reads the state file we write.
+    #[test]
+    #[ignore = "needs the venv"]
+    fn needs_venv_the_python_format_reads_our_state_file() {
+        let mut st = sample();
+        st.partitions[0].user = "us&<>\"'\r\té€😀".into();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slapos.xml");
+        std::fs::write(&path, pretty_marshal(&marshal::encode(&st.to_value()).unwrap()).unwrap()).unwrap();
+        let script = "import json,sys,types\nfrom slapos.format import Computer\n\
+            c = Computer.load(sys.argv[1], 'COMP-1', None, True, '', True, config=types.SimpleNamespace(partition_amount=1, create_tun=False, tun_ipv6=True))\n\
+            p = c.partition_list[0]\n\
+            print(json.dumps([c.address, c.netmask, p.reference, p.path, p.user.name, p.address_list, p.ipv6_range['network'], p.tap.ipv6_addr, p.tun.ipv4_network]))";
+        let read: serde_json::Value = serde_json::from_str(&venv_python(script, &[&path])).unwrap();
+        let p = &st.partitions[0];
+        let addresses: Vec<serde_json::Value> = p.addresses.iter().map(|(a, m)| serde_json::json!({"addr": a, "netmask": m})).collect();
+        assert_eq!(
+            read,
+            serde_json::json!([st.address, st.netmask, p.reference, p.path, p.user, addresses, "fd00:e2e:0:0:4001::/80", p.tap.ipv6_addr, p.tun.as_ref().unwrap().ipv4_network])
+        );
     }
 
     #[test]
