@@ -1,0 +1,274 @@
+//! The planner: configuration + previous state + observed system → the
+//! steps to take and the new state. Pure: no system access, so it is tested
+//! without root, and a dry run is just printing it.
+//!
+//! [`plan`] runs its phases in order, one module each: `allocation` (the
+//! computer, new partitions, their addresses), `links` (the taps' and tuns'
+//! addresses), then the steps of `users`, `directories`, `network` and
+//! `resources`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use crate::addressing::AddressingError;
+use crate::config::FormatConfig;
+use crate::state::ComputerState;
+use crate::system::Observed;
+
+mod allocation;
+mod directories;
+mod links;
+mod network;
+mod resources;
+mod users;
+
+/// The kind of a tun/tap device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunTapMode {
+    Tap,
+    Tun,
+}
+
+/// One change to the system.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    CreateGroup { name: String },
+    CreateUser { name: String, home: PathBuf, group: String, groups: Vec<String> },
+    ModifyUser { name: String, home: PathBuf, group: String, groups: Vec<String> },
+    LockPassword { name: String },
+    CreateDirectory { path: PathBuf, mode: u32 },
+    SetMode { path: PathBuf, mode: u32 },
+    SetOwner { path: PathBuf, user: String },
+    Sysctl { key: String, value: String },
+    /// `interface_name` as a new bridge (`create_bridge`).
+    CreateBridge { name: String },
+    /// A persistent tun/tap owned by `user` (root when that user does not exist).
+    CreateTunTap { name: String, mode: TunTapMode, user: String },
+    SetMaster { interface: String, master: String },
+    SetUp { interface: String },
+    AddAddress {
+        interface: String,
+        address: IpAddr,
+        prefix: u8,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        noprefixroute: bool,
+    },
+    AddRoute { destination: IpAddr, prefix: u8, interface: String, via: Option<IpAddr> },
+    AddLocalRoute { network: Ipv6Addr, prefix: u8 },
+    WriteResource { path: PathBuf },
+}
+
+impl Step {
+    /// A change of the network (applied over netlink or the tun ioctls).
+    pub fn is_network(&self) -> bool {
+        matches!(
+            self,
+            Step::CreateBridge { .. }
+                | Step::CreateTunTap { .. }
+                | Step::SetMaster { .. }
+                | Step::SetUp { .. }
+                | Step::AddAddress { .. }
+                | Step::AddRoute { .. }
+                | Step::AddLocalRoute { .. }
+        )
+    }
+
+    /// The interface a network step acts on.
+    pub fn device(&self) -> Option<&str> {
+        match self {
+            Step::CreateBridge { name } | Step::CreateTunTap { name, .. } => Some(name),
+            Step::SetMaster { interface, .. } | Step::SetUp { interface } | Step::AddAddress { interface, .. } | Step::AddRoute { interface, .. } => {
+                Some(interface)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::CreateGroup { name } => write!(f, "groupadd {name}"),
+            Step::CreateUser { name, home, group, groups } => {
+                write!(f, "useradd -d {} -g {group} -s /bin/sh -r", home.display())?;
+                if !groups.is_empty() {
+                    write!(f, " -G {}", groups.join(","))?;
+                }
+                write!(f, " {name}")
+            }
+            Step::ModifyUser { name, home, group, groups } => {
+                write!(f, "usermod -d {} -g {group} -s /bin/sh", home.display())?;
+                if !groups.is_empty() {
+                    write!(f, " -aG {}", groups.join(","))?;
+                }
+                write!(f, " {name}")
+            }
+            Step::LockPassword { name } => write!(f, "passwd -l {name}"),
+            Step::CreateDirectory { path, mode } => write!(f, "mkdir -m {mode:o} {}", path.display()),
+            Step::SetMode { path, mode } => write!(f, "chmod {mode:o} {}", path.display()),
+            Step::SetOwner { path, user } => write!(f, "chown {user}:{user} {}", path.display()),
+            Step::Sysctl { key, value } => write!(f, "sysctl {key}={value}"),
+            Step::CreateBridge { name } => write!(f, "ip link add {name} type bridge"),
+            Step::CreateTunTap { name, mode, user } => {
+                let mode = match mode {
+                    TunTapMode::Tap => "tap",
+                    TunTapMode::Tun => "tun",
+                };
+                write!(f, "ip tuntap add dev {name} mode {mode} user {user}")
+            }
+            Step::SetMaster { interface, master } => write!(f, "ip link set {interface} master {master}"),
+            Step::SetUp { interface } => write!(f, "ip link set {interface} up"),
+            Step::AddAddress { interface, address, prefix, noprefixroute } => {
+                write!(f, "ip addr add {address}/{prefix} dev {interface}")?;
+                if *noprefixroute {
+                    write!(f, " noprefixroute")?;
+                }
+                Ok(())
+            }
+            Step::AddRoute { destination, prefix, interface, via } => {
+                let six = if destination.is_ipv6() { " -6" } else { "" };
+                write!(f, "ip{six} route add {destination}/{prefix} dev {interface}")?;
+                if let Some(g) = via {
+                    write!(f, " via {g}")?;
+                }
+                Ok(())
+            }
+            Step::AddLocalRoute { network, prefix } => write!(f, "ip -6 route add local {network}/{prefix} dev lo"),
+            Step::WriteResource { path } => write!(f, "write {}", path.display()),
+        }
+    }
+}
+
+/// What to do, and the state it leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub state: ComputerState,
+    /// Things format notices but does not change (a tap with another owner).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("partition_amount {wanted} is smaller than the {existing} partitions already formatted: partitions are never removed")]
+    FewerPartitions { wanted: usize, existing: usize },
+    #[error("interface '{0}' (interface_name/ipv6_interface) does not exist")]
+    NoInterface(String),
+    #[error("interface '{0}' (interface_name) does not exist; set [slapformat] create_bridge = true to let format create it as a bridge")]
+    NoBridge(String),
+    #[error("interface '{0}' must have at least one global IPv6 address")]
+    NoIpv6(String),
+    #[error("interface '{0}' would be a new bridge without IPv6 (create_bridge): set ipv6_interface to the interface that holds the node's global IPv6")]
+    NewBridgeHasNoIpv6(String),
+    #[error("no free IPv4 address left in ipv4_local_network {0}")]
+    NoIpv4(String),
+    #[error("address {address} for partition {partition} is already used on another interface")]
+    Collision { address: IpAddr, partition: String },
+    #[error("no free address for {what} of partition {partition} after 10 random tries (the computed one, {address}, is taken)")]
+    AddressGeneration { what: &'static str, partition: String, address: String },
+    #[error("tap_gateway_interface '{0}' does not exist or has no IPv4 address")]
+    TapGateway(String),
+    #[error("could not create {wanted} tap interfaces from address {address}/{prefix} (tap_gateway_interface): its subnet is too small")]
+    TapGatewayTooSmall { wanted: usize, address: Ipv4Addr, prefix: u8 },
+    #[error("'{0}' exists and is not a tun/tap interface: cannot use it as a partition's tap or tun")]
+    NotTunTap(String),
+    #[error("stored {what} '{value}' of partition {partition} is not valid")]
+    BadStored { what: &'static str, value: String, partition: String },
+    #[error(transparent)]
+    Addressing(#[from] AddressingError),
+}
+
+/// A deterministic pseudo-random sequence (the caller seeds it), so that the
+/// planner stays a pure function.
+pub struct Picker(u64);
+
+impl Picker {
+    pub fn new(seed: u64) -> Picker {
+        Picker(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// SlapOS's `random.randint(1, 65000)`.
+    fn field(&mut self) -> u128 {
+        1 + (self.next() % 65000) as u128
+    }
+}
+
+fn mask128(prefix: u8) -> u128 {
+    if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix as u32)
+    }
+}
+
+fn v4_prefix(mask: &str) -> Option<u8> {
+    let m = u32::from(mask.parse::<Ipv4Addr>().ok()?);
+    (m.leading_ones() + m.trailing_zeros() == 32).then_some(m.leading_ones() as u8)
+}
+
+fn v6_prefix(mask: &str) -> Option<u8> {
+    let m = u128::from(mask.split('/').next()?.parse::<Ipv6Addr>().ok()?);
+    (m.leading_ones() + m.trailing_zeros() == 128).then_some(m.leading_ones() as u8)
+}
+
+/// What every phase reads: the options, the observed system, and what
+/// allocation found out about the node's interfaces.
+struct Context<'a> {
+    cfg: &'a FormatConfig,
+    obs: &'a Observed,
+    /// Whether format changes the network (`alter_network`, not `--local`).
+    network: bool,
+    /// The interface with the node's IPv6: `ipv6_interface`, else `interface_name`.
+    ipv6_iface: Option<String>,
+    /// `interface_name`, when it is to be created as a bridge (`create_bridge`).
+    new_bridge: Option<String>,
+    /// `interface_name`, when it is (or will be) a bridge: taps join it.
+    bridge: Option<String>,
+    /// The node's base IPv6 and prefix, from which partitions' derive.
+    base: Option<(Ipv6Addr, u8)>,
+}
+
+impl Context<'_> {
+    /// Whether `ip` is already on the interface `iface`.
+    fn on(&self, iface: &str, ip: IpAddr) -> bool {
+        self.obs.interfaces.get(iface).is_some_and(|i| i.addresses.iter().any(|(a, _, _)| *a == ip))
+    }
+}
+
+/// Computes the plan, phase by phase: allocation (the computer, its new
+/// partitions and their addresses), the taps' and tuns' addresses, then the
+/// steps for users, directories, the network and the resource files.
+pub fn plan(
+    cfg: &FormatConfig,
+    previous: Option<&ComputerState>,
+    obs: &Observed,
+    invoking_user: &str,
+    picker: &mut Picker,
+) -> Result<Plan, PlanError> {
+    let ctx = allocation::context(cfg, previous, obs)?;
+    let mut state = allocation::computer(&ctx, previous, invoking_user);
+    let mut taken = allocation::taken(obs, &state);
+    allocation::new_partitions(&ctx, &mut state, &mut taken, invoking_user, picker)?;
+    if ctx.network {
+        links::address(&ctx, &mut state, &mut taken, picker)?;
+    }
+    let mut steps = users::steps(cfg, obs, &state);
+    steps.extend(directories::steps(cfg, obs, &state));
+    let mut warnings = Vec::new();
+    if ctx.network {
+        network::steps(&ctx, &state, &mut steps, &mut warnings)?;
+    }
+    steps.extend(resources::steps(obs, &state));
+    Ok(Plan { steps, state, warnings })
+}
+
+#[cfg(test)]
+mod tests;
