@@ -315,6 +315,29 @@ impl SoftwareType {
     }
 }
 
+/// A partition from the master the node refuses to act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct Refusal {
+    /// The partition's id when it is valid itself (then the master can be
+    /// told, about that partition).
+    pub id: Option<PartitionId>,
+    /// What is wrong.
+    pub error: NameError,
+}
+
+/// The gate every partition from the master passes before the node uses
+/// it: a valid id and, for a partition in use, a valid software URL.
+pub fn check_partition(p: &slap::model::ComputerPartition) -> Result<PartitionId, Refusal> {
+    let id = PartitionId::parse(&p.partition_id).map_err(|error| Refusal { id: None, error })?;
+    if let Some(url) = p.software_release_url() {
+        if let Err(error) = SoftwareUrl::parse(url) {
+            return Err(Refusal { id: Some(id), error });
+        }
+    }
+    Ok(id)
+}
+
 /// `root/rel`, proven to stay under `root` lexically: `rel` must be
 /// relative and made only of plain components (no `..`, no `.`, no root,
 /// no empty path). Symbolic links are not this function's business (see
@@ -394,7 +417,8 @@ mod tests {
         let accepted: Vec<&str> = hostile.iter().map(String::as_str).filter(|u| SoftwareUrl::parse(u).is_ok()).collect();
         // paths are fine in a URL (it is hashed); everything else is refused
         assert_eq!(accepted, ["../../victim", "..", "/abs/victim", "a/b", "a]b"]);
-        for bad in ["http://sr/software.cfg\nextends = file:///etc/passwd", "a\tb", "a b", "${buildout:directory}", "a\u{2028}b", "a\u{85}"] {
+        for bad in ["http://sr/software.cfg\nextends = file:///etc/passwd", "a\tb", "a b", "${buildout:directory}", "a\u{2028}b", "a\u{85}"]
+        {
             assert!(SoftwareUrl::parse(bad).is_err(), "{bad:?}");
         }
         assert!(SoftwareUrl::parse(&"a".repeat(SoftwareUrl::MAX)).is_ok());
@@ -444,6 +468,25 @@ mod tests {
         assert!(SoftwareType::parse("a\nERROR forged").is_err() && SoftwareType::parse(&"t".repeat(10 * 1024)).is_err());
         assert_eq!(shown("a\nb\0"), "a\\nb\\u{0}");
         assert_eq!(shown(&"x".repeat(1000)).chars().count(), SHOWN_MAX + 1);
+    }
+
+    #[test]
+    fn partitions_pass_the_gate_only_with_a_valid_id_and_url() {
+        use slap::model::{ComputerPartition, SoftwareRelease};
+        let with_url = |id: &str, url: &str| {
+            let mut p = ComputerPartition::free("C", id);
+            p.software_release = Some(SoftwareRelease::new(url, "C"));
+            p
+        };
+        assert_eq!(check_partition(&with_url("slappart0", "http://sr")).unwrap().as_str(), "slappart0");
+        assert!(check_partition(&ComputerPartition::free("C", "slappart1")).is_ok(), "a free partition has no URL");
+        for id in ["../../victim", "/abs/victim"] {
+            let r = check_partition(&with_url(id, "http://sr")).unwrap_err();
+            assert_eq!(r.id, None, "an invalid id is never used, not even to report");
+        }
+        let r = check_partition(&with_url("slappart2", "http://sr\nextends = file:///x")).unwrap_err();
+        assert_eq!(r.id.unwrap().as_str(), "slappart2");
+        assert_eq!(r.error.kind, "software release URL");
     }
 
     #[test]
