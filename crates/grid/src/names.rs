@@ -29,6 +29,13 @@ pub struct NameError {
     pub reason: String,
 }
 
+impl NameError {
+    /// The same error about `dir/<name>` (which file of which directory).
+    pub fn in_dir(self, dir: &str) -> NameError {
+        NameError { shown: format!("{dir}/{}", self.shown), ..self }
+    }
+}
+
 /// How many characters of a refused name an error message shows.
 pub const SHOWN_MAX: usize = 80;
 
@@ -289,7 +296,7 @@ pub fn parse_all<T: FileName>(dir: &str, names: impl IntoIterator<Item = std::ff
     for n in names {
         match T::from_os(&n) {
             Ok(v) => out.push(v),
-            Err(e) => return Err(NameError { shown: format!("{dir}/{}", e.shown), ..e }),
+            Err(e) => return Err(e.in_dir(dir)),
         }
     }
     out.sort();
