@@ -548,7 +548,8 @@ impl Run<'_> {
     fn start(&self, id: &str, pp: &Path, owner: &Owner, log: &PartitionLog) -> Result<(), PartitionError> {
         // every file name is checked: one bad name refuses the partition
         let names = |dir: &str| -> Result<Vec<ProgramName>, NameError> {
-            let listing: Vec<_> = std::fs::read_dir(pp.join(dir)).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+            let listing: Vec<_> =
+                std::fs::read_dir(pp.join(dir)).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
             names::parse_all::<ProgramName>(dir, listing)
         };
         let programs = templates::partition_programs(pp, &names("etc/run")?, &names("etc/service")?);
@@ -773,7 +774,8 @@ fn log_summary(partitions: &[&ComputerPartition], outcomes: Vec<Outcome>) -> u8 
         .iter()
         .zip(outcomes)
         .map(|(p, o)| {
-            let ty = p.software_type().map(|t| names::SoftwareType::parse(t).map(|t| t.to_string()).unwrap_or("(invalid software type)".into()));
+            let shown = |t| names::SoftwareType::parse(t).map(|t| t.to_string()).unwrap_or("(invalid software type)".into());
+            let ty = p.software_type().map(shown);
             (p.partition_id.clone(), ty.unwrap_or("(not ready)".into()), o)
         })
         .collect();

@@ -353,10 +353,12 @@ pub fn run_all(
     let id = p.partition_id.as_str();
     let timeout = node.cfg.promise_timeout;
     let plugins = plugin_files(pp);
-    let legacy: Vec<_> = std::fs::read_dir(pp.join("etc/promise")).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let legacy: Vec<_> =
+        std::fs::read_dir(pp.join("etc/promise")).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     let legacy_count = legacy.len();
     // one badly named promise refuses them all (an error of the partition)
-    crate::names::parse_all::<crate::names::PromiseName>("etc/promise", legacy).map_err(|e| PromiseFailure::Error(format!("Promise refused: {e}")))?;
+    crate::names::parse_all::<crate::names::PromiseName>("etc/promise", legacy)
+        .map_err(|e| PromiseFailure::Error(format!("Promise refused: {e}")))?;
     if plugins.is_empty() && legacy_count == 0 {
         return Ok(());
     }
@@ -399,7 +401,9 @@ fn find_runpromises(python: &str, sys_path: &[String], pp: &Path) -> Option<Path
     }
     let mut args = vec![
         "-c".to_string(),
-        "import sys, os; sys.path[0:0] = sys.argv[1:]; import slapos.grid.promise as p; print('RUNPROMISES=' + os.path.dirname(p.__file__))".into(),
+        "import sys, os; sys.path[0:0] = sys.argv[1:]; import slapos.grid.promise as p; \
+         print('RUNPROMISES=' + os.path.dirname(p.__file__))"
+            .into(),
     ];
     args.extend(sys_path.iter().cloned());
     let out = crate::process::run_as_owner(python, &args, pp, &[], Some(Duration::from_secs(60)), |_| {}).ok()?;

@@ -143,7 +143,8 @@ fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
             }
             let target = xml_dir.join(format!("{}-{}-{i}.xml", chrono::Utc::now().format("%Y%m%d%H%M%S"), std::process::id()));
             let (program, args) = (script.display().to_string(), [target.display().to_string()]);
-            let ok = run_as_owner_of(&pp, &program, &args, &report_dir, &[], Some(std::time::Duration::from_secs(600)), |l| tracing::info!("[{id}] {l}"))
+            let timeout = Some(std::time::Duration::from_secs(600));
+            let ok = run_as_owner_of(&pp, &program, &args, &report_dir, &[], timeout, |l| tracing::info!("[{id}] {l}"))
             .map(|o| o.success)
             .unwrap_or(false);
             if !ok {

@@ -460,7 +460,8 @@ mod tests {
         let programs = partition_programs(pp, &names(&["a-b_c.d+e@f~", "été"]), &names(&["x"]));
         let g = partition_group_conf(&PartitionId::parse("slappart0").unwrap(), pp, &programs, &owner()).unwrap();
         let sections: Vec<&str> = g.lines().filter(|l| l.starts_with('[')).collect();
-        assert_eq!(sections, ["[group:slappart0]", "[program:slappart0_a-b_c.d+e@f~]", "[program:slappart0_été]", "[program:slappart0_x]"]);
+        let ours = ["[group:slappart0]", "[program:slappart0_a-b_c.d+e@f~]", "[program:slappart0_été]", "[program:slappart0_x]"];
+        assert_eq!(sections, ours);
         assert_eq!(g.matches("\nuser=995\n").count(), 3);
         assert!(!g.lines().any(|l| l.starts_with("user=") && l != "user=995"));
     }
