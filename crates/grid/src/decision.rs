@@ -5,14 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use md5::{Digest, Md5};
 use slap::model::{ComputerPartition, InstanceState};
 
 /// Where a software release is installed: `software_root/<md5 of its URL>`.
 pub fn software_path(software_root: &Path, url: &str) -> PathBuf {
-    let digest = Md5::digest(url.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    software_root.join(hex)
+    crate::names::SoftwareHash::of(url).dir(software_root)
 }
 
 /// The decision for one partition.

@@ -20,7 +20,8 @@ use crate::decision::{decide, software_path, Decision};
 use crate::node::{self, Node};
 use crate::process::{run_as_owner, shebang};
 use crate::promise::{self, PromiseFailure};
-use crate::templates::{self, ProgramOwner, TailParams};
+use crate::names::{self, NameError, PartitionId, ProgramName, SoftwareUrl};
+use crate::templates::{self, ProgramOwner, TailParams, TemplateError};
 
 fn has_promises(pp: &Path) -> bool {
     ["etc/promise", "etc/plugin"].iter().any(|d| std::fs::read_dir(pp.join(d)).map(|mut rd| rd.next().is_some()).unwrap_or(false))
@@ -183,6 +184,16 @@ impl From<std::io::Error> for PartitionError {
 }
 impl From<crate::supervisor::SupervisorError> for PartitionError {
     fn from(e: crate::supervisor::SupervisorError) -> Self {
+        PartitionError::Other(e.to_string())
+    }
+}
+impl From<NameError> for PartitionError {
+    fn from(e: NameError) -> Self {
+        PartitionError::Other(e.to_string())
+    }
+}
+impl From<TemplateError> for PartitionError {
+    fn from(e: TemplateError) -> Self {
         PartitionError::Other(e.to_string())
     }
 }
@@ -466,19 +477,19 @@ impl Run<'_> {
         };
         let tail = TailParams {
             computer_id: cfg.computer_id.clone(),
-            partition_id: id.to_string(),
+            partition_id: PartitionId::parse(id)?,
             server_url: cfg.master_url.clone(),
-            software_release_url: url.to_string(),
+            software_release_url: SoftwareUrl::parse(url)?,
             key_file,
             cert_file,
             shared_part_list: cfg.shared_part_list.clone(),
             build_time_part_list: cfg.build_time_part_list.clone(),
-            requested_state: p.requested_state.unwrap_or(InstanceState::Started).as_str().to_string(),
+            requested_state: p.requested_state.unwrap_or(InstanceState::Started),
             storage_home: cfg.instance_storage_home.clone(),
             global_ipv4_network: cfg.ipv4_global_network.clone(),
         };
         let buildout_cfg = pp.join("buildout.cfg");
-        crate::supervisor::write_if_changed(&buildout_cfg, &templates::instance_buildout(&profile, &tail), 0o640)?;
+        crate::supervisor::write_if_changed(&buildout_cfg, &templates::instance_buildout(&profile, &tail)?, 0o640)?;
         if nix::unistd::geteuid().is_root() {
             std::os::unix::fs::lchown(&buildout_cfg, Some(0), Some(owner.gid))?;
         }
@@ -535,19 +546,20 @@ impl Run<'_> {
     /// Programs from `etc/run` and `etc/service` into supervisord, then start
     /// the group (§5.4).
     fn start(&self, id: &str, pp: &Path, owner: &Owner, log: &PartitionLog) -> Result<(), PartitionError> {
-        let names = |dir: &str| -> Vec<String> {
-            std::fs::read_dir(pp.join(dir))
-                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default()
+        // every file name is checked: one bad name refuses the partition
+        let names = |dir: &str| -> Result<Vec<ProgramName>, NameError> {
+            let listing: Vec<_> =
+                std::fs::read_dir(pp.join(dir)).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+            names::parse_all::<ProgramName>(dir, listing)
         };
-        let programs = templates::partition_programs(pp, &names("etc/run"), &names("etc/service"));
+        let programs = templates::partition_programs(pp, &names("etc/run")?, &names("etc/service")?);
         if programs.is_empty() {
             log.warn(&format!("No runners nor services found for partition {id}"));
             self.node.supervisor.install_group(id, None)?;
             return Ok(());
         }
         let po = ProgramOwner { uid: owner.uid, gid: owner.gid, user: owner.name.clone(), home: owner.home.clone() };
-        let conf = templates::partition_group_conf(id, pp, &programs, &po);
+        let conf = templates::partition_group_conf(&PartitionId::parse(id)?, pp, &programs, &po)?;
         self.node.supervisor.install_group(id, Some(&conf))?;
         self.node.supervisor.start_group(id)?;
         log.info(&format!("Requested start of {id}..."));
@@ -582,8 +594,10 @@ fn e_to_string(e: PartitionError) -> String {
 }
 
 /// The partitions `node instance`, `report` and `promise` work on: unknown
-/// `--only-cp` ids are an error; missing directories are reported; free
-/// partitions are cleaned and skipped.
+/// `--only-cp` ids are an error; partitions with an invalid id or software
+/// URL are refused (reported when `report_missing` and their id is valid);
+/// missing directories are reported; free partitions are cleaned and
+/// skipped.
 pub fn select_partitions<'a>(
     node: &Node,
     partitions: &'a [ComputerPartition],
@@ -600,7 +614,18 @@ pub fn select_partitions<'a>(
         if !only.is_empty() && !only.contains(&p.partition_id) {
             continue;
         }
-        let pp = node.cfg.instance_root.join(&p.partition_id);
+        // the gate: nothing is done with a partition whose names are invalid
+        let pp = match names::check_partition(p) {
+            Ok(id) => id.dir(&node.cfg.instance_root),
+            Err(r) => {
+                let msg = format!("Computer Partition refused: {r}");
+                tracing::error!("{msg}");
+                if let (Some(id), true) = (&r.id, report_missing) {
+                    let _ = node.client.partition_error(&node.cfg.computer_id, id.as_str(), &msg, None);
+                }
+                continue;
+            }
+        };
         if !pp.is_dir() {
             let msg = format!("Partition directory {} does not exist.", pp.display());
             tracing::error!("{msg}");
@@ -748,7 +773,11 @@ fn log_summary(partitions: &[&ComputerPartition], outcomes: Vec<Outcome>) -> u8 
     let results: Vec<(String, String, Outcome)> = partitions
         .iter()
         .zip(outcomes)
-        .map(|(p, o)| (p.partition_id.clone(), p.software_type().unwrap_or("(not ready)").to_string(), o))
+        .map(|(p, o)| {
+            let shown = |t| names::SoftwareType::parse(t).map(|t| t.to_string()).unwrap_or("(invalid software type)".into());
+            let ty = p.software_type().map(shown);
+            (p.partition_id.clone(), ty.unwrap_or("(not ready)".into()), o)
+        })
         .collect();
     let (code, lines) = summarize(&results);
     for l in &lines {

@@ -6,11 +6,12 @@
 //! promises ([`promise`]), reports usage and destroys partitions
 //! ([`report`]), and bangs the master when a watched service fails
 //! ([`watchdog`]). The decisions are pure ([`decision`], [`templates`],
-//! [`config`]); the effects are thin ([`process`], [`supervisor`]).
+//! [`config`], [`names`]: the grammar of every outside name); the effects are thin ([`process`], [`supervisor`]).
 
 pub mod config;
 pub mod decision;
 pub mod instance;
+pub mod names;
 pub mod node;
 pub mod process;
 pub mod progress;

@@ -2,6 +2,14 @@
 //! (`node.md` §4.2): as the owner of a directory, in it, with HOME set to
 //! it, a cleaned environment, umask 027, stdin closed, stdout and stderr
 //! merged, logged line by line and kept for error reports.
+//!
+//! Every program the node runs for a partition or a software (buildout,
+//! promises, report scripts, `sbin/destroy`) drops privileges through
+//! [`drop_privileges`]: the user's groups are resolved in the parent
+//! ([`Identity::resolve`], `getgrouplist`), the child between fork and exec
+//! only makes async-signal-safe system calls (`setgroups`, `setgid`,
+//! `setuid`, `umask`, `close_range`) — no user-database lookup, no
+//! allocation, no lock that another thread could hold at fork.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -37,6 +45,63 @@ pub(crate) fn close_inherited_fds_on_exec() {
     }
 }
 
+/// Who a program runs as: resolved in the parent, applied in the child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    /// The supplementary groups (the user's, from the group database,
+    /// with `gid` first); `[gid]` for a uid without a user entry.
+    pub groups: Vec<u32>,
+}
+
+impl Identity {
+    /// The identity of `uid` with primary group `gid` and its user's
+    /// supplementary groups (`getgrouplist`). Never root: refused.
+    pub fn resolve(uid: u32, gid: u32) -> std::io::Result<Identity> {
+        if uid == 0 || gid == 0 {
+            return Err(std::io::Error::other(format!("refusing to run a program as root (uid {uid}, gid {gid})")));
+        }
+        let g = nix::unistd::Gid::from_raw(gid);
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).map_err(std::io::Error::from)?;
+        let mut groups = vec![gid];
+        if let Some(name) = user.and_then(|u| std::ffi::CString::new(u.name).ok()) {
+            let list = nix::unistd::getgrouplist(&name, g).map_err(std::io::Error::from)?;
+            groups.extend(list.into_iter().map(|g| g.as_raw()).filter(|&x| x != gid));
+        }
+        if groups.contains(&0) {
+            return Err(std::io::Error::other(format!("refusing to run a program with the root group (uid {uid} is in group 0)")));
+        }
+        Ok(Identity { uid, gid, groups })
+    }
+}
+
+/// Prepares `cmd` to run as `identity` (when given: we are root), with
+/// umask 027 and no inherited descriptor. The child only calls
+/// async-signal-safe functions; gaining root back after the drop fails it.
+pub fn drop_privileges(cmd: &mut Command, identity: Option<Identity>) {
+    let target = identity.map(|i| {
+        let groups: Vec<nix::unistd::Gid> = i.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+        (nix::unistd::Uid::from_raw(i.uid), nix::unistd::Gid::from_raw(i.gid), groups)
+    });
+    // groups, then gid, then uid, then the umask, all in the child
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((uid, gid, groups)) = &target {
+                nix::unistd::setgroups(groups)?;
+                nix::unistd::setgid(*gid)?;
+                nix::unistd::setuid(*uid)?;
+                if nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
+                    return Err(std::io::ErrorKind::PermissionDenied.into());
+                }
+            }
+            libc::umask(0o027);
+            close_inherited_fds_on_exec();
+            Ok(())
+        });
+    }
+}
+
 /// `--buildout-debug`: the same run, attached to our terminal (buildout's
 /// `-D` opens pdb on errors), output not captured, no deadline.
 pub fn run_interactive_as_owner(program: &str, args: &[String], dir: &Path, extra_env: &[(&str, &str)]) -> std::io::Result<RunOutput> {
@@ -51,9 +116,8 @@ pub fn run_interactive_as_owner(program: &str, args: &[String], dir: &Path, extr
     })
 }
 
-/// `program args…` prepared to run in `dir` as the owner of `dir`: groups,
-/// gid, uid dropped in the child, umask 027, cleaned environment, inherited
-/// descriptors closed at exec.
+/// `program args…` prepared to run in `dir` as the owner of `dir` (see
+/// [`drop_privileges`]), cleaned environment.
 fn owned_command(program: &str, args: &[String], dir: &Path, extra_env: &[(&str, &str)]) -> std::io::Result<Command> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir)?;
@@ -70,38 +134,13 @@ fn owned_command(program: &str, args: &[String], dir: &Path, extra_env: &[(&str,
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let drop_to = if nix::unistd::geteuid().is_root() {
-        if uid == 0 || gid == 0 {
-            return Err(std::io::Error::other(format!(
-                "refusing to run {program} as root: {} belongs to uid {uid}, gid {gid}",
-                dir.display()
-            )));
-        }
-        let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
-        Some((uid, gid, name.and_then(|n| std::ffi::CString::new(n).ok())))
+    let identity = if nix::unistd::geteuid().is_root() {
+        let refused = |e: std::io::Error| std::io::Error::other(format!("{program} in {}: {e}", dir.display()));
+        Some(Identity::resolve(uid, gid).map_err(refused)?)
     } else {
         None
     };
-    // groups, then gid, then uid, then the umask, all in the child
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some((uid, gid, name)) = &drop_to {
-                let g = nix::unistd::Gid::from_raw(*gid);
-                match name {
-                    Some(n) => nix::unistd::initgroups(n, g).map_err(std::io::Error::from)?,
-                    None => nix::unistd::setgroups(&[g]).map_err(std::io::Error::from)?,
-                }
-                nix::unistd::setgid(g).map_err(std::io::Error::from)?;
-                nix::unistd::setuid(nix::unistd::Uid::from_raw(*uid)).map_err(std::io::Error::from)?;
-                if nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
-                    return Err(std::io::Error::other("could regain root after dropping privileges"));
-                }
-            }
-            libc::umask(0o027);
-            close_inherited_fds_on_exec();
-            Ok(())
-        });
-    }
+    drop_privileges(&mut cmd, identity);
     Ok(cmd)
 }
 
@@ -114,9 +153,24 @@ pub fn run_as_owner(
     dir: &Path,
     extra_env: &[(&str, &str)],
     timeout: Option<Duration>,
+    on_line: impl FnMut(&str),
+) -> std::io::Result<RunOutput> {
+    run_as_owner_of(dir, program, args, dir, extra_env, timeout, on_line)
+}
+
+/// [`run_as_owner`] in `cwd` as the owner of `owner_dir` (HOME), as
+/// slapgrid runs report scripts: in `etc/report`, as the partition's user.
+pub fn run_as_owner_of(
+    owner_dir: &Path,
+    program: &str,
+    args: &[String],
+    cwd: &Path,
+    extra_env: &[(&str, &str)],
+    timeout: Option<Duration>,
     mut on_line: impl FnMut(&str),
 ) -> std::io::Result<RunOutput> {
-    let mut cmd = owned_command(program, args, dir, extra_env)?;
+    let mut cmd = owned_command(program, args, owner_dir, extra_env)?;
+    cmd.current_dir(cwd);
     // its own process group, so that a deadline kills the whole tree
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let mut child = cmd.spawn()?;

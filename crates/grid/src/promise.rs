@@ -89,17 +89,15 @@ pub fn run_legacy(path: &Path, partition: &Path, owner: Option<(u32, u32)>, time
     }
     let mut cmd = Command::new(path);
     cmd.current_dir(partition).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    unsafe {
-        cmd.pre_exec(|| {
-            crate::process::close_inherited_fds_on_exec();
-            Ok(())
-        });
-    }
-    if let Some((uid, gid)) = owner {
-        if nix::unistd::geteuid().is_root() && uid != 0 {
-            cmd.uid(uid).gid(gid);
-        }
-    }
+    // as root, always as the owner, with its groups (the one privilege drop)
+    let identity = match owner {
+        Some((uid, gid)) if nix::unistd::geteuid().is_root() => match crate::process::Identity::resolve(uid, gid) {
+            Ok(i) => Some(i),
+            Err(e) => return done(true, format!("Error: cannot run {}: {e}", path.display()), start),
+        },
+        _ => None,
+    };
+    crate::process::drop_privileges(&mut cmd, identity);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return done(true, format!("Error: cannot run {}: {e}", path.display()), start),
@@ -301,7 +299,12 @@ pub fn run_all(
     let id = p.partition_id.as_str();
     let timeout = node.cfg.promise_timeout;
     let plugins = plugin_files(pp);
-    let legacy_count = std::fs::read_dir(pp.join("etc/promise")).map(|rd| rd.count()).unwrap_or(0);
+    let legacy: Vec<_> =
+        std::fs::read_dir(pp.join("etc/promise")).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let legacy_count = legacy.len();
+    // one badly named promise refuses them all (an error of the partition)
+    crate::names::parse_all::<crate::names::PromiseName>("etc/promise", legacy)
+        .map_err(|e| PromiseFailure::Error(format!("Promise refused: {e}")))?;
     if plugins.is_empty() && legacy_count == 0 {
         return Ok(());
     }
@@ -330,8 +333,9 @@ pub fn run_all(
 }
 
 /// slapos.core's `runpromises.py`: under one of the plugin's `sys.path`
-/// entries, else wherever the software's Python imports slapos from.
-fn find_runpromises(python: &str, sys_path: &[String]) -> Option<PathBuf> {
+/// entries, else wherever the software's Python imports slapos from (asked
+/// as the partition's user: the path list is the partition's).
+fn find_runpromises(python: &str, sys_path: &[String], pp: &Path) -> Option<PathBuf> {
     let found = sys_path.iter().find_map(|d| {
         ["slapos/grid/promise/runpromises.py", "grid/promise/runpromises.py"]
             .iter()
@@ -341,16 +345,17 @@ fn find_runpromises(python: &str, sys_path: &[String]) -> Option<PathBuf> {
     if found.is_some() {
         return found;
     }
-    let out = Command::new(python)
-        .args(["-c", "import sys, os; sys.path[0:0] = sys.argv[1:]; import slapos.grid.promise as p; print(os.path.dirname(p.__file__))"])
-        .args(sys_path)
-        .env_remove("PYTHONPATH")
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let r = Path::new(&dir).join("runpromises.py");
-    (out.status.success() && r.is_file()).then_some(r)
+    let mut args = vec![
+        "-c".to_string(),
+        "import sys, os; sys.path[0:0] = sys.argv[1:]; import slapos.grid.promise as p; \
+         print('RUNPROMISES=' + os.path.dirname(p.__file__))"
+            .into(),
+    ];
+    args.extend(sys_path.iter().cloned());
+    let out = crate::process::run_as_owner(python, &args, pp, &[], Some(Duration::from_secs(60)), |_| {}).ok()?;
+    let dir = out.output.lines().find_map(|l| l.strip_prefix("RUNPROMISES="))?;
+    let r = Path::new(dir).join("runpromises.py");
+    (out.success && r.is_file()).then_some(r)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -371,7 +376,7 @@ fn run_with_python(
         .and_then(|v| v.into_iter().next())
         .ok_or_else(|| PromiseFailure::Error(format!("plugin promises need the software's Python: {} has none", sp.join("bin/buildout").display())))?;
     let source = std::fs::read_to_string(&plugins[0]).unwrap_or_default();
-    let runner = find_runpromises(&python, &plugin_sys_path(&source)).ok_or_else(|| {
+    let runner = find_runpromises(&python, &plugin_sys_path(&source), pp).ok_or_else(|| {
         PromiseFailure::Error(format!(
             "plugin promise {} needs slapos.core: neither its sys.path[0:0] list nor {python} can import slapos.grid.promise",
             plugins[0].display()
@@ -505,10 +510,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("etc/promise");
         std::fs::create_dir_all(&dir).unwrap();
-        let me = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
         script(&dir, "good", "echo ok");
         let counter = d.path().join("count");
         script(&dir, "bad", &format!("echo x >> {}; echo down; exit 1", counter.display()));
+        // as root, promises run as the partition's owner (never root): nobody here
+        let me = if nix::unistd::geteuid().is_root() {
+            assert!(std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(d.path()).status().unwrap().success());
+            (65534, 65534)
+        } else {
+            (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
+        };
         let e = run_legacy_all(d.path(), me, Duration::from_secs(5), true, false).unwrap_err();
         assert_eq!(e, PromiseFailure::Failed("Promise 'bad' failed with output: down".into()));
         assert!(d.path().join(".slapgrid/promise/result/good.status.json").exists());

@@ -13,7 +13,7 @@ use slap::model::{ComputerPartition, InstanceState};
 
 use crate::instance::{select_partitions, Owner};
 use crate::node::{self, Node};
-use crate::process::run_as_owner;
+use crate::process::{run_as_owner, run_as_owner_of};
 
 /// What a partition used, summed over its user's processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -121,7 +121,8 @@ pub fn partition_movements(xml: &str, partition_id: &str) -> Option<Vec<String>>
 fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
     let cfg = &node.cfg;
     let id = p.partition_id.as_str();
-    let pp = cfg.instance_root.join(id);
+    let Ok(pid) = crate::names::PartitionId::parse(id) else { return Vec::new() };
+    let pp = pid.dir(&cfg.instance_root);
     let report_dir = pp.join("etc/report");
     let xml_dir = pp.join("var/xml_report");
     if let Ok(rd) = std::fs::read_dir(&report_dir) {
@@ -134,10 +135,16 @@ fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
             }
         }
         for (i, script) in scripts.iter().enumerate() {
+            if let Err(e) = crate::names::ScriptName::parse(script.file_name().unwrap_or_default()) {
+                let msg = format!("Script refused: {}", e.in_dir("etc/report"));
+                tracing::error!("{msg}");
+                let _ = node.client.partition_error(&cfg.computer_id, id, &msg, None);
+                continue;
+            }
             let target = xml_dir.join(format!("{}-{}-{i}.xml", chrono::Utc::now().format("%Y%m%d%H%M%S"), std::process::id()));
-            let ok = run_as_owner(&script.display().to_string(), &[target.display().to_string()], &report_dir, &[], Some(std::time::Duration::from_secs(600)), |l| {
-                tracing::info!("[{id}] {l}")
-            })
+            let (program, args) = (script.display().to_string(), [target.display().to_string()]);
+            let timeout = Some(std::time::Duration::from_secs(600));
+            let ok = run_as_owner_of(&pp, &program, &args, &report_dir, &[], timeout, |l| tracing::info!("[{id}] {l}"))
             .map(|o| o.success)
             .unwrap_or(false);
             if !ok {
@@ -204,7 +211,8 @@ pub fn retention_allows(pp: &Path, now: f64) -> Result<bool, std::io::Error> {
 fn destroy_partition(node: &Node, p: &ComputerPartition) -> Result<(), String> {
     let cfg = &node.cfg;
     let id = p.partition_id.as_str();
-    let pp = cfg.instance_root.join(id);
+    // (select_partitions already refused invalid ids: this is the proof, again, before destruction)
+    let pp = crate::names::PartitionId::parse(id).map_err(|e| e.to_string())?.dir(&cfg.instance_root);
     tracing::info!("Destroying Computer Partition {id}...");
     node.supervisor.stop_partition(id).map_err(|e| e.to_string())?;
     if let Err(e) = node.client.partition_stopped(&cfg.computer_id, id) {

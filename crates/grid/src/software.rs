@@ -9,6 +9,7 @@ use slap::client::SlapError;
 use slap::model::SoftwareState;
 
 use crate::decision::software_path;
+use crate::names::SoftwareUrl;
 use crate::node::{self, Node};
 use crate::process::{run_as_owner, shebang};
 use crate::progress::Progress;
@@ -65,17 +66,6 @@ impl From<std::io::Error> for SoftwareError {
     }
 }
 
-/// `buildout.cfg` of a software path, as Python's configparser writes it.
-pub fn software_buildout_cfg(url: &str, shared_part_list: &str, build_time_part_list: &str) -> String {
-    // configparser writes multi-line values with a tab after each newline
-    let v = |s: &str| s.replace('\n', "\n\t");
-    format!(
-        "[buildout]\nextends = {url}\nshared-part-list = {}\nbuild-time-part-list = {}\n\n",
-        v(shared_part_list),
-        v(build_time_part_list)
-    )
-}
-
 fn chown_like(path: &Path, like: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     if nix::unistd::geteuid().is_root() {
@@ -116,8 +106,7 @@ pub fn garbage(software_root: &Path, available: &[PathBuf]) -> Vec<PathBuf> {
                 .map(|e| e.path())
                 .filter(|p| {
                     let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    name.len() == 32
-                        && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    crate::names::SoftwareHash::parse(&name).is_ok()
                         && p.join("buildout.cfg").is_file()
                         && !available.contains(p)
                 })
@@ -129,9 +118,9 @@ pub fn garbage(software_root: &Path, available: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// Builds one release in its software path (§4.2).
-pub fn install(node: &Node, url: &str, force: bool, debug: bool) -> Result<(), SoftwareError> {
+pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Result<(), SoftwareError> {
     let cfg = &node.cfg;
-    let sp = software_path(&cfg.software_root, url);
+    let sp = url.hash().dir(&cfg.software_root);
     node::check_free_space(&sp, cfg.software_min_free_space, "software_min_free_space").map_err(SoftwareError::Other)?;
     if !sp.exists() {
         std::fs::create_dir(&sp)?;
@@ -146,7 +135,9 @@ pub fn install(node: &Node, url: &str, force: bool, debug: bool) -> Result<(), S
     chown_like(&extends_cache, &cfg.software_root)?;
     let buildout_cfg = sp.join("buildout.cfg");
     if !buildout_cfg.exists() {
-        std::fs::write(&buildout_cfg, software_buildout_cfg(url, &cfg.shared_part_list, &cfg.build_time_part_list))?;
+        let text = crate::templates::software_buildout(url, &cfg.shared_part_list, &cfg.build_time_part_list)
+            .map_err(|e| SoftwareError::Other(e.to_string()))?;
+        std::fs::write(&buildout_cfg, text)?;
         chown_like(&buildout_cfg, &cfg.software_root)?;
     }
     let mut args = vec![
@@ -243,8 +234,23 @@ pub fn run(node: &Node, opts: &SoftwareOptions) -> Result<u8, SlapError> {
     tracing::info!("Processing software releases...");
     let mut clean = true;
     for sr in &computer.software_releases {
-        let url = sr.url.as_str();
-        let sp = software_path(&cfg.software_root, url);
+        // the gate: a release with an invalid URL is neither built nor destroyed
+        let valid = match SoftwareUrl::parse(&sr.url) {
+            Ok(u) => u,
+            Err(e) => {
+                let text = format!("Software release refused: {e}");
+                tracing::error!("{text}");
+                match node.client.software_release_error(&sr.url, &cfg.computer_id, &text) {
+                    Err(e) if e.is_unreachable() => return Err(e),
+                    Err(e) => tracing::warn!("could not report the refused release: {e}"),
+                    Ok(()) => {}
+                }
+                clean = false;
+                continue;
+            }
+        };
+        let url = valid.as_str();
+        let sp = valid.hash().dir(&cfg.software_root);
         let key = sp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let completed = sp.join(".completed");
         let action = software_action(sr.state(), completed.exists(), opts.selects(url, &key), opts.force);
@@ -264,7 +270,7 @@ pub fn run(node: &Node, opts: &SoftwareOptions) -> Result<u8, SlapError> {
                     _ => {}
                 }
                 let started = std::time::Instant::now();
-                match install(node, url, opts.force, opts.buildout_debug) {
+                match install(node, &valid, opts.force, opts.buildout_debug) {
                     Ok(()) => {
                         node.client.software_release_available(url, &cfg.computer_id)?;
                         match std::fs::write(&completed, asctime()) {
@@ -354,15 +360,6 @@ mod tests {
         let o = SoftwareOptions { only: vec!["http://x".into()], ..Default::default() };
         assert!(o.selects("http://x", "0123"));
         assert!(SoftwareOptions::default().selects("any", "key"));
-    }
-
-    #[test]
-    fn the_software_buildout_cfg_is_configparser_shaped() {
-        assert_eq!(
-            software_buildout_cfg("http://sr/software.cfg", "", ""),
-            "[buildout]\nextends = http://sr/software.cfg\nshared-part-list = \nbuild-time-part-list = \n\n"
-        );
-        assert!(software_buildout_cfg("u", "/a\n/b", "").contains("shared-part-list = /a\n\t/b\n"));
     }
 
     #[test]

@@ -270,7 +270,7 @@ impl Supervisor {
         mkdir_mode(&var, 0o755)?;
         mkdir_mode(&var.join("log"), 0o700)?;
         mkdir_mode(&var.join("run"), 0o700)?;
-        let text = templates::supervisord_conf(&self.instance_root, watchdog_command);
+        let text = templates::supervisord_conf(&self.instance_root, watchdog_command).map_err(std::io::Error::other)?;
         write_if_changed(&self.conf, &text, 0o600)?;
         Ok(())
     }
