@@ -150,11 +150,7 @@ fn supply_and_request(site: &mut Site) {
 fn build_software(site: &mut Site) {
     site.node("node-software", exits(6, 0), &["software", "--now"]);
     let software = site.software_path();
-    assert!(
-        software.join(".completed").is_file(),
-        "[7] the software release is not installed: no {}/.completed",
-        software.display()
-    );
+    assert!(software.join(".completed").is_file(), "[7] the software release is not installed: no {}/.completed", software.display());
     assert!(
         software.join("instance.cfg").is_file(),
         "[8] the software release has no instance profile {}/instance.cfg",
@@ -182,13 +178,9 @@ fn deploy_instance(site: &mut Site) {
 /// [17]: the first partition (in name order) whose buildout.cfg names a
 /// software release: the one the instance went to.
 fn deployed_partition(site: &Site) -> String {
-    let partition = site
-        .partitions()
-        .into_iter()
-        .find(|p| site.partition_file(p, "buildout.cfg").is_some_and(|t| t.contains("software_release")));
-    partition.unwrap_or_else(|| {
-        panic!("[17] no partition was deployed: no srv/slapgrid/slappart*/buildout.cfg names a software_release")
-    })
+    let partition =
+        site.partitions().into_iter().find(|p| site.partition_file(p, "buildout.cfg").is_some_and(|t| t.contains("software_release")));
+    partition.unwrap_or_else(|| panic!("[17] no partition was deployed: no srv/slapgrid/slappart*/buildout.cfg names a software_release"))
 }
 
 /// [18]–[21]: the service runs under supervisord, the partition is marked
@@ -256,10 +248,7 @@ fn broken_instance(site: &mut Site, healthy: &str) {
         let log = format!(".slapgrid-{p}-error.log");
         site.partition_file(p, &log).is_some_and(|t| t.contains("fail-buildout"))
     });
-    assert!(
-        with_error_log.is_some(),
-        "[29] no partition has a .slapgrid-<id>-error.log telling why its buildout failed (fail-buildout)"
-    );
+    assert!(with_error_log.is_some(), "[29] no partition has a .slapgrid-<id>-error.log telling why its buildout failed (fail-buildout)");
     assert!(
         !run.log.contains(&format!("Processing Computer Partition {healthy}.")),
         "[30] the healthy partition {healthy} was reprocessed although nothing changed for it"
@@ -541,7 +530,11 @@ impl Site {
         let out = command.args(["-c", SCRIPT, &master, &self.sr_url(), INSTANCE]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         fs::write(self.path("log/connection-parameters.json"), &text).unwrap();
-        assert!(out.status.success(), "[22] the slap library could not read the connection parameters: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "[22] the slap library could not read the connection parameters: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("[22] connection parameters are not JSON ({e}): {text}"))
     }
 
@@ -648,17 +641,28 @@ fn preconditions(mode: Mode) -> PathBuf {
     let python = venv.join("bin/python3");
     let remake = "make it with `bash scripts/python-venv.sh` (or point SLAPOS_VENV to one)";
     assert!(python.is_file(), "needs the venv {} (zc.buildout, supervisor, slapos.core 1.26.1): {remake}", venv.display());
-    let imports = Command::new("runuser").args(["-u", "nobody", "--"]).arg(&python).args(["-c", "import slapos.slap, zc.buildout, supervisor"]).output().unwrap();
+    let imports = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(&python)
+        .args(["-c", "import slapos.slap, zc.buildout, supervisor"])
+        .output()
+        .unwrap();
     assert!(
         imports.status.success(),
         "{} cannot import slapos.slap, zc.buildout and supervisor as an unprivileged user (an interpreter under /root?): {remake}",
         python.display()
     );
     let pip_conf = fs::read_to_string(venv.join("pip.conf")).unwrap_or_default();
-    assert!(pip_conf.contains("no-build-isolation"), "the venv's pip.conf does not turn off build isolation (the offline develop egg would need the index): {remake}");
+    assert!(
+        pip_conf.contains("no-build-isolation"),
+        "the venv's pip.conf does not turn off build isolation (the offline develop egg would need the index): {remake}"
+    );
     if mode.node == Side::Python || mode.master == Side::Python {
         let help = Command::new(venv.join("bin/slapos")).args(["help", "node", "instance"]).output().unwrap();
-        assert!(help.status.success(), "the venv's slapos has no `node instance` command (on Python 3.11 the py311_resources_compat shim is missing): {remake}");
+        assert!(
+            help.status.success(),
+            "the venv's slapos has no `node instance` command (on Python 3.11 the py311_resources_compat shim is missing): {remake}"
+        );
     }
     venv
 }
