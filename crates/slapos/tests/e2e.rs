@@ -331,7 +331,8 @@ impl Site {
         let venv = preconditions(mode);
         let pid = std::process::id();
         // ≤ 11 characters, so that tap names (<prefix>tap<n>) would fit IFNAMSIZ
-        let prefix = format!("slaptest{}{:02}", mode.tag, pid % 100);
+        let base36 = |n: u32| char::from_digit(n % 36, 36).unwrap();
+        let prefix = format!("slaptest{}{}{}", mode.tag, base36(pid / 36), base36(pid));
         let mut users = vec![format!("{prefix}soft")];
         users.extend((0..PARTITIONS).map(|i| format!("{prefix}user{i}")));
         for u in &users {
