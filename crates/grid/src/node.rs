@@ -67,6 +67,7 @@ impl Node {
         let mut cc = ClientConfig::new(cfg.master_url.clone()).with_timeout(Duration::from_secs(60));
         cc.key_file = cfg.key_file.clone();
         cc.cert_file = cfg.cert_file.clone();
+        cc.ca_file = cfg.master_ca_file.clone();
         let client = SlapClient::new(cc)?;
         let supervisor = Supervisor::new(&cfg.instance_root, find_program("supervisord", &cfg.buildout));
         Ok(Node { cfg, client, supervisor })

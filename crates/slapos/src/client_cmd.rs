@@ -1,7 +1,7 @@
 //! Client commands: `slapos request|supply|remove|service|computer`, with
 //! the arguments and configuration of SlapOS (`slapos-client.cfg`:
 //! `[slapos] master_url`, `master_rest_url`, `[slapconsole] cert_file,
-//! key_file`; `--cfg` or `$SLAPOS_CLIENT_CONFIGURATION`).
+//! key_file, master_ca_file`; `--cfg` or `$SLAPOS_CLIENT_CONFIGURATION`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use slap::hateoas::HateoasClient;
 use slap::instance_xml;
 use slap::marshal::Value;
 use slap::model::{InstanceState, SoftwareState};
+use slap::tls::TlsFiles;
 use slapos_config::{client_config_path, Config};
 
 use crate::Global;
@@ -113,8 +114,8 @@ pub struct InfoArgs {
 pub struct ClientSettings {
     pub master_url: String,
     pub master_rest_url: String,
-    pub key_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
+    /// `cert_file`, `key_file` and `master_ca_file`.
+    pub tls: TlsFiles,
     pub timeout: Duration,
 }
 
@@ -135,23 +136,35 @@ impl ClientSettings {
             Some(u) => u.to_string(),
             None => format!("{}/hateoas/", master_url.trim_end_matches('/')),
         };
-        let file = |k: &str| config.get_nonempty("slapconsole", k).map(PathBuf::from);
+        // [slapconsole] first; SlapOS falls back to the node's [slapos]
+        // key_file/cert_file when neither is there, and we do the same for
+        // master_ca_file
+        let file = |k: &str| config.get_path("slapconsole", k);
+        let (mut cert_file, mut key_file) = (file("cert_file"), file("key_file"));
+        if cert_file.is_none() && key_file.is_none() {
+            (cert_file, key_file) = (config.get_path("slapos", "cert_file"), config.get_path("slapos", "key_file"));
+        }
+        let ca_file = file("master_ca_file").or_else(|| config.get_path("slapos", "master_ca_file"));
         let timeout = match config.get_int("slapos", "timeout")? {
             Some(t) if t > 0 => Duration::from_secs(t as u64),
             _ => Duration::from_secs(60),
         };
-        Ok(ClientSettings { master_url, master_rest_url, key_file: file("key_file"), cert_file: file("cert_file"), timeout })
+        let tls = TlsFiles { ca_file, cert_file, key_file };
+        Ok(ClientSettings { master_url, master_rest_url, tls, timeout })
     }
 
+    /// The SLAP client of `master_url`.
     pub fn slap(&self) -> anyhow::Result<SlapClient> {
         let mut c = ClientConfig::new(&self.master_url).with_timeout(self.timeout);
-        c.key_file = self.key_file.clone();
-        c.cert_file = self.cert_file.clone();
+        c.key_file = self.tls.key_file.clone();
+        c.cert_file = self.tls.cert_file.clone();
+        c.ca_file = self.tls.ca_file.clone();
         Ok(SlapClient::new(c)?)
     }
 
+    /// The HATEOAS client of `master_rest_url`, with the same TLS files.
     pub fn hateoas(&self) -> anyhow::Result<HateoasClient> {
-        Ok(HateoasClient::connect(&self.master_rest_url, self.timeout)?)
+        Ok(HateoasClient::connect(&self.master_rest_url, &self.tls, self.timeout)?)
     }
 }
 

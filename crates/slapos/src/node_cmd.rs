@@ -41,6 +41,10 @@ pub struct GridArgs {
     /// Time allowed to each promise, in seconds (default 20).
     #[arg(long = "promise-timeout", alias = "promise_timeout", value_name = "SECONDS")]
     pub promise_timeout: Option<u64>,
+    /// Overrides [slapos] master_ca_file: the CA certificates (PEM) that
+    /// verify the master's certificate (default: the web PKI roots).
+    #[arg(long = "master-ca-file", alias = "master_ca_file", value_name = "FILE")]
+    pub master_ca_file: Option<PathBuf>,
     /// The pid file of this run (default: pidfile_software|instance|report).
     #[arg(long, value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
@@ -231,6 +235,7 @@ fn load(global: &Global, g: &GridArgs) -> anyhow::Result<Node> {
         buildout: g.buildout.clone(),
         maximum_periodicity: g.maximum_periodicity,
         promise_timeout: g.promise_timeout,
+        master_ca_file: g.master_ca_file.clone(),
     };
     let cfg = NodeConfig::from_config(&config, &overrides).map_err(|e| anyhow::anyhow!("{e} (in {})", path.display()))?;
     if cfg.maximal_delay > 0 && !g.now {
@@ -335,6 +340,7 @@ fn load_plain(global: &Global) -> anyhow::Result<Node> {
             buildout: None,
             maximum_periodicity: None,
             promise_timeout: None,
+            master_ca_file: None,
             pidfile: None,
             buildout_debug: false,
         },
