@@ -289,7 +289,7 @@ fn print_parameters(v: &serde_json::Value) {
             .collect(),
         None => vec![vec!["".into(), v.to_string()]],
     };
-    println!("{}", table(&["name", "value"], rows));
+    outln!("{}", table(&["name", "value"], rows));
 }
 
 fn request(args: RequestArgs, settings: &ClientSettings) -> anyhow::Result<u8> {
@@ -331,13 +331,13 @@ fn request(args: RequestArgs, settings: &ClientSettings) -> anyhow::Result<u8> {
             let state = instance.requested_state.map(|s| s.to_string()).unwrap_or_else(|| "started".into());
             let conn = connection_json(&instance.connection_parameters());
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&conn)?);
+                outln!("{}", serde_json::to_string_pretty(&conn)?);
             } else {
                 tracing::info!("Instance requested. State is: {state}.");
                 if conn.as_object().is_some_and(|m| m.is_empty()) {
-                    println!("Instance {} ({state}) has no connection parameters yet: run this command again once the node has deployed it.", args.reference);
+                    outln!("Instance {} ({state}) has no connection parameters yet: run this command again once the node has deployed it.", args.reference);
                 } else {
-                    println!("Connection parameters of instance {} ({state}):", args.reference);
+                    outln!("Connection parameters of instance {} ({state}):", args.reference);
                     print_parameters(&conn);
                 }
             }
@@ -351,8 +351,8 @@ fn supply(args: SupplyArgs, settings: &ClientSettings, state: SoftwareState) -> 
     let url = resolve_software(&client, &args.software_url)?;
     client.supply(&url, &args.node, state)?;
     match state {
-        SoftwareState::Available => println!("Requested software release {url} to be installed on {}.", args.node),
-        SoftwareState::Destroyed => println!("Requested software release {url} to be removed from {}.", args.node),
+        SoftwareState::Available => outln!("Requested software release {url} to be installed on {}.", args.node),
+        SoftwareState::Destroyed => outln!("Requested software release {url} to be removed from {}.", args.node),
     }
     Ok(0)
 }
@@ -368,9 +368,9 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
             if a.json {
                 let m: serde_json::Map<String, serde_json::Value> =
                     services.iter().map(|s| (s.title.clone(), json!(s.software_release))).collect();
-                println!("{}", serde_json::to_string_pretty(&m)?);
+                outln!("{}", serde_json::to_string_pretty(&m)?);
             } else {
-                println!("{}", table(&["service", "software release"], services.iter().map(|s| vec![s.title.clone(), optional(&s.software_release)]).collect()));
+                outln!("{}", table(&["service", "software release"], services.iter().map(|s| vec![s.title.clone(), optional(&s.software_release)]).collect()));
             }
             Ok(0)
         }
@@ -392,7 +392,7 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                     "reported-message": info.reported_message,
                     "reported-at": info.reported_at,
                 });
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                outln!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 let mut rows = vec![
                     vec!["software release".into(), optional(&info.software_release)],
@@ -407,10 +407,10 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                         rows.push(vec!["report message".into(), m.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")]);
                     }
                 }
-                println!("Service {}\n{}", info.title, table(&["", ""], rows));
-                println!("Instance parameters:");
+                outln!("Service {}\n{}", info.title, table(&["", ""], rows));
+                outln!("Instance parameters:");
                 print_parameters(&params);
-                println!("Connection parameters:");
+                outln!("Connection parameters:");
                 print_parameters(&conn);
             }
             Ok(0)
@@ -418,9 +418,9 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
         ClientCommand::Computer(ComputerCommand::List(a)) => {
             let computers = settings.hateoas()?.computers()?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&computers)?);
+                outln!("{}", serde_json::to_string_pretty(&computers)?);
             } else {
-                println!("{}", table(&["computer", "title"], computers.iter().map(|c| vec![c.reference.clone(), optional(&c.title)]).collect()));
+                outln!("{}", table(&["computer", "title"], computers.iter().map(|c| vec![c.reference.clone(), optional(&c.title)]).collect()));
             }
             Ok(0)
         }
@@ -429,9 +429,9 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                 bail!("computer '{}' does not exist on {}", a.reference, settings.master_url);
             };
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&c)?);
+                outln!("{}", serde_json::to_string_pretty(&c)?);
             } else {
-                println!("{}", table(&["computer", "title"], vec![vec![c.reference.clone(), optional(&c.title)]]));
+                outln!("{}", table(&["computer", "title"], vec![vec![c.reference.clone(), optional(&c.title)]]));
             }
             Ok(0)
         }
