@@ -103,6 +103,17 @@ impl HateoasClient {
         let link = |name: &str| doc["_links"][name]["href"].as_str().map(str::to_string);
         c.search_template = link("raw_search").ok_or_else(|| HateoasError::Invalid { url: root.clone(), message: "no raw_search link".into() })?;
         c.traverse_template = link("traverse").ok_or_else(|| HateoasError::Invalid { url: root.clone(), message: "no traverse link".into() })?;
+        // what was asked over verified TLS is never continued in clear text
+        if root.starts_with("https:") {
+            for href in [&c.search_template, &c.traverse_template] {
+                if !href.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("https:")) {
+                    return Err(HateoasError::Invalid {
+                        url: root.clone(),
+                        message: format!("the HTTPS entry point links to {href}, which is not HTTPS: refused (a TLS proxy in front of the master should send X-Forwarded-Proto: https)"),
+                    });
+                }
+            }
+        }
         Ok(c)
     }
 

@@ -138,7 +138,7 @@ fn unusable_certificate_and_key_files_are_one_line_errors_naming_the_file() {
 
 #[test]
 fn hateoas_uses_the_same_tls_files() {
-    const ENTRY: &str = r#"{"_links": {"raw_search": {"href": "s?q={query}"}, "traverse": {"href": "t?r={relative_url}"}}}"#;
+    const ENTRY: &str = r#"{"_links": {"raw_search": {"href": "https://127.0.0.1/s?q={query}"}, "traverse": {"href": "https://127.0.0.1/t?r={relative_url}"}}}"#;
     let pki = Pki::new("slaptest");
     let server = serve(pki.server_config(&["127.0.0.1"], true), Backend::Canned(200, ENTRY));
     let (cert, key) = pki.client("slaptest-client");
@@ -147,6 +147,13 @@ fn hateoas_uses_the_same_tls_files() {
     let no_ca = TlsFiles { ca_file: None, ..files.clone() };
     match HateoasClient::connect(&format!("{}/hateoas/", server.url), &no_ca, Duration::from_secs(10)) {
         Err(HateoasError::Tls { message, .. }) => assert!(message.contains("master_ca_file"), "{message}"),
+        other => panic!("{:?}", other.err()),
+    }
+    // links that leave TLS are refused
+    const PLAIN: &str = r#"{"_links": {"raw_search": {"href": "http://127.0.0.1/s?q={query}"}, "traverse": {"href": "https://127.0.0.1/t"}}}"#;
+    let plain = serve(pki.server_config(&["127.0.0.1"], false), Backend::Canned(200, PLAIN));
+    match HateoasClient::connect(&format!("{}/hateoas/", plain.url), &files, Duration::from_secs(10)) {
+        Err(HateoasError::Invalid { message, .. }) => assert!(message.contains("not HTTPS"), "{message}"),
         other => panic!("{:?}", other.err()),
     }
     let v1 = TlsFiles { cert_file: Some(V1_CERT.into()), key_file: Some(V1_KEY.into()), ..files };

@@ -154,12 +154,13 @@ fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
 }
 
 /// `message` (request or answer) with its `Connection` header replaced by
-/// `Connection: close`.
-fn closing(message: &[u8]) -> Vec<u8> {
+/// `Connection: close`, and `extra` header lines added.
+fn closing(message: &[u8], extra: &[&str]) -> Vec<u8> {
     let end = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(message.len());
     let head = String::from_utf8_lossy(&message[..end]);
     let mut lines: Vec<&str> = head.split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
     lines.push("Connection: close");
+    lines.extend_from_slice(extra);
     let mut out = lines.join("\r\n").into_bytes();
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(message.get(end + 4..).unwrap_or_default());
@@ -167,11 +168,12 @@ fn closing(message: &[u8]) -> Vec<u8> {
 }
 
 /// Sends `request` to `addr` and returns the whole answer, both with
-/// `Connection: close` (one request per connection).
+/// `Connection: close` (one request per connection); the request says
+/// `X-Forwarded-Proto: https`, as a TLS-terminating proxy says it.
 fn forward(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut out = TcpStream::connect(addr).unwrap();
-    out.write_all(&closing(request)).unwrap();
+    out.write_all(&closing(request, &["X-Forwarded-Proto: https"])).unwrap();
     let mut answer = Vec::new();
     out.read_to_end(&mut answer).unwrap();
-    closing(&answer)
+    closing(&answer, &[])
 }
