@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A CA and the files of its certificates, in a temporary directory.
@@ -38,24 +41,52 @@ impl Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_cert = params.self_signed(&ca_key).unwrap();
         let ca_file = write(dir.path(), &format!("{name}-ca.pem"), &ca_cert.pem());
-        Pki { dir, ca_file, ca_cert, ca_key }
+        Pki {
+            dir,
+            ca_file,
+            ca_cert,
+            ca_key,
+        }
     }
 
-    fn issue(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> (rcgen::Certificate, KeyPair) {
+    fn issue(
+        &self,
+        names: &[&str],
+        purpose: ExtendedKeyUsagePurpose,
+    ) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("client"));
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("client"),
+        );
         params.extended_key_usages = vec![purpose];
-        (params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap(), key)
+        (
+            params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap(),
+            key,
+        )
     }
 
     /// A client certificate and key signed by this CA: `(cert_file, key_file)`.
     pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
         let (cert, key) = self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth);
-        (write(self.dir.path(), &format!("{name}.crt"), &cert.pem()), write(self.dir.path(), &format!("{name}.key"), &key.serialize_pem()))
+        (
+            write(self.dir.path(), &format!("{name}.crt"), &cert.pem()),
+            write(
+                self.dir.path(),
+                &format!("{name}.key"),
+                &key.serialize_pem(),
+            ),
+        )
     }
 
     /// A rustls server configuration with a certificate for `names`, that
@@ -63,17 +94,28 @@ impl Pki {
     pub fn server_config(&self, names: &[&str], client_auth: bool) -> Arc<rustls::ServerConfig> {
         let (cert, key) = self.issue(names, ExtendedKeyUsagePurpose::ServerAuth);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
         let builder = if client_auth {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(self.ca_cert.der().clone()).unwrap();
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
         };
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Arc::new(builder.with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key).unwrap())
+        Arc::new(
+            builder
+                .with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key)
+                .unwrap(),
+        )
     }
 }
 
@@ -107,22 +149,22 @@ pub fn serve(config: Arc<rustls::ServerConfig>, backend: Backend) -> TlsServer {
             std::thread::spawn(move || {
                 let conn = rustls::ServerConnection::new(config).unwrap();
                 let mut tls = rustls::StreamOwned::new(conn, tcp);
-                while let Some(request) = read_request(&mut tls) {
-                    let answer = match &backend {
-                        Backend::Canned(status, body) => format!(
-                            "HTTP/1.1 {status} X\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                        .into_bytes(),
-                        Backend::Forward(addr) => forward(*addr, &request),
-                    };
-                    if tls.write_all(&answer).and_then(|()| tls.flush()).is_err() {
-                        return;
-                    }
+                // one request per connection (every answer says Connection: close)
+                let Some(request) = read_request(&mut tls) else {
+                    return;
+                };
+                let answer = match &backend {
+                    Backend::Canned(status, body) => format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .into_bytes(),
+                    Backend::Forward(addr) => forward(*addr, &request),
+                };
+                if tls.write_all(&answer).and_then(|()| tls.flush()).is_ok() {
                     count.fetch_add(1, Ordering::SeqCst);
                     tls.conn.send_close_notify();
                     let _ = tls.flush();
-                    return;
                 }
             });
         }
@@ -156,9 +198,15 @@ fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
 /// `message` (request or answer) with its `Connection` header replaced by
 /// `Connection: close`, and `extra` header lines added.
 fn closing(message: &[u8], extra: &[&str]) -> Vec<u8> {
-    let end = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(message.len());
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len());
     let head = String::from_utf8_lossy(&message[..end]);
-    let mut lines: Vec<&str> = head.split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
+    let mut lines: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
     lines.push("Connection: close");
     lines.extend_from_slice(extra);
     let mut out = lines.join("\r\n").into_bytes();
@@ -172,7 +220,8 @@ fn closing(message: &[u8], extra: &[&str]) -> Vec<u8> {
 /// `X-Forwarded-Proto: https`, as a TLS-terminating proxy says it.
 fn forward(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut out = TcpStream::connect(addr).unwrap();
-    out.write_all(&closing(request, &["X-Forwarded-Proto: https"])).unwrap();
+    out.write_all(&closing(request, &["X-Forwarded-Proto: https"]))
+        .unwrap();
     let mut answer = Vec::new();
     out.read_to_end(&mut answer).unwrap();
     closing(&answer, &[])
