@@ -92,6 +92,7 @@ impl Node {
                     computer_id: self.cfg.computer_id.clone(),
                     instance_root: self.cfg.instance_root.clone(),
                     certificate_repository_path: self.cfg.certificate_repository_path.clone(),
+                    master_ca_file: self.cfg.master_ca_file.clone(),
                 },
             )
         });

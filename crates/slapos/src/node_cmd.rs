@@ -135,6 +135,9 @@ pub struct WatchdogArgs {
     pub instance_root: PathBuf,
     #[arg(long = "certificate-repository-path")]
     pub certificate_repository_path: Option<PathBuf>,
+    /// The node's master_ca_file.
+    #[arg(long = "master-ca-file")]
+    pub master_ca_file: Option<PathBuf>,
 }
 
 pub fn watchdog(args: WatchdogArgs) -> anyhow::Result<u8> {
@@ -143,6 +146,7 @@ pub fn watchdog(args: WatchdogArgs) -> anyhow::Result<u8> {
         computer_id: args.computer_id,
         instance_root: args.instance_root,
         certificate_repository_path: args.certificate_repository_path,
+        master_ca_file: args.master_ca_file,
     };
     let stdin = std::io::stdin();
     slapos_grid::watchdog::run(&c, &mut stdin.lock(), &mut std::io::stdout().lock())?;
