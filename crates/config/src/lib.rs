@@ -140,6 +140,11 @@ impl Config {
     pub fn get_nonempty(&self, section: &str, key: &str) -> Option<&str> {
         self.get(section, key).map(str::trim).filter(|v| !v.is_empty())
     }
+    /// A file name option, non-empty, with a leading `~` expanded as
+    /// Python's `os.path.expanduser` does for the client's files.
+    pub fn get_path(&self, section: &str, key: &str) -> Option<PathBuf> {
+        self.get_nonempty(section, key).map(expand_user)
+    }
     /// First section of `sections` that has `key` (e.g. `["slapos", "slapgrid"]`).
     pub fn get_first(&self, sections: &[&str], key: &str) -> Option<&str> {
         sections.iter().find_map(|s| self.get(s, key))
@@ -196,6 +201,17 @@ fn position_of_key(text: &str, section: &str, key: &str) -> usize {
         }
     }
     usize::MAX
+}
+
+/// `~` and `~/rest` → under `$HOME` (as `os.path.expanduser`); any other
+/// path, or no `$HOME`, is kept as written.
+pub fn expand_user(path: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
+    match (path.strip_prefix('~'), home) {
+        (Some(""), Some(home)) => PathBuf::from(home),
+        (Some(rest), Some(home)) if rest.starts_with('/') => PathBuf::from(home).join(rest.trim_start_matches('/')),
+        _ => PathBuf::from(path),
+    }
 }
 
 /// `true`/`false` in any case, as SlapOS's option checks; anything else is None.
@@ -288,6 +304,18 @@ key = k
     fn missing_file_is_an_error() {
         let e = Config::load(Path::new("/nonexistent/slapos.cfg")).unwrap_err();
         assert!(matches!(e, ConfigError::Missing { .. }));
+    }
+
+    #[test]
+    fn paths_expand_the_home_directory() {
+        let home = std::env::var("HOME").expect("HOME is set");
+        assert_eq!(expand_user("~/.slapos/key"), Path::new(&home).join(".slapos/key"));
+        assert_eq!(expand_user("~"), PathBuf::from(&home));
+        assert_eq!(expand_user("/etc/ca.pem"), PathBuf::from("/etc/ca.pem"));
+        assert_eq!(expand_user("~other/x"), PathBuf::from("~other/x"));
+        let c = Config::parse("[slapos]\nmaster_ca_file = ~/ca.pem\nempty =\n").unwrap();
+        assert_eq!(c.get_path("slapos", "master_ca_file"), Some(Path::new(&home).join("ca.pem")));
+        assert_eq!(c.get_path("slapos", "empty"), None);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct NodeOverrides {
     pub buildout: Option<String>,
     pub maximum_periodicity: Option<i64>,
     pub promise_timeout: Option<u64>,
+    /// `--master_ca_file`.
+    pub master_ca_file: Option<PathBuf>,
 }
 
 /// Everything the node commands read from slapos.cfg.
@@ -38,6 +40,9 @@ pub struct NodeConfig {
     pub instance_root: PathBuf,
     pub key_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
+    /// `master_ca_file`: the CA certificates (PEM) that verify the master;
+    /// None for the web PKI roots.
+    pub master_ca_file: Option<PathBuf>,
     pub certificate_repository_path: Option<PathBuf>,
     /// The buildout to bootstrap with (default: `buildout` on PATH).
     pub buildout: String,
@@ -139,6 +144,7 @@ impl NodeConfig {
             instance_root: PathBuf::from(instance_root),
             key_file,
             cert_file,
+            master_ca_file: o.master_ca_file.clone().or_else(|| text("master_ca_file").map(PathBuf::from)),
             certificate_repository_path: text("certificate_repository_path").map(PathBuf::from),
             buildout: o.buildout.clone().or_else(|| text("buildout")).unwrap_or_else(|| "buildout".into()),
             maximum_periodicity: o.maximum_periodicity.or(int("maximum_periodicity")?).unwrap_or(86400),
@@ -174,9 +180,19 @@ mod tests {
         assert_eq!(n.computer_id, "OLD");
         assert_eq!((n.maximum_periodicity, n.promise_timeout, n.buildout.as_str()), (86400, Duration::from_secs(20), "buildout"));
         assert_eq!(n.pidfile_instance, PathBuf::from("/opt/slapos/slapgrid-cp.pid"));
+        assert_eq!(n.master_ca_file, None);
         let o = NodeOverrides { computer_id: Some("CLI".into()), instance_root: Some("/tmp/i".into()), ..Default::default() };
         let n = NodeConfig::from_config(&c, &o).unwrap();
         assert_eq!((n.computer_id.as_str(), n.instance_root.to_str().unwrap()), ("CLI", "/tmp/i"));
+    }
+
+    #[test]
+    fn master_ca_file_from_the_file_or_the_command_line() {
+        let c = Config::parse("[slapos]\ncomputer_id = C\nmaster_url = https://m\nsoftware_root = s\ninstance_root = i\nmaster_ca_file = /etc/opt/slapos/ssl/master-ca.pem\n").unwrap();
+        let n = NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap();
+        assert_eq!(n.master_ca_file, Some(PathBuf::from("/etc/opt/slapos/ssl/master-ca.pem")));
+        let o = NodeOverrides { master_ca_file: Some("/cli/ca.pem".into()), ..Default::default() };
+        assert_eq!(NodeConfig::from_config(&c, &o).unwrap().master_ca_file, Some(PathBuf::from("/cli/ca.pem")));
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl Node {
         let mut cc = ClientConfig::new(cfg.master_url.clone()).with_timeout(Duration::from_secs(60));
         cc.key_file = cfg.key_file.clone();
         cc.cert_file = cfg.cert_file.clone();
+        cc.ca_file = cfg.master_ca_file.clone();
         let client = SlapClient::new(cc)?;
         let supervisor = Supervisor::new(&cfg.instance_root, find_program("supervisord", &cfg.buildout));
         Ok(Node { cfg, client, supervisor })
@@ -91,6 +92,7 @@ impl Node {
                     computer_id: self.cfg.computer_id.clone(),
                     instance_root: self.cfg.instance_root.clone(),
                     certificate_repository_path: self.cfg.certificate_repository_path.clone(),
+                    master_ca_file: self.cfg.master_ca_file.clone(),
                 },
             )
         });

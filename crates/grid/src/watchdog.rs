@@ -16,6 +16,8 @@ pub struct WatchdogConfig {
     pub computer_id: String,
     pub instance_root: PathBuf,
     pub certificate_repository_path: Option<PathBuf>,
+    /// The node's `master_ca_file` (verifies the master's certificate).
+    pub master_ca_file: Option<PathBuf>,
 }
 
 /// The `command=` line of `[eventlistener:watchdog]`: this very program.
@@ -29,6 +31,9 @@ pub fn command_line(program: &Path, c: &WatchdogConfig) -> String {
     );
     if let Some(r) = &c.certificate_repository_path {
         line.push_str(&format!(" --certificate-repository-path {}", r.display()));
+    }
+    if let Some(ca) = &c.master_ca_file {
+        line.push_str(&format!(" --master-ca-file {}", ca.display()));
     }
     line
 }
@@ -85,6 +90,7 @@ pub fn run(c: &WatchdogConfig, input: &mut impl BufRead, output: &mut impl Write
         let event = h.get("eventname").map(String::as_str).unwrap_or_default();
         if let Some((partition, message)) = decide_bang(event, &parse_tokens(first), &c.instance_root) {
             let mut cc = ClientConfig::new(c.master_url.clone());
+            cc.ca_file = c.master_ca_file.clone();
             if let Some(r) = &c.certificate_repository_path {
                 let (key, cert) = (r.join(format!("{partition}.key")), r.join(format!("{partition}.crt")));
                 if key.exists() && cert.exists() {
@@ -138,6 +144,7 @@ mod tests {
             computer_id: "C".into(),
             instance_root: "/nonexistent".into(),
             certificate_repository_path: None,
+            master_ca_file: None,
         };
         let payload = "processname:x groupname:y from_state:RUNNING expected:0 pid:1";
         let input = format!("ver:3.0 server:supervisor serial:1 pool:watchdog poolserial:1 eventname:PROCESS_STATE_EXITED len:{}\n{payload}", payload.len());
@@ -145,5 +152,8 @@ mod tests {
         run(&c, &mut std::io::Cursor::new(input), &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "READY\nRESULT 2\nOKREADY\n");
         assert!(command_line(Path::new("/usr/bin/slapos"), &c).starts_with("/usr/bin/slapos node watchdog --master-url http://127.0.0.1:9"));
+        // the node's CA reaches the watchdog's master client
+        let c = WatchdogConfig { master_ca_file: Some("/etc/opt/slapos/ssl/master-ca.pem".into()), ..c };
+        assert!(command_line(Path::new("/usr/bin/slapos"), &c).ends_with(" --master-ca-file /etc/opt/slapos/ssl/master-ca.pem"));
     }
 }

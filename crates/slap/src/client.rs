@@ -10,12 +10,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
-
 use crate::marshal::{self, DecodeError, Value};
+use crate::tls::{describe_handshake_error, TlsFileError, TlsFiles};
 use crate::model::{Computer, ComputerPartition, InstanceState, ModelError, RequestedInstance, SoftwareState};
 
 /// The version we announce in `User-Agent` (the protocol level we speak).
@@ -52,6 +50,9 @@ pub enum SlapError {
     Model { url: String, error: ModelError },
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// A certificate, key or CA file that cannot be used (names the file).
+    #[error(transparent)]
+    Certificate(#[from] TlsFileError),
 }
 
 impl SlapError {
@@ -83,11 +84,13 @@ pub struct ClientConfig {
     pub master_url: String,
     /// Time allowed for each call (Python: 60 s).
     pub timeout: Duration,
-    /// Client certificate and key (PEM) for TLS client authentication.
+    /// Private key (PEM) of `cert_file`, for TLS client authentication.
     pub key_file: Option<PathBuf>,
+    /// Client certificate (PEM), for TLS client authentication.
     pub cert_file: Option<PathBuf>,
-    /// CA bundle (PEM) to verify the master with; without it the server
-    /// certificate is not verified, like the Python client.
+    /// `master_ca_file`: CA certificates (PEM) that verify the master;
+    /// without it the master's certificate is verified against the web PKI
+    /// roots. Verification is never turned off.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -104,6 +107,10 @@ impl ClientConfig {
     pub fn with_timeout(mut self, timeout: Duration) -> ClientConfig {
         self.timeout = timeout;
         self
+    }
+    /// The TLS files of this configuration.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles { ca_file: self.ca_file.clone(), cert_file: self.cert_file.clone(), key_file: self.key_file.clone() }
     }
 }
 
@@ -191,61 +198,19 @@ pub fn normalise_master_url(master_url: &str) -> Result<url::Url, SlapError> {
     Ok(url)
 }
 
-fn read_file(path: &PathBuf, what: &str) -> Result<Vec<u8>, SlapError> {
-    std::fs::read(path).map_err(|e| SlapError::Config(format!("cannot read {what} {}: {e}", path.display())))
-}
-
 impl SlapClient {
+    /// A client of `config.master_url`. The TLS files are read and checked
+    /// here (a file we cannot use is [`SlapError::Certificate`]), not on the
+    /// first call.
     pub fn new(config: ClientConfig) -> Result<SlapClient, SlapError> {
         let base = normalise_master_url(&config.master_url)?;
-        let mut tls = TlsConfig::builder();
-        match (&config.key_file, &config.cert_file) {
-            (Some(key), Some(cert)) => {
-                let key_pem = read_file(key, "key file")?;
-                let cert_pem = read_file(cert, "certificate file")?;
-                let key = PrivateKey::from_pem(&key_pem)
-                    .map_err(|e| SlapError::Config(format!("invalid key file {}: {e}", key.display())))?;
-                let mut chain = Vec::new();
-                for item in ureq::tls::parse_pem(&cert_pem) {
-                    if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
-                        chain.push(c);
-                    }
-                }
-                if chain.is_empty() {
-                    return Err(SlapError::Config(format!("no certificate in {}", cert.display())));
-                }
-                tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-            }
-            (None, None) => {}
-            _ => return Err(SlapError::Config("key_file and cert_file go together: set both or neither".into())),
-        }
-        match &config.ca_file {
-            Some(ca) => {
-                let pem = read_file(ca, "CA file")?;
-                let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-                    .filter_map(|i| match i {
-                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                        _ => None,
-                    })
-                    .collect();
-                if certs.is_empty() {
-                    return Err(SlapError::Config(format!("no certificate in CA file {}", ca.display())));
-                }
-                tls = tls.root_certs(RootCerts::Specific(Arc::new(certs)));
-            }
-            None => {
-                if base.scheme() == "https" {
-                    tracing::debug!("no CA file for {base}: the master's certificate is not verified (as the Python client)");
-                }
-                tls = tls.disable_verification(true);
-            }
-        }
+        let tls = config.tls_files().config()?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(config.timeout))
             .user_agent(format!("slapos.core/{PROTOCOL_VERSION} (slapos-rs {})", env!("CARGO_PKG_VERSION")))
             .accept("*/*")
-            .tls_config(tls.build())
+            .tls_config(tls)
             .build()
             .into();
         Ok(SlapClient { agent, base, timeout: config.timeout })
@@ -261,10 +226,11 @@ impl SlapClient {
     }
 
     fn map_transport(&self, url: &str, e: ureq::Error) -> SlapError {
+        if let Some(message) = describe_handshake_error(&e) {
+            return SlapError::Tls { url: url.to_string(), message };
+        }
         match e {
             ureq::Error::Timeout(_) => SlapError::Timeout { url: url.to_string(), seconds: self.timeout.as_secs().max(1) },
-            ureq::Error::Tls(m) => SlapError::Tls { url: url.to_string(), message: m.to_string() },
-            ureq::Error::Rustls(m) => SlapError::Tls { url: url.to_string(), message: m.to_string() },
             ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
                 SlapError::Timeout { url: url.to_string(), seconds: self.timeout.as_secs().max(1) }
             }

@@ -12,6 +12,7 @@ use serde_json::Value as J;
 
 use crate::client::error_message;
 use crate::instance_xml::xml_to_dict;
+use crate::tls::{describe_handshake_error, TlsFileError, TlsFiles};
 
 /// Errors of the HATEOAS API.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,20 @@ pub enum HateoasError {
     Invalid { url: String, message: String },
     #[error("invalid master_rest_url '{0}'")]
     BadUrl(String),
+    /// The TLS handshake with the REST API failed (one sentence saying
+    /// what to fix).
+    #[error("TLS error talking to {url}: {message}")]
+    Tls { url: String, message: String },
+    /// A certificate, key or CA file that cannot be used (names the file).
+    #[error(transparent)]
+    Certificate(#[from] TlsFileError),
+}
+
+fn transport_error(url: &str, e: ureq::Error) -> HateoasError {
+    match describe_handshake_error(&e) {
+        Some(message) => HateoasError::Tls { url: url.into(), message },
+        None => HateoasError::Connection { url: url.into(), message: e.to_string() },
+    }
 }
 
 /// A service (instance tree) in a list.
@@ -72,16 +87,33 @@ fn quote(v: &str) -> String {
 }
 
 impl HateoasClient {
-    /// Reads the entry point at `master_rest_url`.
-    pub fn connect(master_rest_url: &str, timeout: Duration) -> Result<HateoasClient, HateoasError> {
+    /// Reads the entry point at `master_rest_url`, verifying the master
+    /// and identifying us with `tls` (the files of the SLAP client: the
+    /// Python client uses the same ones).
+    pub fn connect(master_rest_url: &str, tls: &TlsFiles, timeout: Duration) -> Result<HateoasClient, HateoasError> {
         let root = url::Url::parse(master_rest_url).map_err(|_| HateoasError::BadUrl(master_rest_url.into()))?.to_string();
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .tls_config(tls.config()?)
+            .build()
+            .into();
         let mut c = HateoasClient { agent, root: root.clone(), search_template: String::new(), traverse_template: String::new() };
         let doc = c.get_json(&root)?;
         let link = |name: &str| doc["_links"][name]["href"].as_str().map(str::to_string);
         c.search_template = link("raw_search").ok_or_else(|| HateoasError::Invalid { url: root.clone(), message: "no raw_search link".into() })?;
         c.traverse_template = link("traverse").ok_or_else(|| HateoasError::Invalid { url: root.clone(), message: "no traverse link".into() })?;
+        // what was asked over verified TLS is never continued in clear text
+        if root.starts_with("https:") {
+            for href in [&c.search_template, &c.traverse_template] {
+                if !href.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("https:")) {
+                    return Err(HateoasError::Invalid {
+                        url: root.clone(),
+                        message: format!("the HTTPS entry point links to {href}, which is not HTTPS: refused (a TLS proxy in front of the master should send X-Forwarded-Proto: https)"),
+                    });
+                }
+            }
+        }
         Ok(c)
     }
 
@@ -91,14 +123,14 @@ impl HateoasClient {
             .get(url)
             .header("Accept", "application/hal+json, application/json")
             .call()
-            .map_err(|e| HateoasError::Connection { url: url.into(), message: e.to_string() })?;
+            .map_err(|e| transport_error(url, e))?;
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()
             .with_config()
             .limit(1 << 30)
             .read_to_string()
-            .map_err(|e| HateoasError::Connection { url: url.into(), message: e.to_string() })?;
+            .map_err(|e| transport_error(url, e))?;
         if !(200..300).contains(&status) {
             return Err(HateoasError::Status { url: url.into(), status, message: error_message(&body) });
         }

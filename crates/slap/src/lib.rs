@@ -12,7 +12,9 @@
 //! * [`model`]: typed computers, partitions, software releases, instances,
 //!   states, and their conversion from/to marshalled objects;
 //! * [`client`]: a blocking HTTP client for every call the Python client makes;
-//! * [`pyjson`]: JSON written byte for byte as Python's `json.dumps`.
+//! * [`pyjson`]: JSON written byte for byte as Python's `json.dumps`;
+//! * [`tls`]: the clients' TLS files (`master_ca_file`, `cert_file`, `key_file`),
+//!   checked when loaded.
 
 pub mod client;
 pub mod instance_xml;
@@ -25,3 +27,4 @@ pub use marshal::{Object, Value};
 pub use client::{ClientConfig, InstanceRequest, RequestResult, SlapClient, SlapError};
 pub use model::{Computer, ComputerPartition, InstanceState, RequestedInstance, SoftwareInstance, SoftwareRelease, SoftwareState};
 pub mod hateoas;
+pub mod tls;

@@ -147,8 +147,8 @@ fn master_url_with_a_prefix_joins_below_it() {
 fn bad_tls_configuration_is_reported() {
     let mut cfg = ClientConfig::new("https://127.0.0.1:1/");
     cfg.key_file = Some("/nonexistent/key.pem".into());
-    assert!(matches!(SlapClient::new(cfg.clone()), Err(SlapError::Config(_))), "key without cert");
+    assert!(matches!(SlapClient::new(cfg.clone()), Err(SlapError::Certificate(_))), "key without cert");
     cfg.cert_file = Some("/nonexistent/cert.pem".into());
     let e = SlapClient::new(cfg).unwrap_err().to_string();
-    assert!(e.contains("/nonexistent/key.pem"), "{e}");
+    assert!(e.contains("/nonexistent/cert.pem"), "{e}");
 }

@@ -1,7 +1,7 @@
 //! Client commands: `slapos request|supply|remove|service|computer`, with
 //! the arguments and configuration of SlapOS (`slapos-client.cfg`:
 //! `[slapos] master_url`, `master_rest_url`, `[slapconsole] cert_file,
-//! key_file`; `--cfg` or `$SLAPOS_CLIENT_CONFIGURATION`).
+//! key_file, master_ca_file`; `--cfg` or `$SLAPOS_CLIENT_CONFIGURATION`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use slap::hateoas::HateoasClient;
 use slap::instance_xml;
 use slap::marshal::Value;
 use slap::model::{InstanceState, SoftwareState};
+use slap::tls::TlsFiles;
 use slapos_config::{client_config_path, Config};
 
 use crate::Global;
@@ -113,8 +114,8 @@ pub struct InfoArgs {
 pub struct ClientSettings {
     pub master_url: String,
     pub master_rest_url: String,
-    pub key_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
+    /// `cert_file`, `key_file` and `master_ca_file`.
+    pub tls: TlsFiles,
     pub timeout: Duration,
 }
 
@@ -135,23 +136,35 @@ impl ClientSettings {
             Some(u) => u.to_string(),
             None => format!("{}/hateoas/", master_url.trim_end_matches('/')),
         };
-        let file = |k: &str| config.get_nonempty("slapconsole", k).map(PathBuf::from);
+        // [slapconsole] first; SlapOS falls back to the node's [slapos]
+        // key_file/cert_file when neither is there, and we do the same for
+        // master_ca_file
+        let file = |k: &str| config.get_path("slapconsole", k);
+        let (mut cert_file, mut key_file) = (file("cert_file"), file("key_file"));
+        if cert_file.is_none() && key_file.is_none() {
+            (cert_file, key_file) = (config.get_path("slapos", "cert_file"), config.get_path("slapos", "key_file"));
+        }
+        let ca_file = file("master_ca_file").or_else(|| config.get_path("slapos", "master_ca_file"));
         let timeout = match config.get_int("slapos", "timeout")? {
             Some(t) if t > 0 => Duration::from_secs(t as u64),
             _ => Duration::from_secs(60),
         };
-        Ok(ClientSettings { master_url, master_rest_url, key_file: file("key_file"), cert_file: file("cert_file"), timeout })
+        let tls = TlsFiles { ca_file, cert_file, key_file };
+        Ok(ClientSettings { master_url, master_rest_url, tls, timeout })
     }
 
+    /// The SLAP client of `master_url`.
     pub fn slap(&self) -> anyhow::Result<SlapClient> {
         let mut c = ClientConfig::new(&self.master_url).with_timeout(self.timeout);
-        c.key_file = self.key_file.clone();
-        c.cert_file = self.cert_file.clone();
+        c.key_file = self.tls.key_file.clone();
+        c.cert_file = self.tls.cert_file.clone();
+        c.ca_file = self.tls.ca_file.clone();
         Ok(SlapClient::new(c)?)
     }
 
+    /// The HATEOAS client of `master_rest_url`, with the same TLS files.
     pub fn hateoas(&self) -> anyhow::Result<HateoasClient> {
-        Ok(HateoasClient::connect(&self.master_rest_url, self.timeout)?)
+        Ok(HateoasClient::connect(&self.master_rest_url, &self.tls, self.timeout)?)
     }
 }
 
@@ -276,7 +289,7 @@ fn print_parameters(v: &serde_json::Value) {
             .collect(),
         None => vec![vec!["".into(), v.to_string()]],
     };
-    println!("{}", table(&["name", "value"], rows));
+    outln!("{}", table(&["name", "value"], rows));
 }
 
 fn request(args: RequestArgs, settings: &ClientSettings) -> anyhow::Result<u8> {
@@ -318,13 +331,13 @@ fn request(args: RequestArgs, settings: &ClientSettings) -> anyhow::Result<u8> {
             let state = instance.requested_state.map(|s| s.to_string()).unwrap_or_else(|| "started".into());
             let conn = connection_json(&instance.connection_parameters());
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&conn)?);
+                outln!("{}", serde_json::to_string_pretty(&conn)?);
             } else {
                 tracing::info!("Instance requested. State is: {state}.");
                 if conn.as_object().is_some_and(|m| m.is_empty()) {
-                    println!("Instance {} ({state}) has no connection parameters yet: run this command again once the node has deployed it.", args.reference);
+                    outln!("Instance {} ({state}) has no connection parameters yet: run this command again once the node has deployed it.", args.reference);
                 } else {
-                    println!("Connection parameters of instance {} ({state}):", args.reference);
+                    outln!("Connection parameters of instance {} ({state}):", args.reference);
                     print_parameters(&conn);
                 }
             }
@@ -338,8 +351,8 @@ fn supply(args: SupplyArgs, settings: &ClientSettings, state: SoftwareState) -> 
     let url = resolve_software(&client, &args.software_url)?;
     client.supply(&url, &args.node, state)?;
     match state {
-        SoftwareState::Available => println!("Requested software release {url} to be installed on {}.", args.node),
-        SoftwareState::Destroyed => println!("Requested software release {url} to be removed from {}.", args.node),
+        SoftwareState::Available => outln!("Requested software release {url} to be installed on {}.", args.node),
+        SoftwareState::Destroyed => outln!("Requested software release {url} to be removed from {}.", args.node),
     }
     Ok(0)
 }
@@ -355,9 +368,9 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
             if a.json {
                 let m: serde_json::Map<String, serde_json::Value> =
                     services.iter().map(|s| (s.title.clone(), json!(s.software_release))).collect();
-                println!("{}", serde_json::to_string_pretty(&m)?);
+                outln!("{}", serde_json::to_string_pretty(&m)?);
             } else {
-                println!("{}", table(&["service", "software release"], services.iter().map(|s| vec![s.title.clone(), optional(&s.software_release)]).collect()));
+                outln!("{}", table(&["service", "software release"], services.iter().map(|s| vec![s.title.clone(), optional(&s.software_release)]).collect()));
             }
             Ok(0)
         }
@@ -379,7 +392,7 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                     "reported-message": info.reported_message,
                     "reported-at": info.reported_at,
                 });
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                outln!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 let mut rows = vec![
                     vec!["software release".into(), optional(&info.software_release)],
@@ -394,10 +407,10 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                         rows.push(vec!["report message".into(), m.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")]);
                     }
                 }
-                println!("Service {}\n{}", info.title, table(&["", ""], rows));
-                println!("Instance parameters:");
+                outln!("Service {}\n{}", info.title, table(&["", ""], rows));
+                outln!("Instance parameters:");
                 print_parameters(&params);
-                println!("Connection parameters:");
+                outln!("Connection parameters:");
                 print_parameters(&conn);
             }
             Ok(0)
@@ -405,9 +418,9 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
         ClientCommand::Computer(ComputerCommand::List(a)) => {
             let computers = settings.hateoas()?.computers()?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&computers)?);
+                outln!("{}", serde_json::to_string_pretty(&computers)?);
             } else {
-                println!("{}", table(&["computer", "title"], computers.iter().map(|c| vec![c.reference.clone(), optional(&c.title)]).collect()));
+                outln!("{}", table(&["computer", "title"], computers.iter().map(|c| vec![c.reference.clone(), optional(&c.title)]).collect()));
             }
             Ok(0)
         }
@@ -416,9 +429,9 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                 bail!("computer '{}' does not exist on {}", a.reference, settings.master_url);
             };
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&c)?);
+                outln!("{}", serde_json::to_string_pretty(&c)?);
             } else {
-                println!("{}", table(&["computer", "title"], vec![vec![c.reference.clone(), optional(&c.title)]]));
+                outln!("{}", table(&["computer", "title"], vec![vec![c.reference.clone(), optional(&c.title)]]));
             }
             Ok(0)
         }

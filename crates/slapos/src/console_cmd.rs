@@ -123,6 +123,8 @@ pub fn engine(settings: Arc<ClientSettings>) -> anyhow::Result<Engine> {
     let client: SlapClient = settings.slap()?;
     let mut engine = Engine::new();
     engine.set_max_expr_depths(256, 256);
+    // print() of scripts goes through the same broken-pipe handling
+    engine.on_print(|text| outln!("{text}"));
     engine
         .register_type_with_name::<Instance>("Instance")
         .register_fn("ready", |i: &mut Instance| i.answer.is_some())
@@ -265,7 +267,7 @@ pub fn engine(settings: Arc<ClientSettings>) -> anyhow::Result<Engine> {
         engine.register_fn("master_url", move || url.clone());
     }
     engine.register_fn("help", || {
-        print!("{HELP}");
+        out!("{HELP}");
     });
     Ok(engine)
 }
@@ -310,7 +312,7 @@ fn interactive(engine: &Engine, settings: &ClientSettings) -> anyhow::Result<u8>
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
-    println!("slapos console — master {} — help() lists the functions, Ctrl-D quits", settings.master_url);
+    outln!("slapos console — master {} — help() lists the functions, Ctrl-D quits", settings.master_url);
     let mut scope = Scope::new();
     let mut buffer = String::new();
     loop {
@@ -330,7 +332,7 @@ fn interactive(engine: &Engine, settings: &ClientSettings) -> anyhow::Result<u8>
                 }
                 let _ = editor.add_history_entry(buffer.as_str());
                 match engine.eval_with_scope::<Dynamic>(&mut scope, &buffer) {
-                    Ok(v) if !v.is_unit() => println!("{v}"),
+                    Ok(v) if !v.is_unit() => outln!("{v}"),
                     Ok(_) => {}
                     Err(e) => eprintln!("error: {}", describe(&e, "input")),
                 }

@@ -81,5 +81,11 @@ pub fn run(args: FormatArgs, global: &Global) -> anyhow::Result<u8> {
         eprintln!("This slapos command must be run as root (or use --local, or [slapos] root_check = false).");
         return Ok(5);
     }
+    if mode != Mode::Apply {
+        // the plan and the drift are printed by the format crate with
+        // println!: a reader that goes away ends these read-only modes
+        // quietly (default SIGPIPE) instead of a panic
+        crate::output::die_quietly_on_sigpipe();
+    }
     slapos_format::apply::run(&cfg, mode, args.json)
 }

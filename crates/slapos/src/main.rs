@@ -10,6 +10,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// first: its out!/outln! macros are used by the modules below
+#[macro_use]
+mod output;
 mod client_cmd;
 mod console_cmd;
 mod format_cmd;

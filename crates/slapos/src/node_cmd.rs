@@ -41,6 +41,10 @@ pub struct GridArgs {
     /// Time allowed to each promise, in seconds (default 20).
     #[arg(long = "promise-timeout", alias = "promise_timeout", value_name = "SECONDS")]
     pub promise_timeout: Option<u64>,
+    /// Overrides [slapos] master_ca_file: the CA certificates (PEM) that
+    /// verify the master's certificate (default: the web PKI roots).
+    #[arg(long = "master-ca-file", alias = "master_ca_file", value_name = "FILE")]
+    pub master_ca_file: Option<PathBuf>,
     /// The pid file of this run (default: pidfile_software|instance|report).
     #[arg(long, value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
@@ -131,6 +135,9 @@ pub struct WatchdogArgs {
     pub instance_root: PathBuf,
     #[arg(long = "certificate-repository-path")]
     pub certificate_repository_path: Option<PathBuf>,
+    /// The node's master_ca_file.
+    #[arg(long = "master-ca-file")]
+    pub master_ca_file: Option<PathBuf>,
 }
 
 pub fn watchdog(args: WatchdogArgs) -> anyhow::Result<u8> {
@@ -139,6 +146,7 @@ pub fn watchdog(args: WatchdogArgs) -> anyhow::Result<u8> {
         computer_id: args.computer_id,
         instance_root: args.instance_root,
         certificate_repository_path: args.certificate_repository_path,
+        master_ca_file: args.master_ca_file,
     };
     let stdin = std::io::stdin();
     slapos_grid::watchdog::run(&c, &mut stdin.lock(), &mut std::io::stdout().lock())?;
@@ -231,6 +239,7 @@ fn load(global: &Global, g: &GridArgs) -> anyhow::Result<Node> {
         buildout: g.buildout.clone(),
         maximum_periodicity: g.maximum_periodicity,
         promise_timeout: g.promise_timeout,
+        master_ca_file: g.master_ca_file.clone(),
     };
     let cfg = NodeConfig::from_config(&config, &overrides).map_err(|e| anyhow::anyhow!("{e} (in {})", path.display()))?;
     if cfg.maximal_delay > 0 && !g.now {
@@ -335,6 +344,7 @@ fn load_plain(global: &Global) -> anyhow::Result<Node> {
             buildout: None,
             maximum_periodicity: None,
             promise_timeout: None,
+            master_ca_file: None,
             pidfile: None,
             buildout_debug: false,
         },

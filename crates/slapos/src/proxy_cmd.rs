@@ -75,9 +75,9 @@ pub fn run(cmd: ProxyCommand, global: &Global) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot read the master's database {}", database.display()))?;
             let snapshot = slapos_proxy::show::snapshot(&store)?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+                outln!("{}", serde_json::to_string_pretty(&snapshot)?);
             } else {
-                print!("{}", slapos_proxy::show::render_tables(&snapshot));
+                out!("{}", slapos_proxy::show::render_tables(&snapshot));
             }
             Ok(0)
         }
