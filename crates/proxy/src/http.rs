@@ -117,7 +117,12 @@ async fn form<R: Send + 'static>(
     body: Bytes,
     build: impl FnOnce(&Fields) -> Result<R, MasterError> + Send + 'static,
 ) -> Result<R, MasterError> {
-    let permit = app.decoders.clone().acquire_owned().await.map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?;
+    let permit = app
+        .decoders
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?;
     let limits = app.limits;
     tokio::task::spawn_blocking(move || {
         // held until the work is done, even if the client has gone
@@ -206,8 +211,9 @@ async fn partition_status() -> Response {
 }
 
 async fn product_list(State(app): State<Shared>, uri: Uri) -> Response {
-    let r = query(&app, &uri)
-        .and_then(|q| master::product_list(&app.site, q.get("software_product_reference"), q.get("software_release_url")));
+    let r = query(&app, &uri).and_then(|q| {
+        master::product_list(&app.site, q.get("software_product_reference"), q.get("software_release_url"))
+    });
     answer(r)
 }
 
@@ -300,7 +306,11 @@ async fn format_report(State(app): State<Shared>, body: Bytes) -> Response {
             v => master::parse_format_report(&v),
         })
         .await?;
-        tracing::info!("format report of {}: {} partition(s)", excerpt(&computer.reference, LOGGED_VALUE), partitions.len());
+        tracing::info!(
+            "format report of {}: {} partition(s)",
+            excerpt(&computer.reference, LOGGED_VALUE),
+            partitions.len()
+        );
         tx(&app, move |t, _| master::load_format_report(t, &computer, &partitions)).await
     };
     answer(r.await)
@@ -312,7 +322,8 @@ fn report_route(kind: &'static str, state: &'static str, word: &'static str) -> 
         let r = async {
             let (c, reference, message) = form(&app, body, move |f| {
                 let c = f.require("computer_id")?.to_string();
-                let reference = if kind == "software" { f.require("url")? } else { f.require("computer_partition_id")? };
+                let reference =
+                    if kind == "software" { f.require("url")? } else { f.require("computer_partition_id")? };
                 Ok((c, reference.to_string(), f.get("error_log").map(str::to_string)))
             })
             .await?;
@@ -379,7 +390,8 @@ async fn use_computer(State(app): State<Shared>, body: Bytes) -> Response {
 }
 
 async fn computer_bang(State(app): State<Shared>, body: Bytes) -> Response {
-    let r = form(&app, body, |f| Ok((f.require("computer_id")?.to_string(), f.get("message").unwrap_or("").to_string())));
+    let r =
+        form(&app, body, |f| Ok((f.require("computer_id")?.to_string(), f.get("message").unwrap_or("").to_string())));
     match r.await {
         Ok((c, message)) => {
             tracing::info!("computer {} banged: {}", excerpt(&c, LOGGED_VALUE), excerpt(&message, LOGGED_VALUE));
@@ -416,12 +428,20 @@ async fn access_log(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Axum's own 413 (body over `max_request_size`) as our error page.
+/// Bodies over `max_request_size`: refused from their announced length before
+/// they are read, or by axum's limit while they are read (its 413 shown as
+/// our error page).
 async fn too_large(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    let max = app.limits.max_request_size;
+    let refused = || error_page(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {max} bytes"));
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return refused();
+    }
     let resp = next.run(req).await;
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && resp.headers().get(header::CONTENT_TYPE).is_none_or(|t| t != "text/html; charset=utf-8") {
-        let max = app.limits.max_request_size;
-        return error_page(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {max} bytes"));
+    let ours = resp.headers().get(header::CONTENT_TYPE).is_some_and(|t| t == "text/html; charset=utf-8");
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !ours {
+        return refused();
     }
     resp
 }
