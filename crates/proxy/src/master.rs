@@ -777,4 +777,12 @@ mod tests {
             "<marshal><object id=\"i2\" module=\"slapos.slap.slap\" class=\"ComputerPartition\"><tuple><string></string><string>Fake frontend for http://[2001:db8::2]:8080/app?x=1</string><none/></tuple><dictionary id=\"i3\"><string>_computer_id</string><string></string><string>_connection_dict</string><dictionary id=\"i4\"><string>domain</string><string>[2001:db8::2]:8080</string><string>secure_access</string><string>http://[2001:db8::2]:8080/app?x=1</string></dictionary><string>_parameter_dict</string><dictionary id=\"i5\"/><string>_partition_id</string><string>Fake frontend for http://[2001:db8::2]:8080/app?x=1</string><string>_request_dict</string><none/><string>slap_computer_id</string><string></string><string>slap_computer_partition_id</string><string></string></dictionary></object></marshal>"
         );
     }
+
+    #[test]
+    fn long_messages_keep_their_end() {
+        assert_eq!(tail("short", 10), "short");
+        assert_eq!(tail("0123456789", 4), "[6 bytes cut]\n6789");
+        // never inside a character
+        assert_eq!(tail("aéé", 3), "[3 bytes cut]\né");
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slap::client::{ClientConfig, SlapClient};
@@ -201,4 +202,45 @@ fn node_history_is_kept_within_its_retention() {
     assert_eq!(count(&db, "SELECT CAST(MIN(time) AS INTEGER) FROM report"), 120);
     assert_eq!(count(&db, "SELECT COUNT(*) FROM usage"), 5);
     assert_eq!(count(&db, &format!("SELECT COUNT(*) FROM usage WHERE computer_reference = '{COMPUTER}'")), 0);
+}
+
+/// A marshalled dictionary of `n` entries that fails to decode at its very end.
+fn slow_to_refuse(n: usize) -> String {
+    let mut doc = String::from("<marshal><dictionary id=\"i2\">");
+    for i in 0..n {
+        doc.push_str(&format!("<string>key{i}</string><string>value</string>"));
+    }
+    doc.push_str("<bogus/></dictionary></marshal>");
+    doc
+}
+
+#[test]
+fn heavy_decoding_does_not_hold_other_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        ProxyConfig { computer_id: COMPUTER.into(), database: dir.path().join("proxy.db"), ..Default::default() };
+    let master = start_background(&config).unwrap();
+    let url = format!("{}/requestComputerPartition", master.url());
+    let heavy = Arc::new(slow_to_refuse(80_000));
+    let started = Instant::now();
+    let (status, body) = post(&url, &request_form("heavy", &heavy));
+    let one = started.elapsed();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown element &lt;bogus&gt;"), "{body}");
+    // six at once, more than the two threads that serve connections
+    let senders: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, heavy) = (url.clone(), heavy.clone());
+            std::thread::spawn(move || post(&url, &request_form("heavy", &heavy)).0)
+        })
+        .collect();
+    std::thread::sleep(one / 2);
+    let canary_started = Instant::now();
+    let mut answer = agent().get(format!("{}/getRunId", master.url())).call().unwrap();
+    let canary = canary_started.elapsed();
+    assert_eq!(answer.body_mut().read_to_string().unwrap().len(), 32);
+    let statuses: Vec<u16> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    eprintln!("one heavy request: {one:?}; canary during six: {canary:?}");
+    assert_eq!(statuses, vec![400; 6]);
+    assert!(canary < one / 2 && canary < Duration::from_millis(500), "canary {canary:?}, one heavy request {one:?}");
 }
