@@ -805,6 +805,20 @@ mod expansion {
     }
 }
 
+/// At most 100 bytes of document text for an error message (documents are
+/// untrusted and error messages end up in logs).
+fn cut(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 100;
+    if s.len() <= MAX {
+        return s.into();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
+}
+
 fn attr(input: &[u8], pos: usize, e: &BytesStart, name: &str) -> Result<Option<String>, DecodeError> {
     for a in e.attributes() {
         let a = a.map_err(|err| DecodeError::at(input, pos, format!("bad attribute: {err}")))?;
@@ -832,12 +846,12 @@ fn open(
         .map_err(|_| DecodeError::at(input, pos, "invalid UTF-8 in element name"))?;
     if stack.is_empty() {
         if name != "marshal" {
-            return Err(DecodeError::at(input, pos, format!("expected <marshal>, found <{name}>")));
+            return Err(DecodeError::at(input, pos, format!("expected <marshal>, found <{}>", cut(name))));
         }
         return Ok(Frame::Marshal(None));
     }
     if matches!(stack.last(), Some(Frame::Scalar { .. }) | Some(Frame::Empty(_))) {
-        return Err(DecodeError::at(input, pos, format!("element <{name}> inside a scalar")));
+        return Err(DecodeError::at(input, pos, format!("element <{}> inside a scalar", cut(name))));
     }
     let id = || if track_refs { attr(input, pos, e, "id") } else { Ok(None) };
     Ok(match name {
@@ -866,10 +880,10 @@ fn open(
             // a resolved back-reference travels as a finished value
             match refs.get(&id) {
                 Some(v) => Frame::Marshal(Some(v.clone())),
-                None => return Err(DecodeError::at(input, pos, format!("reference to unknown id '{id}'"))),
+                None => return Err(DecodeError::at(input, pos, format!("reference to unknown id '{}'", cut(&id)))),
             }
         }
-        other => return Err(DecodeError::at(input, pos, format!("unknown element <{other}>"))),
+        other => return Err(DecodeError::at(input, pos, format!("unknown element <{}>", cut(other)))),
     })
 }
 
@@ -900,16 +914,16 @@ fn close(
             }
             ScalarKind::Int => {
                 let t = text.trim();
-                Value::Int(t.parse().map_err(|_| DecodeError::at(input, pos, format!("not an integer: '{t}'")))?)
+                Value::Int(t.parse().map_err(|_| DecodeError::at(input, pos, format!("not an integer: '{}'", cut(t))))?)
             }
             ScalarKind::Float => {
                 let t = text.trim();
-                Value::Float(t.parse().map_err(|_| DecodeError::at(input, pos, format!("not a float: '{t}'")))?)
+                Value::Float(t.parse().map_err(|_| DecodeError::at(input, pos, format!("not a float: '{}'", cut(t))))?)
             }
             ScalarKind::Bool => match text.trim() {
                 "1" | "True" => Value::Bool(true),
                 "0" | "False" => Value::Bool(false),
-                t => return Err(DecodeError::at(input, pos, format!("not a boolean: '{t}'"))),
+                t => return Err(DecodeError::at(input, pos, format!("not a boolean: '{}'", cut(t)))),
             },
         },
         Frame::Tuple(items) => Value::Tuple(items),
@@ -999,7 +1013,7 @@ fn add_text(input: &[u8], pos: usize, stack: &mut [Frame], text: &str) -> Result
         Some(Frame::Empty(name)) => {
             return Err(DecodeError::at(input, pos, format!("text inside <{name}>")));
         }
-        _ => return Err(DecodeError::at(input, pos, format!("unexpected text '{}'", text.trim()))),
+        _ => return Err(DecodeError::at(input, pos, format!("unexpected text '{}'", cut(text.trim())))),
     }
     Ok(())
 }
@@ -1112,6 +1126,9 @@ mod tests {
         assert!(decode_bytes(b"<marshal><string>\xff</string></marshal>").is_err());
         assert!(decode("<marshal><reference id=\"i9\"/></marshal>").is_err());
         assert!(decode("<marshal><none/><none/></marshal>").is_err());
+        // document text in messages is cut
+        let long = format!("<marshal><int>{}</int></marshal>", "9x".repeat(1 << 20));
+        assert!(decode(&long).unwrap_err().message.len() < 200);
     }
 
     /// `levels` lists, each holding `fanout` references to the one before;
