@@ -9,6 +9,7 @@
 //! 3. re-requests of existing instances from 4 threads for SECONDS (req/s);
 //! 4. getFullComputerInformation of COMP-0 from 4 threads for SECONDS (req/s),
 //!    then sequential latencies p50/p99 over every computer;
+//!
 //! RSS of PID (VmRSS) idle (before 1) and loaded (after 4).
 
 use std::collections::BTreeMap;

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value as J};
 use slap::instance_xml::dict_to_xml;
 use slap::marshal::{self, Value};
 
-use crate::http::{error_page, App};
+use crate::app::{error_page, App};
 use crate::master::MasterError;
 use crate::store::{PartitionRow, ReportRow, Store, Tx};
 

@@ -14,37 +14,15 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use slap::marshal::{self, Value};
 
+pub use crate::app::{error_page, App};
+use crate::limits::{excerpt, Limits};
 use crate::master::{self, Answer, InstanceRequest, MasterError, Site};
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 
-/// Largest request body accepted (format reports of big nodes fit easily).
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
-
-/// What every handler shares.
-pub struct App {
-    pub store: SqliteStore,
-    pub site: Site,
-    /// Drawn at start, served by `/getRunId` (multimaster self-detection).
-    pub run_id: String,
-}
+/// Log lines show at most this much of a value that comes from a request.
+const LOGGED_VALUE: usize = 300;
 
 type Shared = Arc<App>;
-
-/// A Werkzeug-like HTML page with the message in `<p>…</p>`, which the
-/// Python tools (and ours) show to people.
-pub fn error_page(status: StatusCode, message: &str) -> Response {
-    let reason = status.canonical_reason().unwrap_or("Error");
-    let body = format!(
-        "<!doctype html>\n<html lang=en>\n<title>{} {reason}</title>\n<h1>{reason}</h1>\n<p>{}</p>\n",
-        status.as_u16(),
-        html_escape(message)
-    );
-    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
 
 fn text(body: String) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
@@ -54,6 +32,7 @@ impl IntoResponse for MasterError {
     fn into_response(self) -> Response {
         match &self {
             MasterError::BadRequest(m) => error_page(StatusCode::BAD_REQUEST, m),
+            MasterError::TooLarge(m) => error_page(StatusCode::PAYLOAD_TOO_LARGE, m),
             MasterError::NotFound(m) => error_page(StatusCode::NOT_FOUND, m),
             MasterError::Unknown(m) => error_page(StatusCode::INTERNAL_SERVER_ERROR, m),
             MasterError::Store(e) => {
@@ -72,23 +51,53 @@ fn answer(r: Result<Answer, MasterError>) -> Response {
 }
 
 /// Form fields (POST body) or query arguments (GET), in wire order.
-struct Fields(Vec<(String, String)>);
+struct Fields {
+    fields: Vec<(String, String)>,
+    marshal: marshal::Limits,
+}
+
+/// Free-text fields longer than `max_field_size` are accepted: the master
+/// stores their end only (an error log's last lines say the most).
+const FREE_TEXT_FIELDS: &[&str] = &["error_log", "message"];
 
 impl Fields {
-    fn parse(bytes: &[u8]) -> Fields {
-        Fields(form_urlencoded::parse(bytes).into_owned().collect())
+    /// Parses a form, refusing one with too many fields (400) or a field
+    /// larger than allowed (413).
+    fn parse(bytes: &[u8], limits: &Limits) -> Result<Fields, MasterError> {
+        let mut fields = Vec::new();
+        for (k, v) in form_urlencoded::parse(bytes) {
+            if fields.len() == limits.max_fields {
+                return Err(MasterError::BadRequest(format!("more than {} fields in the request", limits.max_fields)));
+            }
+            if v.len() > limits.max_field_size && !FREE_TEXT_FIELDS.contains(&k.as_ref()) {
+                return Err(MasterError::TooLarge(format!(
+                    "field '{}' is larger than {} bytes",
+                    excerpt(&k, 100),
+                    limits.max_field_size
+                )));
+            }
+            fields.push((k.into_owned(), v.into_owned()));
+        }
+        Ok(Fields { fields, marshal: limits.marshal })
     }
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
     fn require(&self, key: &str) -> Result<&str, MasterError> {
         self.get(key).ok_or_else(|| MasterError::BadRequest(format!("missing field '{key}'")))
     }
-    /// A marshalled field (absent: `default`).
+    /// A marshalled field (absent: `default`), decoded within the limits.
     fn marshal(&self, key: &str, default: Value) -> Result<Value, MasterError> {
         match self.get(key) {
             None => Ok(default),
-            Some(text) => marshal::decode(text).map_err(|e| MasterError::BadRequest(format!("field '{key}': {e}"))),
+            Some(text) => marshal::decode_with(text, &self.marshal).map_err(|e| {
+                let message = format!("field '{key}': {e}");
+                if e.is_limit() {
+                    MasterError::TooLarge(message)
+                } else {
+                    MasterError::BadRequest(message)
+                }
+            }),
         }
     }
     fn marshal_dict(&self, key: &str) -> Result<BTreeMap<String, Value>, MasterError> {
@@ -97,6 +106,31 @@ impl Fields {
             other => Err(MasterError::BadRequest(format!("field '{key}' must be a dictionary, found <{}>", other.type_name()))),
         }
     }
+}
+
+/// Parses the form in `body` and builds what the handler needs from it
+/// (marshalled fields decoded) on the blocking pool, at most
+/// `decode_workers` requests at once, so that a heavy body never holds the
+/// threads that serve connections.
+async fn form<R: Send + 'static>(
+    app: &Shared,
+    body: Bytes,
+    build: impl FnOnce(&Fields) -> Result<R, MasterError> + Send + 'static,
+) -> Result<R, MasterError> {
+    let permit = app
+        .decoders
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?;
+    let limits = app.limits;
+    tokio::task::spawn_blocking(move || {
+        // held until the work is done, even if the client has gone
+        let _permit = permit;
+        build(&Fields::parse(&body, &limits)?)
+    })
+    .await
+    .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
 }
 
 /// `Authorization: X-SlapPartition computer_id=…, computer_partition_id=…`,
@@ -142,24 +176,24 @@ async fn read<R: Send + 'static>(
         .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
 }
 
-fn query(uri: &Uri) -> Fields {
-    Fields::parse(uri.query().unwrap_or("").as_bytes())
+/// The query arguments (bounded by the size of the request head).
+fn query(app: &App, uri: &Uri) -> Result<Fields, MasterError> {
+    Fields::parse(uri.query().unwrap_or("").as_bytes(), &app.limits)
 }
 
 // -- GET routes ------------------------------------------------------------
 
 async fn full_computer_information(State(app): State<Shared>, uri: Uri) -> Response {
-    let q = query(&uri);
     let r = async {
-        let computer_id = q.require("computer_id")?.to_string();
+        let computer_id = query(&app, &uri)?.require("computer_id")?.to_string();
         read(&app, move |t, site| master::computer_information(t, site, &computer_id)).await
     };
     answer(r.await)
 }
 
 async fn register_partition(State(app): State<Shared>, uri: Uri) -> Response {
-    let q = query(&uri);
     let r = async {
+        let q = query(&app, &uri)?;
         let c = q.require("computer_reference")?.to_string();
         let p = q.require("computer_partition_reference")?.to_string();
         read(&app, move |t, _| master::register_partition(t, &c, &p)).await
@@ -177,8 +211,10 @@ async fn partition_status() -> Response {
 }
 
 async fn product_list(State(app): State<Shared>, uri: Uri) -> Response {
-    let q = query(&uri);
-    answer(master::product_list(&app.site, q.get("software_product_reference"), q.get("software_release_url")))
+    let r = query(&app, &uri).and_then(|q| {
+        master::product_list(&app.site, q.get("software_product_reference"), q.get("software_release_url"))
+    });
+    answer(r)
 }
 
 async fn run_id(State(app): State<Shared>) -> Response {
@@ -192,75 +228,89 @@ async fn index() -> Response {
 
 // -- POST routes -----------------------------------------------------------
 
+/// The fields of `requestComputerPartition` as an [`InstanceRequest`].
+fn instance_request(f: &Fields, authorization: Option<(String, String)>) -> Result<InstanceRequest, MasterError> {
+    let req = InstanceRequest {
+        software_release: f.require("software_release")?.to_string(),
+        software_type: f.require("software_type")?.to_string(),
+        title: f.require("partition_reference")?.to_string(),
+        parameters: f.marshal_dict("partition_parameter_xml")?,
+        filter: f.marshal_dict("filter_xml")?,
+        state: match f.marshal("state", Value::None)? {
+            Value::None => None,
+            Value::Str(s) => Some(s),
+            other => return Err(MasterError::BadRequest(format!("field 'state' must be a string, found <{}>", other.type_name()))),
+        },
+        shared: f.marshal("shared_xml", Value::Bool(false))?.is_truthy(),
+        authorization,
+        form_requester: (f.get("computer_id").map(str::to_string), f.get("computer_partition_id").map(str::to_string)),
+    };
+    if req.software_release.is_empty() {
+        return Err(MasterError::BadRequest("empty software_release".into()));
+    }
+    Ok(req)
+}
+
 async fn request_partition(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let f = Fields::parse(&body);
+    let authorization = parse_authorization(&headers);
     let r = async {
-        let req = InstanceRequest {
-            software_release: f.require("software_release")?.to_string(),
-            software_type: f.require("software_type")?.to_string(),
-            title: f.require("partition_reference")?.to_string(),
-            parameters: f.marshal_dict("partition_parameter_xml")?,
-            filter: f.marshal_dict("filter_xml")?,
-            state: match f.marshal("state", Value::None)? {
-                Value::None => None,
-                Value::Str(s) => Some(s),
-                other => return Err(MasterError::BadRequest(format!("field 'state' must be a string, found <{}>", other.type_name()))),
-            },
-            shared: f.marshal("shared_xml", Value::Bool(false))?.is_truthy(),
-            authorization: parse_authorization(&headers),
-            form_requester: (
-                f.get("computer_id").map(str::to_string),
-                f.get("computer_partition_id").map(str::to_string),
-            ),
-        };
-        if req.software_release.is_empty() {
-            return Err(MasterError::BadRequest("empty software_release".into()));
-        }
+        let req = form(&app, body, move |f| instance_request(f, authorization)).await?;
         tx(&app, move |t, site| master::request(t, site, &req)).await
     };
     answer(r.await)
 }
 
 async fn set_connection(State(app): State<Shared>, body: Bytes) -> Response {
-    let f = Fields::parse(&body);
     let r = async {
-        let c = f.require("computer_id")?.to_string();
-        let p = f.require("computer_partition_id")?.to_string();
-        let conn = match f.marshal("connection_xml", Value::None)? {
-            Value::Dict(d) => d,
-            other => {
-                return Err(MasterError::BadRequest(format!(
-                    "field 'connection_xml' must be a dictionary, found <{}>",
-                    other.type_name()
-                )))
-            }
-        };
-        let slave = f.get("slave_reference").map(str::to_string);
+        let (c, p, conn, slave) = form(&app, body, |f| {
+            let conn = match f.marshal("connection_xml", Value::None)? {
+                Value::Dict(d) => d,
+                other => {
+                    return Err(MasterError::BadRequest(format!(
+                        "field 'connection_xml' must be a dictionary, found <{}>",
+                        other.type_name()
+                    )))
+                }
+            };
+            let c = f.require("computer_id")?.to_string();
+            let p = f.require("computer_partition_id")?.to_string();
+            Ok((c, p, conn, f.get("slave_reference").map(str::to_string)))
+        })
+        .await?;
         tx(&app, move |t, _| master::set_connection(t, &c, &p, &conn, slave.as_deref())).await
     };
     answer(r.await)
 }
 
+/// The values of `keys`, all required.
+fn required<const N: usize>(f: &Fields, keys: [&str; N]) -> Result<[String; N], MasterError> {
+    let mut out: [String; N] = std::array::from_fn(|_| String::new());
+    for (slot, key) in out.iter_mut().zip(keys) {
+        *slot = f.require(key)?.to_string();
+    }
+    Ok(out)
+}
+
 async fn supply(State(app): State<Shared>, body: Bytes) -> Response {
-    let f = Fields::parse(&body);
     let r = async {
-        let url = f.require("url")?.to_string();
-        let c = f.require("computer_id")?.to_string();
-        let s = f.require("state")?.to_string();
+        let [url, c, s] = form(&app, body, |f| required(f, ["url", "computer_id", "state"])).await?;
         tx(&app, move |t, _| master::supply(t, &url, &c, &s)).await
     };
     answer(r.await)
 }
 
 async fn format_report(State(app): State<Shared>, body: Bytes) -> Response {
-    let f = Fields::parse(&body);
     let r = async {
-        let v = f.marshal("xml", Value::None).and_then(|v| match v {
+        let (computer, partitions) = form(&app, body, |f| match f.marshal("xml", Value::None)? {
             Value::None => Err(MasterError::BadRequest("missing field 'xml'".into())),
-            v => Ok(v),
-        })?;
-        let (computer, partitions) = master::parse_format_report(&v)?;
-        tracing::info!("format report of {}: {} partition(s)", computer.reference, partitions.len());
+            v => master::parse_format_report(&v),
+        })
+        .await?;
+        tracing::info!(
+            "format report of {}: {} partition(s)",
+            excerpt(&computer.reference, LOGGED_VALUE),
+            partitions.len()
+        );
         tx(&app, move |t, _| master::load_format_report(t, &computer, &partitions)).await
     };
     answer(r.await)
@@ -269,13 +319,22 @@ async fn format_report(State(app): State<Shared>, body: Bytes) -> Response {
 /// The node's state reports: recorded, answered as the Python proxy does.
 fn report_route(kind: &'static str, state: &'static str, word: &'static str) -> MethodRouter<Shared> {
     post(move |State(app): State<Shared>, body: Bytes| async move {
-        let f = Fields::parse(&body);
         let r = async {
-            let c = f.require("computer_id")?.to_string();
-            let reference = if kind == "software" { f.require("url")? } else { f.require("computer_partition_id")? }.to_string();
-            let message = f.get("error_log").map(str::to_string);
+            let (c, reference, message) = form(&app, body, move |f| {
+                let c = f.require("computer_id")?.to_string();
+                let reference =
+                    if kind == "software" { f.require("url")? } else { f.require("computer_partition_id")? };
+                Ok((c, reference.to_string(), f.get("error_log").map(str::to_string)))
+            })
+            .await?;
             if state == "error" {
-                tracing::warn!("{kind} {reference} on {c} reports an error: {}", message.as_deref().unwrap_or("").lines().last().unwrap_or(""));
+                let last = message.as_deref().unwrap_or("").lines().last().unwrap_or("");
+                tracing::warn!(
+                    "{kind} {} on {} reports an error: {}",
+                    excerpt(&reference, LOGGED_VALUE),
+                    excerpt(&c, LOGGED_VALUE),
+                    excerpt(last, LOGGED_VALUE)
+                );
             }
             tx(&app, move |t, _| master::report(t, kind, &c, &reference, state, message.as_deref())).await
         };
@@ -288,62 +347,54 @@ fn report_route(kind: &'static str, state: &'static str, word: &'static str) -> 
 }
 
 async fn software_destroyed(State(app): State<Shared>, body: Bytes) -> Response {
-    let f = Fields::parse(&body);
     let r = async {
-        let url = f.require("url")?.to_string();
-        let c = f.require("computer_id")?.to_string();
+        let [url, c] = form(&app, body, |f| required(f, ["url", "computer_id"])).await?;
         tx(&app, move |t, _| master::software_destroyed(t, &url, &c)).await
     };
     answer(r.await)
 }
 
 async fn partition_destroyed(State(app): State<Shared>, body: Bytes) -> Response {
-    let f = Fields::parse(&body);
     let r = async {
-        let c = f.require("computer_id")?.to_string();
-        let p = f.require("computer_partition_id")?.to_string();
+        let [c, p] = form(&app, body, |f| required(f, ["computer_id", "computer_partition_id"])).await?;
         tx(&app, move |t, _| master::partition_destroyed(t, &c, &p)).await
     };
     answer(r.await)
 }
 
 async fn bang(State(app): State<Shared>, body: Bytes) -> Response {
-    let f = Fields::parse(&body);
     let r = async {
-        let c = f.require("computer_id")?.to_string();
-        let p = f.require("computer_partition_id")?.to_string();
-        let m = f.get("message").unwrap_or("").to_string();
+        let ([c, p], m) = form(&app, body, |f| {
+            Ok((required(f, ["computer_id", "computer_partition_id"])?, f.get("message").unwrap_or("").to_string()))
+        })
+        .await?;
         tx(&app, move |t, _| master::bang(t, &c, &p, &m)).await
     };
     answer(r.await)
 }
 
 async fn rename(State(app): State<Shared>, body: Bytes) -> Response {
-    let f = Fields::parse(&body);
     let r = async {
-        let c = f.require("computer_id")?.to_string();
-        let p = f.require("computer_partition_id")?.to_string();
-        let n = f.require("new_name")?.to_string();
+        let [c, p, n] = form(&app, body, |f| required(f, ["computer_id", "computer_partition_id", "new_name"])).await?;
         tx(&app, move |t, _| master::rename(t, &c, &p, &n)).await
     };
     answer(r.await)
 }
 
 async fn use_computer(State(app): State<Shared>, body: Bytes) -> Response {
-    let f = Fields::parse(&body);
     let r = async {
-        let c = f.require("computer_id")?.to_string();
-        let u = f.require("use_string")?.to_string();
+        let [c, u] = form(&app, body, |f| required(f, ["computer_id", "use_string"])).await?;
         tx(&app, move |t, _| master::use_computer(t, &c, &u)).await
     };
     answer(r.await)
 }
 
-async fn computer_bang(body: Bytes) -> Response {
-    let f = Fields::parse(&body);
-    match f.require("computer_id") {
-        Ok(c) => {
-            tracing::info!("computer {c} banged: {}", f.get("message").unwrap_or(""));
+async fn computer_bang(State(app): State<Shared>, body: Bytes) -> Response {
+    let r =
+        form(&app, body, |f| Ok((f.require("computer_id")?.to_string(), f.get("message").unwrap_or("").to_string())));
+    match r.await {
+        Ok((c, message)) => {
+            tracing::info!("computer {} banged: {}", excerpt(&c, LOGGED_VALUE), excerpt(&message, LOGGED_VALUE));
             text(marshal::encode(&Value::str("")).unwrap_or_default())
         }
         Err(e) => e.into_response(),
@@ -369,17 +420,28 @@ async fn access_log(req: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_else(|| "-".into());
-    let line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
+    let uri = req.uri().to_string();
+    let line = format!("{} {} {:?}", req.method(), excerpt(&uri, LOGGED_VALUE), req.version());
     let resp = next.run(req).await;
     let now = chrono::Local::now().format("%d/%b/%Y %H:%M:%S");
     tracing::info!("{peer} - - [{now}] \"{line}\" {} -", resp.status().as_u16());
     resp
 }
 
-async fn too_large(req: Request, next: Next) -> Response {
+/// Bodies over `max_request_size`: refused from their announced length before
+/// they are read, or by axum's limit while they are read (its 413 shown as
+/// our error page).
+async fn too_large(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    let max = app.limits.max_request_size;
+    let refused = || error_page(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {max} bytes"));
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return refused();
+    }
     let resp = next.run(req).await;
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return error_page(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body larger than {MAX_BODY} bytes"));
+    let ours = resp.headers().get(header::CONTENT_TYPE).is_some_and(|t| t == "text/html; charset=utf-8");
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !ours {
+        return refused();
     }
     resp
 }
@@ -402,6 +464,7 @@ where
 
 /// The router of the master.
 pub fn router(app: Arc<App>) -> Router {
+    let max_body = app.limits.max_request_size;
     Router::new()
         .route("/", g(index))
         .route("/getRunId", g(run_id))
@@ -429,8 +492,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/computerBang", p(computer_bang))
         .merge(crate::hateoas::router())
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(too_large))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), too_large))
+        .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(access_log))
         .with_state(app)
 }

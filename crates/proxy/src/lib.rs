@@ -8,12 +8,17 @@
 //! destroyed, usage) and shows it (`slapos proxy show`).
 //!
 //! Layers: [`store`] (storage behind the narrow [`store::Tx`] interface),
-//! [`master`] (what each call does, over one transaction), [`http`] (axum
-//! routes, error pages, access log), [`hateoas`], [`show`].
+//! [`master`] (what each call does, over one transaction), [`app`] (the
+//! shared state and error pages), [`http`] (axum routes, form limits, access
+//! log) and [`hateoas`] on it, [`server`] (connections: cap and timeouts),
+//! [`limits`], [`show`].
 
+pub mod app;
 pub mod hateoas;
 pub mod http;
+pub mod limits;
 pub mod master;
+pub mod server;
 pub mod show;
 pub mod store;
 
@@ -26,10 +31,11 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use slapos_config::Config;
 
-pub use store::{SqliteStore, Store, StoreError};
+pub use limits::{Connections, Limits};
+pub use store::{Retention, SqliteStore, Store, StoreError};
 
 /// How the master is configured (`[slapos]` and `[slapproxy]` of slapos.cfg).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ProxyConfig {
     /// `[slapos] computer_id`: the computer requests go to by default.
     pub computer_id: String,
@@ -39,6 +45,12 @@ pub struct ProxyConfig {
     pub database: PathBuf,
     /// `software_product_list`: `<product> <url>` per line.
     pub software_products: BTreeMap<String, String>,
+    /// Sizes of requests, fields and marshalled documents.
+    pub limits: Limits,
+    /// Connection cap and timeouts.
+    pub connections: Connections,
+    /// Node history kept.
+    pub retention: Retention,
 }
 
 /// Default port of `slapos proxy start` (as in SlapOS).
@@ -77,8 +89,28 @@ impl ProxyConfig {
                 }
             }
         }
-        Ok(ProxyConfig { computer_id, host, port, database, software_products })
+        Ok(ProxyConfig {
+            computer_id,
+            host,
+            port,
+            database,
+            software_products,
+            limits: Limits::from_config(config)?,
+            connections: Connections::from_config(config)?,
+            retention: retention(config)?,
+        })
     }
+}
+
+fn retention(config: &Config) -> anyhow::Result<Retention> {
+    let d = Retention::default();
+    let n = |key, default: usize| limits::positive(config, key, default as u64).map(|n| n as usize);
+    Ok(Retention {
+        reports_per_object: n("report_history", d.reports_per_object)?,
+        reports: n("report_limit", d.reports)?,
+        usage_per_computer: n("usage_history", d.usage_per_computer)?,
+        usage: n("usage_limit", d.usage)?,
+    })
 }
 
 fn describe(config: &Config) -> String {
@@ -87,25 +119,20 @@ fn describe(config: &Config) -> String {
 
 /// The shared state of a running master, opened on its database.
 pub fn open_app(config: &ProxyConfig) -> Result<Arc<http::App>, StoreError> {
-    let store = SqliteStore::open(&config.database)?;
+    let store = SqliteStore::open(&config.database)?.with_retention(config.retention);
     let run_id: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
-    Ok(Arc::new(http::App {
-        store,
-        site: master::Site { computer_id: config.computer_id.clone(), software_products: config.software_products.clone() },
-        run_id,
-    }))
+    let site = master::Site { computer_id: config.computer_id.clone(), software_products: config.software_products.clone() };
+    Ok(Arc::new(app::App::new(store, site, run_id, config.limits)))
 }
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves on `listener` until `shutdown` resolves, within `connections`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    app: Arc<http::App>,
+    app: Arc<app::App>,
+    connections: Connections,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = http::router(app);
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, http::router(app), connections, shutdown).await
 }
 
 async fn termination() {
@@ -140,7 +167,7 @@ pub fn run(config: &ProxyConfig) -> anyhow::Result<()> {
             config.computer_id,
             config.database.display()
         );
-        serve(listener, app, termination()).await?;
+        serve(listener, app, config.connections, termination()).await?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -166,11 +193,12 @@ pub fn start_background(config: &ProxyConfig) -> anyhow::Result<Background> {
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let connections = config.connections;
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-            let _ = serve(listener, app, async {
+            let _ = serve(listener, app, connections, async {
                 let _ = rx.await;
             })
             .await;

@@ -17,6 +17,10 @@ pub enum MasterError {
     /// 400: the call is malformed (missing field, bad XML, bad value).
     #[error("{0}")]
     BadRequest(String),
+    /// 413: the request, one of its fields or a marshalled document in it is
+    /// larger than the master's limits allow.
+    #[error("{0}")]
+    TooLarge(String),
     /// 404: nothing can satisfy the request (no free partition, no host…).
     #[error("{0}")]
     NotFound(String),
@@ -242,7 +246,24 @@ pub fn supply(tx: &mut dyn Tx, url: &str, computer_id: &str, state: &str) -> Res
     Ok(Answer::Text(format!("Supplied {} to be {state}", slap::instance_xml::python_repr(&Value::str(url)))))
 }
 
-/// A state report of a node: recorded (the Python proxy ignores them).
+/// The longest report message (error log, bang message) stored, in bytes:
+/// longer ones keep their end, where an error log says the most.
+pub const MAX_STORED_MESSAGE: usize = 64 * 1024;
+
+/// The last `max` bytes of `s` (on a character boundary), saying how much was cut.
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[{start} bytes cut]\n{}", &s[start..])
+}
+
+/// A state report of a node: recorded (the Python proxy ignores them), its
+/// message cut to [`MAX_STORED_MESSAGE`].
 pub fn report(
     tx: &mut dyn Tx,
     kind: &str,
@@ -256,7 +277,7 @@ pub fn report(
         computer_reference: computer_id.into(),
         reference: reference.into(),
         state: state.into(),
-        message: message.map(str::to_string),
+        message: message.map(|m| tail(m, MAX_STORED_MESSAGE)),
         time: now(),
     })?;
     Ok(())
@@ -755,5 +776,13 @@ mod tests {
             marshal::encode(&v).unwrap(),
             "<marshal><object id=\"i2\" module=\"slapos.slap.slap\" class=\"ComputerPartition\"><tuple><string></string><string>Fake frontend for http://[2001:db8::2]:8080/app?x=1</string><none/></tuple><dictionary id=\"i3\"><string>_computer_id</string><string></string><string>_connection_dict</string><dictionary id=\"i4\"><string>domain</string><string>[2001:db8::2]:8080</string><string>secure_access</string><string>http://[2001:db8::2]:8080/app?x=1</string></dictionary><string>_parameter_dict</string><dictionary id=\"i5\"/><string>_partition_id</string><string>Fake frontend for http://[2001:db8::2]:8080/app?x=1</string><string>_request_dict</string><none/><string>slap_computer_id</string><string></string><string>slap_computer_partition_id</string><string></string></dictionary></object></marshal>"
         );
+    }
+
+    #[test]
+    fn long_messages_keep_their_end() {
+        assert_eq!(tail("short", 10), "short");
+        assert_eq!(tail("0123456789", 4), "[6 bytes cut]\n6789");
+        // never inside a character
+        assert_eq!(tail("aéé", 3), "[3 bytes cut]\né");
     }
 }

@@ -106,6 +106,27 @@ pub struct UsageRow {
     pub time: f64,
 }
 
+/// How much node history the store keeps (`[slapproxy] report_history`,
+/// `report_limit`, `usage_history`, `usage_limit`): the newest rows, older
+/// ones are deleted as new ones come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// State reports kept per software release or partition.
+    pub reports_per_object: usize,
+    /// State reports kept in all (among the last ones received).
+    pub reports: usize,
+    /// Usage reports kept per computer.
+    pub usage_per_computer: usize,
+    /// Usage reports kept in all (among the last ones received).
+    pub usage: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention { reports_per_object: 20, reports: 100_000, usage_per_computer: 100, usage: 10_000 }
+    }
+}
+
 /// The operations the master needs, inside one transaction. Lists come in
 /// insertion order (which fixes the allocation order).
 pub trait Tx {
@@ -152,9 +173,11 @@ pub trait Tx {
     fn computer_addresses(&mut self, computer: &str) -> Result<Vec<AddressRow>, StoreError>;
     fn replace_addresses(&mut self, computer: &str, rows: &[AddressRow]) -> Result<(), StoreError>;
 
+    /// Records a report, then forgets the oldest beyond the [`Retention`].
     fn add_report(&mut self, row: &ReportRow) -> Result<(), StoreError>;
     /// The last report of each (kind, computer, reference).
     fn last_reports(&mut self) -> Result<Vec<ReportRow>, StoreError>;
+    /// Records a usage report, then forgets the oldest beyond the [`Retention`].
     fn add_usage(&mut self, row: &UsageRow) -> Result<(), StoreError>;
     fn usages(&mut self, limit: usize) -> Result<Vec<UsageRow>, StoreError>;
 }
@@ -244,6 +267,7 @@ pub struct SqliteStore {
     read_only: bool,
     /// Idle read-only connections (WAL readers do not block the writer).
     readers: Mutex<Vec<Connection>>,
+    retention: Retention,
 }
 
 impl SqliteStore {
@@ -278,7 +302,13 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", version).map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
-        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn), read_only: false, readers: Mutex::new(Vec::new()) })
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            read_only: false,
+            readers: Mutex::new(Vec::new()),
+            retention: Retention::default(),
+        })
     }
 
     /// Opens an existing database without changing it (for `proxy show`).
@@ -296,11 +326,23 @@ impl SqliteStore {
         if current != SCHEMA_VERSION {
             return Err(StoreError::TooNew { path: path.to_path_buf(), found: current, supported: SCHEMA_VERSION });
         }
-        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn), read_only: true, readers: Mutex::new(Vec::new()) })
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            read_only: true,
+            readers: Mutex::new(Vec::new()),
+            retention: Retention::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The same store, keeping `retention` of the node history.
+    pub fn with_retention(mut self, retention: Retention) -> SqliteStore {
+        self.retention = retention;
+        self
     }
 }
 
@@ -315,7 +357,7 @@ impl Store for SqliteStore {
             rusqlite::TransactionBehavior::Immediate
         };
         let tx = conn.transaction_with_behavior(behavior).map_err(StoreError::Sql)?;
-        let mut stx = SqliteTx { tx: &tx };
+        let mut stx = SqliteTx { tx: &tx, retention: self.retention };
         let result = f(&mut stx)?;
         tx.commit().map_err(StoreError::Sql)?;
         Ok(result)
@@ -337,7 +379,7 @@ impl Store for SqliteStore {
         };
         let result = (|| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred).map_err(StoreError::Sql)?;
-            let mut stx = SqliteTx { tx: &tx };
+            let mut stx = SqliteTx { tx: &tx, retention: self.retention };
             let result = f(&mut stx)?;
             tx.commit().map_err(StoreError::Sql)?;
             Ok(result)
@@ -353,6 +395,7 @@ impl Store for SqliteStore {
 /// [`Tx`] on a SQLite transaction.
 pub struct SqliteTx<'a> {
     tx: &'a rusqlite::Transaction<'a>,
+    retention: Retention,
 }
 
 const PARTITION_COLUMNS: &str = "reference, computer_reference, slap_state, software_release, xml, connection_xml, \
@@ -656,6 +699,15 @@ impl Tx for SqliteTx<'_> {
             "INSERT INTO report (kind, computer_reference, reference, state, message, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![r.kind, r.computer_reference, r.reference, r.state, r.message, r.time],
         )?;
+        let mut st = self.tx.prepare_cached(
+            "DELETE FROM report WHERE kind = ?1 AND computer_reference = ?2 AND reference = ?3 AND rowid NOT IN
+               (SELECT rowid FROM report WHERE kind = ?1 AND computer_reference = ?2 AND reference = ?3
+                ORDER BY rowid DESC LIMIT ?4)",
+        )?;
+        st.execute(params![r.kind, r.computer_reference, r.reference, self.retention.reports_per_object as i64])?;
+        // rowids grow with each insert: the last N inserted are those above MAX - N
+        let mut st = self.tx.prepare_cached("DELETE FROM report WHERE rowid <= (SELECT MAX(rowid) FROM report) - ?1")?;
+        st.execute([self.retention.reports as i64])?;
         Ok(())
     }
     fn last_reports(&mut self) -> Result<Vec<ReportRow>, StoreError> {
@@ -682,6 +734,13 @@ impl Tx for SqliteTx<'_> {
             "INSERT INTO usage (computer_reference, body, time) VALUES (?1, ?2, ?3)",
             params![u.computer_reference, u.body, u.time],
         )?;
+        let mut st = self.tx.prepare_cached(
+            "DELETE FROM usage WHERE computer_reference = ?1 AND rowid NOT IN
+               (SELECT rowid FROM usage WHERE computer_reference = ?1 ORDER BY rowid DESC LIMIT ?2)",
+        )?;
+        st.execute(params![u.computer_reference, self.retention.usage_per_computer as i64])?;
+        let mut st = self.tx.prepare_cached("DELETE FROM usage WHERE rowid <= (SELECT MAX(rowid) FROM usage) - ?1")?;
+        st.execute([self.retention.usage as i64])?;
         Ok(())
     }
     fn usages(&mut self, limit: usize) -> Result<Vec<UsageRow>, StoreError> {

@@ -15,6 +15,7 @@ fn config(dir: &std::path::Path, computer: &str) -> ProxyConfig {
         port: 0,
         database: dir.join("proxy.db"),
         software_products: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -68,6 +68,7 @@ fn our_master_answers_every_captured_request_like_the_python_proxy() {
         software_products: [("my-product".to_string(), "http://example.com/software/my-software/software.cfg".to_string())]
             .into_iter()
             .collect(),
+        ..Default::default()
     };
     let master = start_background(&config).unwrap();
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();

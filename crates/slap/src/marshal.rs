@@ -10,7 +10,9 @@
 //! Decoding is tolerant like the Python SAX decoder (whitespace between
 //! elements, an XML declaration, namespaces) and strict about everything
 //! else: unknown elements, wrong types, truncated input and bad entities are
-//! [`DecodeError`]s that say what and where.
+//! [`DecodeError`]s that say what and where. Decoding is bounded: a document
+//! that would materialise more than its [`Limits`] allow (back-references
+//! counted as what they expand to) is refused before it is built.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -395,7 +397,64 @@ pub fn python_float_repr(f: f64) -> String {
 // ---------------------------------------------------------------------------
 // Decoding
 
-/// A document that is not a valid `<marshal>` document.
+/// What decoding one document may materialise. A document that exceeds one
+/// of them is refused with a [`DecodeErrorKind::Limit`] error before the
+/// excess is built: back-references (`<reference>`) are counted as the values
+/// they stand for, measured before anything is copied, so a small document
+/// that would expand to gigabytes costs no more than its own size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Values in the decoded document (every element that stands for a value,
+    /// dictionary keys included).
+    pub max_nodes: u64,
+    /// Nesting: a value directly in `<marshal>` is at depth 1.
+    pub max_depth: usize,
+    /// Bytes of all strings together (decoded UTF-8).
+    pub max_total_bytes: u64,
+    /// Bytes of one string (decoded UTF-8).
+    pub max_string_bytes: u64,
+}
+
+impl Default for Limits {
+    /// 1,000,000 values, depth 128, 64 MiB of strings, 16 MiB per string:
+    /// far above what SLAP exchanges (a full computer information of 1,000
+    /// partitions is ~30,000 values), far below what hurts a host.
+    fn default() -> Limits {
+        Limits { max_nodes: 1_000_000, max_depth: 128, max_total_bytes: 64 << 20, max_string_bytes: 16 << 20 }
+    }
+}
+
+/// Which of the [`Limits`] a document exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Nodes,
+    Depth,
+    TotalBytes,
+    StringBytes,
+}
+
+impl std::fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LimitKind::Nodes => "values",
+            LimitKind::Depth => "levels of nesting",
+            LimitKind::TotalBytes => "bytes of strings in all",
+            LimitKind::StringBytes => "bytes in one string",
+        })
+    }
+}
+
+/// What kind of failure a [`DecodeError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeErrorKind {
+    /// Not a valid `<marshal>` document.
+    Invalid,
+    /// Valid so far, but bigger than the decoder's [`Limits`] allow.
+    Limit { what: LimitKind, limit: u64 },
+}
+
+/// A document that is not a valid `<marshal>` document, or one beyond the
+/// decoder's [`Limits`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid marshal document at line {line}, column {column} (byte {offset}): {message}")]
 pub struct DecodeError {
@@ -403,6 +462,7 @@ pub struct DecodeError {
     pub line: usize,
     pub column: usize,
     pub message: String,
+    pub kind: DecodeErrorKind,
 }
 
 impl DecodeError {
@@ -411,13 +471,29 @@ impl DecodeError {
         let before = &input[..offset];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
         let column = offset - before.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0) + 1;
-        DecodeError { offset, line, column, message: message.into() }
+        DecodeError { offset, line, column, message: message.into(), kind: DecodeErrorKind::Invalid }
+    }
+
+    fn limit(input: &[u8], offset: usize, what: LimitKind, limit: u64) -> DecodeError {
+        let message = format!("document too big: more than {limit} {what}");
+        DecodeError { kind: DecodeErrorKind::Limit { what, limit }, ..DecodeError::at(input, offset, message) }
+    }
+
+    /// Whether the document was refused for exceeding a limit (as opposed to
+    /// being malformed).
+    pub fn is_limit(&self) -> bool {
+        matches!(self.kind, DecodeErrorKind::Limit { .. })
     }
 }
 
-/// Decodes a `<marshal>` document (from text).
+/// Decodes a `<marshal>` document (from text), within the default [`Limits`].
 pub fn decode(input: &str) -> Result<Value, DecodeError> {
     decode_bytes(input.as_bytes())
+}
+
+/// Decodes a `<marshal>` document (from text) within `limits`.
+pub fn decode_with(input: &str, limits: &Limits) -> Result<Value, DecodeError> {
+    decode_bytes_with(input.as_bytes(), limits)
 }
 
 enum Frame {
@@ -439,81 +515,308 @@ enum ScalarKind {
     Bool,
 }
 
-const MAX_DEPTH: usize = 256;
+/// What a document has materialised so far, against its [`Limits`].
+struct Budget<'a> {
+    input: &'a [u8],
+    limits: &'a Limits,
+    nodes: u64,
+    bytes: u64,
+}
 
-/// Decodes a `<marshal>` document from bytes (must be UTF-8).
-pub fn decode_bytes(input: &[u8]) -> Result<Value, DecodeError> {
+impl<'a> Budget<'a> {
+    fn new(input: &'a [u8], limits: &'a Limits) -> Budget<'a> {
+        Budget { input, limits, nodes: 0, bytes: 0 }
+    }
+    /// A value whose deepest part sits at `depth`.
+    fn depth(&self, pos: usize, depth: usize) -> Result<(), DecodeError> {
+        if depth > self.limits.max_depth {
+            return Err(DecodeError::limit(self.input, pos, LimitKind::Depth, self.limits.max_depth as u64));
+        }
+        Ok(())
+    }
+    /// `nodes` more values holding `bytes` more bytes of strings.
+    fn count(&mut self, pos: usize, nodes: u64, bytes: u64) -> Result<(), DecodeError> {
+        self.nodes = self.nodes.saturating_add(nodes);
+        if self.nodes > self.limits.max_nodes {
+            return Err(DecodeError::limit(self.input, pos, LimitKind::Nodes, self.limits.max_nodes));
+        }
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > self.limits.max_total_bytes {
+            return Err(DecodeError::limit(self.input, pos, LimitKind::TotalBytes, self.limits.max_total_bytes));
+        }
+        Ok(())
+    }
+    /// The text of one string (its node is counted when it opens).
+    fn string(&mut self, pos: usize, len: usize) -> Result<(), DecodeError> {
+        if len as u64 > self.limits.max_string_bytes {
+            return Err(DecodeError::limit(self.input, pos, LimitKind::StringBytes, self.limits.max_string_bytes));
+        }
+        self.count(pos, 0, len as u64)
+    }
+}
+
+fn reader(input: &[u8]) -> Reader<&[u8]> {
     let mut reader = Reader::from_reader(input);
     reader.config_mut().trim_text(false);
     reader.config_mut().check_end_names = true;
     reader.config_mut().expand_empty_elements = false;
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut refs: BTreeMap<String, Value> = BTreeMap::new();
-    // back-references are rare (the SLAP masters never send them): remember
-    // containers by id (a copy each) only when the document has one
-    let track_refs = memchr::memmem::find_iter(input, b"reference").any(|i| {
-        i > 0 && matches!(input[i - 1], b'<' | b':') && matches!(input.get(i + 9), Some(b' ' | b'/' | b'>' | b'\t' | b'\n' | b'\r'))
-    });
+    reader
+}
+
+/// Whether the document has a `<reference>` element (a cheap byte search;
+/// SLAP masters never send them, so the common path skips their bookkeeping).
+fn has_references(input: &[u8]) -> bool {
+    memchr::memmem::find_iter(input, b"reference").any(|i| {
+        i > 0
+            && matches!(input[i - 1], b'<' | b':')
+            && matches!(input.get(i + 9), Some(b' ' | b'/' | b'>' | b'\t' | b'\n' | b'\r'))
+    })
+}
+
+/// Decodes a `<marshal>` document from bytes (must be UTF-8), within the
+/// default [`Limits`].
+pub fn decode_bytes(input: &[u8]) -> Result<Value, DecodeError> {
+    decode_bytes_with(input, &Limits::default())
+}
+
+/// Decodes a `<marshal>` document from bytes (must be UTF-8) within `limits`.
+pub fn decode_bytes_with(input: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
+    let track_refs = has_references(input);
+    if track_refs {
+        // what back-references expand to is measured before anything is copied
+        expansion::check(input, limits)?;
+    }
+    let mut d =
+        Decoder { input, budget: Budget::new(input, limits), stack: Vec::new(), refs: BTreeMap::new(), track_refs };
+    let mut reader = reader(input);
     let mut result: Option<Value> = None;
     loop {
         let pos = reader.buffer_position() as usize;
-        let event = reader
-            .read_event()
-            .map_err(|e| DecodeError::at(input, reader.error_position() as usize, e.to_string()))?;
+        let event =
+            reader.read_event().map_err(|e| DecodeError::at(input, reader.error_position() as usize, e.to_string()))?;
+        if matches!(event, Event::Eof) {
+            break;
+        }
+        if result.is_some() && matches!(event, Event::Start(_) | Event::Empty(_)) {
+            return Err(DecodeError::at(input, pos, "content after the end of the document"));
+        }
+        if let Some(v) = d.event(pos, event)? {
+            result = Some(v);
+        }
+    }
+    if !d.stack.is_empty() {
+        return Err(DecodeError::at(input, input.len(), "truncated document (unclosed elements)"));
+    }
+    result.ok_or_else(|| DecodeError::at(input, input.len(), "no <marshal> element"))
+}
+
+/// The decoder's state between events.
+struct Decoder<'a> {
+    input: &'a [u8],
+    budget: Budget<'a>,
+    stack: Vec<Frame>,
+    /// Containers by id, when the document has back-references.
+    refs: BTreeMap<String, Value>,
+    track_refs: bool,
+}
+
+impl Decoder<'_> {
+    /// Handles one event; returns the document's value when `</marshal>` closes.
+    fn event(&mut self, pos: usize, event: Event) -> Result<Option<Value>, DecodeError> {
+        let input = self.input;
         match event {
             Event::Start(e) => {
-                if result.is_some() {
-                    return Err(DecodeError::at(input, pos, "content after the end of the document"));
-                }
-                if stack.len() >= MAX_DEPTH {
-                    return Err(DecodeError::at(input, pos, "document nested too deeply"));
-                }
-                let frame = open(input, pos, &e, &stack, &refs, false, track_refs)?;
-                stack.push(frame);
+                let frame = self.open(pos, &e, false)?;
+                self.stack.push(frame);
             }
             Event::Empty(e) => {
-                if result.is_some() {
-                    return Err(DecodeError::at(input, pos, "content after the end of the document"));
-                }
-                let frame = open(input, pos, &e, &stack, &refs, true, track_refs)?;
-                let value = close(input, pos, frame, &mut refs, track_refs)?;
-                match value {
-                    Some(v) => push_child(input, pos, &mut stack, v)?,
+                let frame = self.open(pos, &e, true)?;
+                match close(input, pos, frame, &mut self.refs, self.track_refs, &mut self.budget)? {
+                    Some(v) => push_child(input, pos, &mut self.stack, v)?,
                     None => return Err(DecodeError::at(input, pos, "empty <marshal/> document")),
                 }
             }
             Event::End(_) => {
-                let frame = stack.pop().ok_or_else(|| DecodeError::at(input, pos, "unexpected end tag"))?;
+                let frame = self.stack.pop().ok_or_else(|| DecodeError::at(input, pos, "unexpected end tag"))?;
+                // only the root stays open as a Marshal frame (references are empty)
                 if let Frame::Marshal(v) = frame {
-                    result = Some(v.ok_or_else(|| DecodeError::at(input, pos, "empty <marshal> document"))?);
-                    continue;
+                    return v.map(Some).ok_or_else(|| DecodeError::at(input, pos, "empty <marshal> document"));
                 }
-                if let Some(v) = close(input, pos, frame, &mut refs, track_refs)? {
-                    push_child(input, pos, &mut stack, v)?;
+                if let Some(v) = close(input, pos, frame, &mut self.refs, self.track_refs, &mut self.budget)? {
+                    push_child(input, pos, &mut self.stack, v)?;
                 }
             }
             Event::Text(t) => {
                 let text = t.unescape().map_err(|e| DecodeError::at(input, pos, format!("bad text: {e}")))?;
-                match stack.last_mut() {
+                match self.stack.last_mut() {
                     // the usual case: the whole text of a scalar in one event
                     Some(Frame::Scalar { text: buf, .. }) if buf.is_empty() => *buf = text.into_owned(),
-                    _ => add_text(input, pos, &mut stack, &text)?,
+                    _ => add_text(input, pos, &mut self.stack, &text)?,
                 }
             }
             Event::CData(t) => {
-                let text = std::str::from_utf8(&t)
-                    .map_err(|_| DecodeError::at(input, pos, "invalid UTF-8 in CDATA"))?
-                    .to_string();
-                add_text(input, pos, &mut stack, &text)?;
+                let text =
+                    std::str::from_utf8(&t).map_err(|_| DecodeError::at(input, pos, "invalid UTF-8 in CDATA"))?;
+                add_text(input, pos, &mut self.stack, text)?;
             }
-            Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) => {}
-            Event::Eof => break,
+            Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) | Event::Eof => {}
+        }
+        Ok(None)
+    }
+
+    /// The frame of an element, counted against the limits when it is a value.
+    fn open(&mut self, pos: usize, e: &BytesStart, empty: bool) -> Result<Frame, DecodeError> {
+        let frame = open(self.input, pos, e, &self.stack, &self.refs, empty, self.track_refs)?;
+        // the root and resolved references (measured beforehand) are not counted here
+        if !matches!(frame, Frame::Marshal(_)) {
+            self.budget.depth(pos, self.stack.len())?;
+            self.budget.count(pos, 1, 0)?;
+        }
+        Ok(frame)
+    }
+}
+
+/// The first pass over documents with back-references: the size of what
+/// they expand to, computed from the size of each identified container, with
+/// no value built.
+mod expansion {
+    use std::collections::HashMap;
+
+    use quick_xml::events::{BytesStart, Event};
+
+    use super::{attr, unescape_second_level, Budget, DecodeError, Limits};
+
+    /// What one container expands to.
+    #[derive(Clone, Copy)]
+    struct Weight {
+        nodes: u64,
+        bytes: u64,
+        /// 1 for a container without children.
+        height: usize,
+    }
+
+    /// An open element.
+    struct Open {
+        id: Option<String>,
+        nodes_before: u64,
+        bytes_before: u64,
+        height: usize,
+        /// The text so far, for strings.
+        text: Option<String>,
+    }
+
+    /// Refuses the document if what it expands to exceeds `limits`.
+    pub(super) fn check(input: &[u8], limits: &Limits) -> Result<(), DecodeError> {
+        let mut budget = Budget::new(input, limits);
+        let mut weights: HashMap<String, Weight> = HashMap::new();
+        let mut stack: Vec<Open> = Vec::new();
+        let mut reader = super::reader(input);
+        loop {
+            let pos = reader.buffer_position() as usize;
+            // malformed documents are left for the decoder to describe
+            let Ok(event) = reader.read_event() else {
+                return Ok(());
+            };
+            match event {
+                Event::Empty(e) if e.local_name().as_ref() == b"reference" => {
+                    let Some(id) = attr(input, pos, &e, "id")? else {
+                        return Ok(());
+                    };
+                    let Some(w) = weights.get(&id).copied() else {
+                        return Ok(());
+                    };
+                    budget.depth(pos, stack.len() + w.height - 1)?;
+                    budget.count(pos, w.nodes, w.bytes)?;
+                    grow(&mut stack, w.height);
+                }
+                Event::Start(e) if e.local_name().as_ref() == b"reference" => return Ok(()),
+                Event::Start(e) => {
+                    let name = e.local_name();
+                    let text = matches!(name.as_ref(), b"string" | b"unicode").then(String::new);
+                    let open = Open {
+                        id: id(input, pos, &e)?,
+                        nodes_before: budget.nodes,
+                        bytes_before: budget.bytes,
+                        height: 1,
+                        text,
+                    };
+                    if !stack.is_empty() {
+                        budget.depth(pos, stack.len())?;
+                        budget.count(pos, 1, 0)?;
+                    }
+                    stack.push(open);
+                }
+                Event::Empty(e) => {
+                    budget.depth(pos, stack.len())?;
+                    budget.count(pos, 1, 0)?;
+                    if let Some(id) = id(input, pos, &e)? {
+                        weights.insert(id, Weight { nodes: 1, bytes: 0, height: 1 });
+                    }
+                    grow(&mut stack, 1);
+                }
+                Event::Text(t) => {
+                    if let Some(Open { text: Some(buf), .. }) = stack.last_mut() {
+                        let Ok(t) = t.unescape() else { return Ok(()) };
+                        buf.push_str(&t);
+                    }
+                }
+                Event::CData(t) => {
+                    if let (Some(Open { text: Some(buf), .. }), Ok(t)) = (stack.last_mut(), std::str::from_utf8(&t)) {
+                        buf.push_str(t);
+                    }
+                }
+                Event::End(_) => {
+                    let Some(open) = stack.pop() else {
+                        return Ok(());
+                    };
+                    if let Some(text) = &open.text {
+                        let len = if text.contains('&') { unescape_second_level(text).len() } else { text.len() };
+                        budget.string(pos, len)?;
+                    }
+                    let w = Weight {
+                        nodes: budget.nodes - open.nodes_before,
+                        bytes: budget.bytes - open.bytes_before,
+                        height: open.height,
+                    };
+                    if let Some(id) = open.id {
+                        weights.insert(id, w);
+                    }
+                    grow(&mut stack, w.height);
+                }
+                Event::Eof => return Ok(()),
+                Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) => {}
+            }
         }
     }
-    if !stack.is_empty() {
-        return Err(DecodeError::at(input, input.len(), "truncated document (unclosed elements)"));
+
+    /// The id of a container that references may point at.
+    fn id(input: &[u8], pos: usize, e: &BytesStart) -> Result<Option<String>, DecodeError> {
+        match e.local_name().as_ref() {
+            b"list" | b"set" | b"dictionary" | b"object" => attr(input, pos, e, "id"),
+            _ => Ok(None),
+        }
     }
-    result.ok_or_else(|| DecodeError::at(input, input.len(), "no <marshal> element"))
+
+    /// A child of `height` was added to the innermost open element.
+    fn grow(stack: &mut [Open], height: usize) {
+        if let Some(parent) = stack.last_mut() {
+            parent.height = parent.height.max(height + 1);
+        }
+    }
+}
+
+/// At most 100 bytes of document text for an error message (documents are
+/// untrusted and error messages end up in logs).
+fn cut(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 100;
+    if s.len() <= MAX {
+        return s.into();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
 }
 
 fn attr(input: &[u8], pos: usize, e: &BytesStart, name: &str) -> Result<Option<String>, DecodeError> {
@@ -543,12 +846,12 @@ fn open(
         .map_err(|_| DecodeError::at(input, pos, "invalid UTF-8 in element name"))?;
     if stack.is_empty() {
         if name != "marshal" {
-            return Err(DecodeError::at(input, pos, format!("expected <marshal>, found <{name}>")));
+            return Err(DecodeError::at(input, pos, format!("expected <marshal>, found <{}>", cut(name))));
         }
         return Ok(Frame::Marshal(None));
     }
     if matches!(stack.last(), Some(Frame::Scalar { .. }) | Some(Frame::Empty(_))) {
-        return Err(DecodeError::at(input, pos, format!("element <{name}> inside a scalar")));
+        return Err(DecodeError::at(input, pos, format!("element <{}> inside a scalar", cut(name))));
     }
     let id = || if track_refs { attr(input, pos, e, "id") } else { Ok(None) };
     Ok(match name {
@@ -577,10 +880,10 @@ fn open(
             // a resolved back-reference travels as a finished value
             match refs.get(&id) {
                 Some(v) => Frame::Marshal(Some(v.clone())),
-                None => return Err(DecodeError::at(input, pos, format!("reference to unknown id '{id}'"))),
+                None => return Err(DecodeError::at(input, pos, format!("reference to unknown id '{}'", cut(&id)))),
             }
         }
-        other => return Err(DecodeError::at(input, pos, format!("unknown element <{other}>"))),
+        other => return Err(DecodeError::at(input, pos, format!("unknown element <{}>", cut(other)))),
     })
 }
 
@@ -590,6 +893,7 @@ fn close(
     frame: Frame,
     refs: &mut BTreeMap<String, Value>,
     track_refs: bool,
+    budget: &mut Budget,
 ) -> Result<Option<Value>, DecodeError> {
     let remember = |refs: &mut BTreeMap<String, Value>, id: Option<String>, value: Value| match id {
         Some(id) if track_refs => {
@@ -603,19 +907,23 @@ fn close(
         Frame::Marshal(v) => return Ok(v),
         Frame::Empty(_) => Value::None,
         Frame::Scalar { kind, text } => match kind {
-            ScalarKind::Str => Value::Str(if text.contains('&') { unescape_second_level(&text) } else { text }),
+            ScalarKind::Str => {
+                let text = if text.contains('&') { unescape_second_level(&text) } else { text };
+                budget.string(pos, text.len())?;
+                Value::Str(text)
+            }
             ScalarKind::Int => {
                 let t = text.trim();
-                Value::Int(t.parse().map_err(|_| DecodeError::at(input, pos, format!("not an integer: '{t}'")))?)
+                Value::Int(t.parse().map_err(|_| DecodeError::at(input, pos, format!("not an integer: '{}'", cut(t))))?)
             }
             ScalarKind::Float => {
                 let t = text.trim();
-                Value::Float(t.parse().map_err(|_| DecodeError::at(input, pos, format!("not a float: '{t}'")))?)
+                Value::Float(t.parse().map_err(|_| DecodeError::at(input, pos, format!("not a float: '{}'", cut(t))))?)
             }
             ScalarKind::Bool => match text.trim() {
                 "1" | "True" => Value::Bool(true),
                 "0" | "False" => Value::Bool(false),
-                t => return Err(DecodeError::at(input, pos, format!("not a boolean: '{t}'"))),
+                t => return Err(DecodeError::at(input, pos, format!("not a boolean: '{}'", cut(t)))),
             },
         },
         Frame::Tuple(items) => Value::Tuple(items),
@@ -705,7 +1013,7 @@ fn add_text(input: &[u8], pos: usize, stack: &mut [Frame], text: &str) -> Result
         Some(Frame::Empty(name)) => {
             return Err(DecodeError::at(input, pos, format!("text inside <{name}>")));
         }
-        _ => return Err(DecodeError::at(input, pos, format!("unexpected text '{}'", text.trim()))),
+        _ => return Err(DecodeError::at(input, pos, format!("unexpected text '{}'", cut(text.trim())))),
     }
     Ok(())
 }
@@ -818,5 +1126,109 @@ mod tests {
         assert!(decode_bytes(b"<marshal><string>\xff</string></marshal>").is_err());
         assert!(decode("<marshal><reference id=\"i9\"/></marshal>").is_err());
         assert!(decode("<marshal><none/><none/></marshal>").is_err());
+        // document text in messages is cut
+        let long = format!("<marshal><int>{}</int></marshal>", "9x".repeat(1 << 20));
+        assert!(decode(&long).unwrap_err().message.len() < 200);
+    }
+
+    /// `levels` lists, each holding `fanout` references to the one before;
+    /// the first holds `fanout` strings of `leaf` bytes: about 1.7 KB that
+    /// expand to `fanout^levels` values.
+    fn reference_bomb(fanout: usize, levels: usize, leaf: usize) -> String {
+        let mut s = String::from("<marshal><list id=\"i1\"><list id=\"i2\">");
+        for _ in 0..fanout {
+            s.push_str(&format!("<string>{}</string>", "x".repeat(leaf)));
+        }
+        s.push_str("</list>");
+        for l in 1..levels {
+            s.push_str(&format!("<list id=\"i{}\">", l + 2));
+            for _ in 0..fanout {
+                s.push_str(&format!("<reference id=\"i{}\"/>", l + 1));
+            }
+            s.push_str("</list>");
+        }
+        s.push_str("</list></marshal>");
+        s
+    }
+
+    fn limit_of(r: Result<Value, DecodeError>) -> (LimitKind, u64) {
+        match r {
+            Err(DecodeError { kind: DecodeErrorKind::Limit { what, limit }, .. }) => (what, limit),
+            other => panic!("expected a limit error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_reference_bomb_is_refused_before_it_is_built() {
+        let doc = reference_bomb(10, 9, 10);
+        assert!(doc.len() < 2200, "{}", doc.len());
+        let started = std::time::Instant::now();
+        let err = decode(&doc).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        assert_eq!(err.kind, DecodeErrorKind::Limit { what: LimitKind::Nodes, limit: 1_000_000 });
+        assert!(err.to_string().contains("more than 1000000 values"), "{err}");
+        // the position is that of the reference that crossed the limit
+        assert!(doc[err.offset..].starts_with("<reference"), "{}", &doc[err.offset..]);
+        // the same shape, small enough, decodes to its full expansion
+        let v = decode(&reference_bomb(3, 4, 1)).unwrap();
+        let top = v.as_seq().unwrap();
+        assert_eq!(top.len(), 4);
+        assert_eq!(
+            top[3].as_seq().unwrap()[2].as_seq().unwrap()[1].as_seq().unwrap()[0],
+            Value::List(vec![Value::str("x"); 3])
+        );
+    }
+
+    #[test]
+    fn references_count_as_what_they_expand_to() {
+        // 1 outer list + 2 strings in i2 + 1 list i2 = 4 values; each reference 3 more
+        let doc = |n: usize| {
+            let refs = "<reference id=\"i2\"/>".repeat(n);
+            format!("<marshal><list id=\"i1\"><list id=\"i2\"><string>ab</string><string>c</string></list>{refs}</list></marshal>")
+        };
+        let limits = |max_nodes, max_total_bytes| Limits { max_nodes, max_total_bytes, ..Limits::default() };
+        assert!(decode_with(&doc(2), &limits(10, 100)).is_ok());
+        assert_eq!(limit_of(decode_with(&doc(3), &limits(12, 100))), (LimitKind::Nodes, 12));
+        assert!(decode_with(&doc(3), &limits(13, 100)).is_ok());
+        assert!(decode_with(&doc(3), &limits(100, 12)).is_ok());
+        assert_eq!(limit_of(decode_with(&doc(3), &limits(100, 11))), (LimitKind::TotalBytes, 11));
+        // empty containers can be referenced too, and count
+        let empties = format!(
+            "<marshal><list id=\"i1\"><list id=\"i2\"/>{}</list></marshal>",
+            "<reference id=\"i2\"/>".repeat(20)
+        );
+        assert_eq!(limit_of(decode_with(&empties, &limits(20, 100))), (LimitKind::Nodes, 20));
+        assert_eq!(decode_with(&empties, &limits(22, 100)).unwrap().as_seq().unwrap().len(), 21);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_even_through_references() {
+        let nested = |n: usize| format!("<marshal>{}{}</marshal>", "<tuple>".repeat(n), "</tuple>".repeat(n));
+        assert!(decode(&nested(128)).is_ok());
+        assert_eq!(limit_of(decode(&nested(129))), (LimitKind::Depth, 128));
+        assert_eq!(limit_of(decode(&nested(100_000))), (LimitKind::Depth, 128));
+        // a 100-deep list referenced 100 levels down is 200 deep
+        let deep = format!("<list id=\"i2\">{}<none/>{}</list>", "<tuple>".repeat(99), "</tuple>".repeat(99));
+        let doc = format!(
+            "<marshal><tuple>{deep}{}<reference id=\"i2\"/>{}</tuple></marshal>",
+            "<tuple>".repeat(99),
+            "</tuple>".repeat(99)
+        );
+        assert_eq!(limit_of(decode(&doc)), (LimitKind::Depth, 128));
+    }
+
+    #[test]
+    fn huge_strings_are_refused() {
+        let limits = Limits { max_string_bytes: 1000, max_total_bytes: 2500, ..Limits::default() };
+        let string = |n: usize| format!("<string>{}</string>", "é".repeat(n));
+        // decoded bytes count (é is 2 bytes; the document writes it &#233;)
+        assert!(decode_with(&format!("<marshal>{}</marshal>", string(500)), &limits).is_ok());
+        let one = format!("<marshal>{}</marshal>", string(501));
+        assert_eq!(limit_of(decode_with(&one, &limits)), (LimitKind::StringBytes, 1000));
+        let many = format!("<marshal><tuple>{}</tuple></marshal>", string(400).repeat(4));
+        assert_eq!(limit_of(decode_with(&many, &limits)), (LimitKind::TotalBytes, 2500));
+        let big = format!("<marshal><string>{}</string></marshal>", "x".repeat((16 << 20) + 1));
+        assert_eq!(limit_of(decode(&big)), (LimitKind::StringBytes, 16 << 20));
+        assert!(!decode("<marshal><int>x</int></marshal>").unwrap_err().is_limit());
     }
 }
