@@ -50,19 +50,18 @@ pub fn decide_bang(event: &str, payload: &BTreeMap<String, String>, instance_roo
         return None;
     }
     let partition = payload.get("groupname")?.clone();
-    let pp = instance_root.join(&partition);
-    if !pp.is_dir() {
-        return None;
-    }
-    let read = |f: &str| std::fs::read_to_string(pp.join(f)).ok().and_then(|t| t.trim().parse::<f64>().ok());
+    // the partition's files, never through its links
+    let pd = crate::fsafe::Dir::open_below(instance_root, Path::new(&partition)).ok()?;
+    let text = |f: &str| pd.read_to_string(Path::new(f), crate::fsafe::SMALL).ok().map(|t| t.trim().to_string());
+    let read = |f: &str| text(f).and_then(|t| t.parse::<f64>().ok());
     let deployed = read(".timestamp").unwrap_or(0.0);
     if let Some(latest) = read(".slapos_latest_bang_timestamp") {
         if deployed <= latest {
             return None;
         }
     }
-    let text = std::fs::read_to_string(pp.join(".timestamp")).map(|t| t.trim().to_string()).unwrap_or_else(|_| "0".into());
-    let _ = std::fs::write(pp.join(".slapos_latest_bang_timestamp"), text);
+    let stamp = text(".timestamp").unwrap_or_else(|| "0".into());
+    let _ = pd.write(Path::new(".slapos_latest_bang_timestamp"), stamp.as_bytes(), 0o644, None);
     Some((partition.clone(), format!("{process} process in partition {partition} encountered a problem")))
 }
 
