@@ -278,7 +278,8 @@ impl Dir {
         let (dir, name) = self.parent(rel)?;
         let mut tmp = OsString::from(".");
         tmp.push(name);
-        tmp.push(format!(".tmp{}-{}", std::process::id(), TMP.fetch_add(1, Ordering::Relaxed)));
+        // unpredictable: a name planted in advance cannot make every write fail
+        tmp.push(format!(".tmp{}-{}-{:08x}", std::process::id(), TMP.fetch_add(1, Ordering::Relaxed), rand::random::<u32>()));
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(&dir.fd, tmp.as_os_str(), flags, Mode::from_raw_mode(mode & 0o600)).map_err(|e| named(&self.display(rel), e))?;
         let result = (|| {

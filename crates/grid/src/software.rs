@@ -92,7 +92,9 @@ fn copy_netrc(software_root: &Dir, sd: &Dir) -> std::io::Result<()> {
     let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner.uid)).ok().flatten().map(|u| u.dir);
     let source = home.and_then(|h| Dir::open(&h).ok()).filter(|h| h.exists(netrc)).map(|h| h.read(netrc, fsafe::SMALL));
     match source {
-        Some(text) => sd.write(netrc, &text?, 0o600, software_owner(software_root)?)?,
+        Some(Ok(text)) => sd.write(netrc, &text, 0o600, software_owner(software_root)?)?,
+        // a link, a FIFO, a huge file: not copied
+        Some(Err(e)) => tracing::warn!("{e}: not copied into the software path"),
         None => {
             if sd.exists(netrc) {
                 sd.remove_file(netrc)?;

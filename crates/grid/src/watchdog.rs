@@ -131,6 +131,22 @@ mod tests {
     }
 
     #[test]
+    fn the_bang_record_never_goes_through_a_partitions_link() {
+        let d = tempfile::tempdir().unwrap();
+        let pp = d.path().join("slappart0");
+        std::fs::create_dir_all(&pp).unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, pp.join(".slapos_latest_bang_timestamp")).unwrap();
+        std::os::unix::fs::symlink(&victim, pp.join(".timestamp")).unwrap();
+        assert!(decide_bang("PROCESS_STATE_EXITED", &event("http-on-watch", "slappart0"), d.path()).is_some());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(pp.join(".slapos_latest_bang_timestamp")).unwrap(), "0", "the link replaced");
+        // a partition name that leaves the instance root is not a partition
+        assert_eq!(decide_bang("PROCESS_STATE_EXITED", &event("x-on-watch", "../slappart0"), &pp), None);
+    }
+
+    #[test]
     fn speaks_the_event_listener_protocol() {
         let c = WatchdogConfig {
             master_url: "http://127.0.0.1:9".into(),
