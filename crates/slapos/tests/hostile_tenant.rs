@@ -209,6 +209,20 @@ impl Node {
         (status.code(), std::fs::read_to_string(&out_path).unwrap_or_default())
     }
 
+    /// Runs the node commands in order, then checks that the victims did
+    /// not change (first: what the suite is about), then the exit codes.
+    fn run_all(&self, before: &BTreeMap<PathBuf, (String, u32, u32, u32, Vec<u8>)>, steps: &[(&[&str], i32)]) -> Vec<String> {
+        let results: Vec<_> = steps.iter().map(|(args, _)| self.run(args)).collect();
+        let after = snapshot(&self.victim);
+        let changed: Vec<_> = after.iter().filter(|(p, v)| before.get(*p) != Some(v)).map(|(p, _)| p.display().to_string()).collect();
+        let gone: Vec<_> = before.keys().filter(|p| !after.contains_key(*p)).map(|p| p.display().to_string()).collect();
+        assert!(changed.is_empty() && gone.is_empty(), "victims outside the partition changed: {changed:?}, removed: {gone:?}");
+        for ((args, code), (got, out)) in steps.iter().zip(&results) {
+            assert_eq!(*got, Some(*code), "slapos {}:\n{out}", args.join(" "));
+        }
+        results.into_iter().map(|(_, out)| out).collect()
+    }
+
     fn ok(&self, args: &[&str], code: i32) -> String {
         let (c, out) = self.run(args);
         assert_eq!(c, Some(code), "slapos {}:\n{out}", args.join(" "));
@@ -275,15 +289,13 @@ fn instance_and_promises_leave_the_victims_alone(fifo: bool) {
     for f in FILES {
         n.plant(f, (!fifo).then_some(victim_file.as_path()));
     }
-    let out = n.ok(&["node", "instance", "--now", "--force"], 0);
-    assert!(out.contains(&format!("Processing Computer Partition {ID}")), "{out}");
-    n.ok(&["node", "promise", "--now"], 0);
+    let out = n.run_all(&before, &[(&["node", "instance", "--now", "--force"], 0), (&["node", "promise", "--now"], 0)]);
+    assert!(out[0].contains(&format!("Processing Computer Partition {ID}")), "{}", out[0]);
     // the error log, written after a failed buildout
     n.plant(".slapgrid-slappart0-error.log", (!fifo).then_some(victim_file.as_path()));
     std::fs::write(n.pp().join("fail-buildout"), "").unwrap();
-    let out = n.ok(&["node", "instance", "--now", "--force"], 1);
-    assert!(out.contains("planned failure"), "{out}");
-    assert_eq!(snapshot(&n.victim), before, "a victim outside the partition changed");
+    let out = n.run_all(&before, &[(&["node", "instance", "--now", "--force"], 1)]);
+    assert!(out[0].contains("planned failure"), "{}", out[0]);
     // what root writes replaced the plant, never went through it
     let pp = n.pp();
     for f in [".timestamp", "buildout.cfg", ".slapgrid/promise/result/check.status.json", ".slapgrid-slappart0-error.log"] {
@@ -320,10 +332,7 @@ fn needs_root_needs_venv_linked_directories_are_never_entered() {
     for d in [".slapgrid", "etc/promise", "etc/plugin", "etc/run", "etc/service", "etc/report", "var"] {
         n.plant(d, Some(&vdir));
     }
-    n.ok(&["node", "instance", "--now", "--force"], 0);
-    n.ok(&["node", "promise", "--now"], 0);
-    n.ok(&["node", "report", "--now"], 0);
-    assert_eq!(snapshot(&n.victim), before, "a victim outside the partition changed");
+    n.run_all(&before, &[(&["node", "instance", "--now", "--force"], 0), (&["node", "promise", "--now"], 0), (&["node", "report", "--now"], 0)]);
     assert!(!n.pp().join(".slapgrid/promise/result/run-me.status.json").exists());
 }
 
@@ -339,10 +348,8 @@ fn needs_root_needs_venv_destruction_empties_the_partition_and_nothing_else() {
     n.plant("var/xml_report/fifo.xml", None);
     n.plant("var/xml_report/link.xml", Some(&n.victim.join("file")));
     n.ok(&["request", "hostile", &n.sr_url(), "--state", "destroyed"], 0);
-    n.ok(&["node", "instance", "--now"], 0);
-    n.ok(&["node", "report", "--now"], 0);
+    n.run_all(&before, &[(&["node", "instance", "--now"], 0), (&["node", "report", "--now"], 0)]);
     assert!(n.pp().join(".slapos-retention-lock-date").is_file(), "the link replaced by the lock date");
-    assert_eq!(snapshot(&n.victim), before);
     // links to the victims everywhere in the tree, an unreadable directory
     for (rel, target) in [("to-dir", "dir"), ("to-file", "file"), ("deep/a/b/to-dir", "dir"), ("deep/a/to-root", ".")] {
         n.plant(rel, Some(&n.victim.join(target)));
@@ -351,8 +358,7 @@ fn needs_root_needs_venv_destruction_empties_the_partition_and_nothing_else() {
     std::fs::create_dir_all(n.pp().join("locked/inner")).unwrap();
     std::fs::set_permissions(n.pp().join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
     std::fs::write(n.pp().join(".slapos-retention-lock-date"), "0").unwrap();
-    n.ok(&["node", "report", "--now"], 0);
+    n.run_all(&before, &[(&["node", "report", "--now"], 0)]);
     assert_eq!(std::fs::read_dir(n.pp()).unwrap().count(), 0, "the partition is emptied");
     assert_eq!(std::fs::metadata(n.pp()).unwrap().mode() & 0o7777, 0o750);
-    assert_eq!(snapshot(&n.victim), before, "a victim outside the partition changed");
 }
