@@ -3,7 +3,8 @@
 //! plants a link to a root-owned victim outside, or a FIFO, or links its
 //! directories elsewhere; then the real node runs as root (`node instance`,
 //! `node promise`, `node report` destruction, our master on loopback, the
-//! venv's supervisord). The victims stay unchanged (content, mode, owner,
+//! venv's supervisord); the software user does the same in a software path
+//! (`node software`). The victims stay unchanged (content, mode, owner,
 //! nothing created next to them) and the node never hangs.
 //!
 //! Root only (test users `slaptest…`, removed even on failure; a temporary
@@ -216,7 +217,7 @@ impl Node {
         let after = snapshot(&self.victim);
         let changed: Vec<_> = after.iter().filter(|(p, v)| before.get(*p) != Some(v)).map(|(p, _)| p.display().to_string()).collect();
         let gone: Vec<_> = before.keys().filter(|p| !after.contains_key(*p)).map(|p| p.display().to_string()).collect();
-        assert!(changed.is_empty() && gone.is_empty(), "victims outside the partition changed: {changed:?}, removed: {gone:?}");
+        assert!(changed.is_empty() && gone.is_empty(), "victims outside the tenant's directories changed: {changed:?}, removed: {gone:?}");
         for ((args, code), (got, out)) in steps.iter().zip(&results) {
             assert_eq!(*got, Some(*code), "slapos {}:\n{out}", args.join(" "));
         }
@@ -243,6 +244,11 @@ impl Node {
         }
         let s = Command::new("chown").arg("-hR").arg(format!("{}:{}", self.tenant.uid, self.tenant.gid)).arg(self.pp()).status().unwrap();
         assert!(s.success());
+    }
+
+    /// The fake release's software path.
+    fn sp(&self) -> PathBuf {
+        std::fs::read_dir(self.dir.path().join("opt/slapgrid")).unwrap().next().unwrap().unwrap().path()
     }
 
     fn supervisord_pid(&self) -> Option<i32> {
@@ -361,4 +367,30 @@ fn needs_root_needs_venv_destruction_empties_the_partition_and_nothing_else() {
     n.run_all(&before, &[(&["node", "report", "--now"], 0)]);
     assert_eq!(std::fs::read_dir(n.pp()).unwrap().count(), 0, "the partition is emptied");
     assert_eq!(std::fs::metadata(n.pp()).unwrap().mode() & 0o7777, 0o750);
+}
+
+#[test]
+#[ignore = "needs root and the venv"]
+fn needs_root_needs_venv_the_software_users_links_are_never_followed() {
+    let n = Node::new("s");
+    let before = snapshot(&n.victim);
+    let sp = n.sp();
+    let plant = |rel: &str, target: &Path| {
+        let p = sp.join(rel);
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_dir_all(&p);
+        std::os::unix::fs::symlink(target, &p).unwrap();
+        std::os::unix::fs::lchown(&p, Some(n.software.uid), Some(n.software.gid)).unwrap();
+    };
+    // what `node software` writes in a release it rebuilds (a planted
+    // bootstrap marker is only removed: it asks for a new bootstrap)
+    for f in [".completed", ".netrc"] {
+        plant(f, &n.victim.join("file"));
+    }
+    n.run_all(&before, &[(&["node", "software", "--now", "--force"], 0)]);
+    assert!(std::fs::symlink_metadata(sp.join(".completed")).unwrap().is_file(), "the link replaced by the marker");
+    // a directory it creates, linked elsewhere: refused, reported
+    plant("extends-cache", &n.victim.join("dir"));
+    let out = n.run_all(&before, &[(&["node", "software", "--now", "--force"], 1)]);
+    assert!(out[0].contains("extends-cache"), "{}", out[0]);
 }
