@@ -7,7 +7,6 @@
 //! partition never blocks the others. Master calls and supervisord
 //! updates are the only shared points (supervisord updates are serialised).
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -17,14 +16,27 @@ use slap::client::SlapError;
 use slap::model::{ComputerPartition, InstanceState};
 
 use crate::decision::{decide, software_path, Decision};
+use crate::fsafe::{self, Dir, Kind};
 use crate::node::{self, Node};
 use crate::process::{run_as_owner, shebang};
 use crate::promise::{self, PromiseFailure};
 use crate::names::{self, NameError, PartitionId, ProgramName, SoftwareUrl};
 use crate::templates::{self, ProgramOwner, TailParams, TemplateError};
 
+/// Whether a directory of the partition `pp` has entries (links not
+/// followed).
+fn has_entries(pp: &Path, dirs: &[&str]) -> bool {
+    let Ok(pd) = Dir::open_nofollow(pp) else { return false };
+    dirs.iter().any(|d| pd.entries(Path::new(d)).is_ok_and(|e| !e.is_empty()))
+}
+
 fn has_promises(pp: &Path) -> bool {
-    ["etc/promise", "etc/plugin"].iter().any(|d| std::fs::read_dir(pp.join(d)).map(|mut rd| rd.next().is_some()).unwrap_or(false))
+    has_entries(pp, &["etc/promise", "etc/plugin"])
+}
+
+/// The owner to give what root creates in a partition (None unless root).
+fn give_to(owner: &Owner) -> Option<(u32, u32)> {
+    nix::unistd::geteuid().is_root().then_some((owner.uid, owner.gid))
 }
 
 /// How long promises of services that were just started may fail before
@@ -72,44 +84,27 @@ pub struct Owner {
 
 impl Owner {
     pub fn of(path: &Path) -> std::io::Result<Owner> {
-        let m = std::fs::metadata(path)?;
-        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid())).ok().flatten();
+        let m = Dir::open_nofollow(path)?.own_metadata()?;
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid)).ok().flatten();
         Ok(Owner {
-            uid: m.uid(),
-            gid: m.gid(),
-            name: user.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| m.uid().to_string()),
+            uid: m.uid,
+            gid: m.gid,
+            name: user.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| m.uid.to_string()),
             home: user.map(|u| u.dir.display().to_string()).unwrap_or_else(|| path.display().to_string()),
         })
     }
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    }
-    Ok(())
-}
-
-/// Gives a tree to `uid:gid` (as root; only what differs is changed).
-pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) {
+/// Gives the tree `rel` of the partition `pp` to `uid:gid` (as root; only
+/// what differs is changed; links and hard-linked files are never
+/// followed, see [`Dir::chown_tree`]).
+pub(crate) fn chown_tree(pp: &Path, rel: &str, uid: u32, gid: u32) {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
-    fn walk(p: &Path, uid: u32, gid: u32) {
-        if let Ok(m) = std::fs::symlink_metadata(p) {
-            if m.uid() != uid || m.gid() != gid {
-                let _ = std::os::unix::fs::lchown(p, Some(uid), Some(gid));
-            }
-            if m.is_dir() {
-                if let Ok(rd) = std::fs::read_dir(p) {
-                    for e in rd.flatten() {
-                        walk(&e.path(), uid, gid);
-                    }
-                }
-            }
-        }
+    if let Err(e) = Dir::open_nofollow(pp).and_then(|pd| pd.chown_tree(Path::new(rel), uid, gid)) {
+        tracing::warn!("{e}");
     }
-    walk(path, uid, gid);
 }
 
 /// The per-partition log: every line also goes to
@@ -121,18 +116,21 @@ pub struct PartitionLog {
 
 impl PartitionLog {
     fn open(pp: &Path, id: &str, owner: &Owner) -> PartitionLog {
-        let dir = pp.join(".slapgrid/log");
+        let to = give_to(owner);
         let file = (|| -> std::io::Result<std::fs::File> {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-            let path = dir.join("instance.log");
-            if std::fs::metadata(&path).map(|m| m.len() > 20 * 1024 * 1024).unwrap_or(false) {
-                std::fs::rename(&path, dir.join("instance.log.1"))?;
+            let pd = Dir::open_nofollow(pp)?;
+            pd.create_dir_all(Path::new(".slapgrid"), 0o755, to)?;
+            let dir = pd.create_dir_all(Path::new(".slapgrid/log"), 0o700, to)?;
+            dir.set_own_mode(0o700)?;
+            let log = Path::new("instance.log");
+            if dir.metadata(log).is_ok_and(|m| m.size > 20 * 1024 * 1024) {
+                dir.rename(log, Path::new("instance.log.1"))?;
             }
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-            chown_tree(&pp.join(".slapgrid"), owner.uid, owner.gid);
+            let f = dir.append(log, 0o640, to)?;
+            chown_tree(pp, ".slapgrid", owner.uid, owner.gid);
             Ok(f)
         })()
+        .inspect_err(|e| tracing::warn!("no partition log for {id}: {e}"))
         .ok();
         PartitionLog { id: id.to_string(), file: Mutex::new(file) }
     }
@@ -209,13 +207,13 @@ impl From<PromiseFailure> for PartitionError {
 /// The periodicity of a software release: `<sp>/periodicity`, else the
 /// node's maximum.
 fn periodicity(sp: Option<&Path>, maximum: i64) -> i64 {
-    let Some(sp) = sp else { return maximum };
-    let file = sp.join("periodicity");
-    match std::fs::read_to_string(&file) {
+    let Some(sd) = sp.and_then(|sp| Dir::open_nofollow(sp).ok()) else { return maximum };
+    let file = Path::new("periodicity");
+    match sd.read_to_string(file, fsafe::SMALL) {
         Ok(t) => match t.trim().parse::<i64>() {
             Ok(v) => v,
             Err(_) => {
-                let _ = std::fs::remove_file(&file);
+                let _ = sd.remove_file(file);
                 maximum
             }
         },
@@ -244,10 +242,15 @@ impl Run<'_> {
         let pp = self.pp(id);
         let sp = p.software_release_url().map(|u| software_path(&cfg.software_root, u));
         let period = periodicity(sp.as_deref(), cfg.maximum_periodicity);
-        let stamp_file = pp.join(".timestamp");
-        let stored = std::fs::read_to_string(&stamp_file).ok();
-        let age = std::fs::metadata(&stamp_file).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
-        let _ = std::fs::remove_file(pp.join(format!(".slapos-request-transaction-{id}")));
+        let pd = match Dir::open_nofollow(&pp) {
+            Ok(d) => d,
+            Err(e) => return Outcome::Failed(format!("cannot open the partition: {e}")),
+        };
+        let stamp_file = Path::new(".timestamp");
+        let stored = pd.read_to_string(stamp_file, fsafe::SMALL).ok();
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let age = pd.metadata(stamp_file).ok().filter(|m| m.mtime <= now).map(|m| Duration::from_secs_f64(now - m.mtime));
+        let _ = pd.remove_file(Path::new(&format!(".slapos-request-transaction-{id}")));
         let decision = decide(p, stored.as_deref(), age, period, self.opts.force);
         let owner = match Owner::of(&pp) {
             Ok(o) => o,
@@ -269,9 +272,7 @@ impl Run<'_> {
                 }
                 let log = PartitionLog::open(&pp, id, &owner);
                 // services lost with a supervisord that died: start them again
-                let has_programs = ["etc/run", "etc/service"]
-                    .iter()
-                    .any(|d| std::fs::read_dir(pp.join(d)).map(|mut rd| rd.next().is_some()).unwrap_or(false));
+                let has_programs = has_entries(&pp, &["etc/run", "etc/service"]);
                 if has_programs && self.supervisord_launched {
                     log.warn(&format!("supervisord was not running: starting the services of {id} again"));
                     if let Err(e) = self.start(id, &pp, &owner, &log) {
@@ -309,13 +310,16 @@ impl Run<'_> {
                 log.info(&format!("  Software URL: {}", p.software_release_url().unwrap_or("None")));
                 log.info(&format!("  Software path: {}", sp.as_deref().map(|s| s.display().to_string()).unwrap_or("None".into())));
                 log.info(&format!("  Instance path: {} ({reason})", pp.display()));
-                let _ = std::fs::remove_file(pp.join(format!(".slapgrid-{id}-error.log")));
+                let error_log = format!(".slapgrid-{id}-error.log");
+                let _ = pd.remove_file(Path::new(&error_log));
                 let result = self.process(p, state, &pp, sp.as_deref(), &owner, &log);
                 match result {
                     Ok(()) => {
                         if !(state == InstanceState::Started && self.opts.force_stop) {
                             if let Some(ts) = p.timestamp() {
-                                let _ = std::fs::write(&stamp_file, ts);
+                                if let Err(e) = pd.write(stamp_file, ts.as_bytes(), 0o644, None) {
+                                    log.warn(&e.to_string());
+                                }
                             }
                         }
                         Outcome::Done
@@ -329,7 +333,7 @@ impl Run<'_> {
                         };
                         log.error(msg.lines().next().unwrap_or_default());
                         if !promise_failed {
-                            let _ = std::fs::write(pp.join(format!(".slapgrid-{id}-error.log")), &msg);
+                            let _ = pd.write(Path::new(&error_log), msg.as_bytes(), 0o644, None);
                             if state == InstanceState::Started {
                                 // keep the promise results up to date, failures ignored
                                 let _ = promise::run_all(self.node, p, &pp, &owner, true, false, &log);
@@ -422,15 +426,10 @@ impl Run<'_> {
     fn refresh_certificate(&self, id: &str, owner: &Owner) -> Result<(), PartitionError> {
         let Some(repo) = &self.node.cfg.certificate_repository_path else { return Ok(()) };
         let (cert, key) = self.node.client.certificate(&self.node.cfg.computer_id, id)?;
-        for (path, text) in [(repo.join(format!("{id}.crt")), cert), (repo.join(format!("{id}.key")), key)] {
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-                if path.exists() {
-                    std::fs::remove_file(&path)?;
-                }
-                std::fs::write(&path, &text)?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))?;
-                chown(&path, owner.uid, owner.gid)?;
-            }
+        let dir = Dir::open(repo)?;
+        // created with their final mode and owner (0400, as slapgrid), then renamed
+        for (name, text) in [(format!("{id}.crt"), cert), (format!("{id}.key"), key)] {
+            dir.write_if_changed(Path::new(&name), text.as_bytes(), 0o400, give_to(owner))?;
         }
         Ok(())
     }
@@ -440,7 +439,8 @@ impl Run<'_> {
         let cfg = &self.node.cfg;
         let id = p.partition_id.as_str();
         crate::node::check_free_space(pp, cfg.instance_min_free_space, "instance_min_free_space").map_err(PartitionError::Other)?;
-        let mode = std::fs::metadata(pp)?.permissions().mode() & 0o7777;
+        let pd = Dir::open_nofollow(pp)?;
+        let mode = pd.own_metadata()?.mode;
         if mode != 0o750 {
             return Err(PartitionError::Other(format!(
                 "Wrong permissions in {} : actual permissions are: {mode:04o}, wanted are 0750",
@@ -449,28 +449,27 @@ impl Run<'_> {
         }
         let url = p.software_release_url().unwrap_or_default();
         let sp = sp.ok_or_else(|| PartitionError::Other(format!("Computer Partition {id} has no software release")))?;
-        if !sp.is_dir() {
+        let Ok(sd) = Dir::open_nofollow(sp) else {
             return Err(PartitionError::Other(format!(
                 "Software Release {url} is not present on system.\nCannot deploy instance."
             )));
-        }
-        // software_release -> <sp>
-        let link = pp.join("software_release");
-        match std::fs::symlink_metadata(&link) {
-            Ok(m) if m.file_type().is_symlink() => {
-                if std::fs::read_link(&link).ok().as_deref() != Some(sp) {
-                    std::fs::remove_file(&link)?;
-                    std::os::unix::fs::symlink(sp, &link)?;
+        };
+        // software_release -> <sp>, replaced (never followed) when it points elsewhere
+        let link = Path::new("software_release");
+        match pd.metadata(link) {
+            Ok(m) if m.kind == Kind::Symlink => {
+                if pd.read_link(link).ok().as_deref() != Some(sp) {
+                    pd.remove_file(link)?;
+                    pd.symlink(sp, link, give_to(owner))?;
                 }
             }
-            Ok(_) => tracing::debug!("{} is not a symlink: left alone", link.display()),
-            Err(_) => std::os::unix::fs::symlink(sp, &link)?,
+            Ok(_) => tracing::debug!("{} is not a symlink: left alone", pp.join(link).display()),
+            Err(_) => pd.symlink(sp, link, give_to(owner))?,
         }
-        let _ = chown(&link, owner.uid, owner.gid);
-        let profile_path = ["instance.cfg", "template.cfg"].iter().map(|f| sp.join(f)).find(|p| p.exists()).ok_or_else(|| {
+        let profile_name = ["instance.cfg", "template.cfg"].into_iter().find(|f| sd.exists(Path::new(f))).ok_or_else(|| {
             PartitionError::Other(format!("Software Release {url} is not correctly installed. Missing file: {}", sp.join("instance.cfg").display()))
         })?;
-        let profile = std::fs::read_to_string(&profile_path)?;
+        let profile = sd.read_to_string(Path::new(profile_name), fsafe::LARGE)?;
         let (key_file, cert_file) = match &cfg.certificate_repository_path {
             Some(r) => (r.join(format!("{id}.key")).display().to_string(), r.join(format!("{id}.crt")).display().to_string()),
             None => (String::new(), String::new()),
@@ -488,15 +487,14 @@ impl Run<'_> {
             storage_home: cfg.instance_storage_home.clone(),
             global_ipv4_network: cfg.ipv4_global_network.clone(),
         };
-        let buildout_cfg = pp.join("buildout.cfg");
-        crate::supervisor::write_if_changed(&buildout_cfg, &templates::instance_buildout(&profile, &tail)?, 0o640)?;
-        if nix::unistd::geteuid().is_root() {
-            std::os::unix::fs::lchown(&buildout_cfg, Some(0), Some(owner.gid))?;
-        }
+        // root:<partition group> 0640, created so, then renamed over the old one
+        let cfg_owner = nix::unistd::geteuid().is_root().then_some((0, owner.gid));
+        pd.write_if_changed(Path::new("buildout.cfg"), templates::instance_buildout(&profile, &tail)?.as_bytes(), 0o640, cfg_owner)?;
         // which buildout: a single bin/bootstrap* of the software, else its bin/buildout
         let bin = sp.join("bin");
-        let bootstraps: Vec<PathBuf> = std::fs::read_dir(&bin)
-            .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("bootstrap")).map(|e| e.path()).collect())
+        let bootstraps: Vec<PathBuf> = sd
+            .entries(Path::new("bin"))
+            .map(|es| es.into_iter().filter(|(n, _)| n.to_string_lossy().starts_with("bootstrap")).map(|(n, _)| bin.join(n)).collect())
             .unwrap_or_default();
         let deadline = cfg.partition_timeout.unwrap_or(self.opts.default_deadline);
         let env = [("SLAPGRID_INSTANCE_ROOT", cfg.instance_root.to_str().unwrap_or_default())];
@@ -533,12 +531,11 @@ impl Run<'_> {
         if !out.success {
             return Err(fail(out.output));
         }
-        let retention = pp.join(".slapos-retention-lock-delay");
-        if !retention.exists() {
+        let retention = Path::new(".slapos-retention-lock-delay");
+        if !pd.exists(retention) {
             let delay = p.filter().get("retention_delay").and_then(|v| v.as_str().map(str::to_string)).unwrap_or("0".into());
             let delay: f64 = delay.trim().parse().unwrap_or(0.0);
-            std::fs::write(&retention, format!("{delay:?}"))?;
-            let _ = chown(&retention, owner.uid, owner.gid);
+            pd.write(retention, format!("{delay:?}").as_bytes(), 0o644, give_to(owner))?;
         }
         Ok(())
     }
@@ -547,9 +544,9 @@ impl Run<'_> {
     /// the group (§5.4).
     fn start(&self, id: &str, pp: &Path, owner: &Owner, log: &PartitionLog) -> Result<(), PartitionError> {
         // every file name is checked: one bad name refuses the partition
+        let pd = Dir::open_nofollow(pp)?;
         let names = |dir: &str| -> Result<Vec<ProgramName>, NameError> {
-            let listing: Vec<_> =
-                std::fs::read_dir(pp.join(dir)).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+            let listing: Vec<_> = pd.entries(Path::new(dir)).map(|es| es.into_iter().map(|(n, _)| n).collect()).unwrap_or_default();
             names::parse_all::<ProgramName>(dir, listing)
         };
         let programs = templates::partition_programs(pp, &names("etc/run")?, &names("etc/service")?);
@@ -568,8 +565,8 @@ impl Run<'_> {
 
     /// Reports the instances this partition requested (§5.6).
     fn end_transaction(&self, id: &str, pp: &Path, log: &PartitionLog) -> Result<(), PartitionError> {
-        let file = pp.join(format!(".slapos-request-transaction-{id}"));
-        let Ok(text) = std::fs::read_to_string(&file) else { return Ok(()) };
+        let file = format!(".slapos-request-transaction-{id}");
+        let Ok(text) = Dir::open_nofollow(pp).and_then(|pd| pd.read_to_string(Path::new(&file), fsafe::SMALL)) else { return Ok(()) };
         let list: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
         match self.node.client.update_related_instance_list(&self.node.cfg.computer_id, id, &list) {
             Ok(()) => Ok(()),
@@ -635,10 +632,12 @@ pub fn select_partitions<'a>(
             continue;
         }
         if p.is_free() {
-            let _ = std::fs::remove_dir_all(pp.join(".slapgrid"));
-            let _ = std::fs::remove_file(pp.join(".timestamp"));
-            let left: Vec<String> = std::fs::read_dir(&pp)
-                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != ".slapos-resource").collect())
+            let Ok(pd) = Dir::open_nofollow(&pp) else { continue };
+            let _ = pd.remove_tree(Path::new(".slapgrid"));
+            let _ = pd.remove_file(Path::new(".timestamp"));
+            let left: Vec<String> = pd
+                .entries(Path::new("."))
+                .map(|es| es.into_iter().map(|(n, _)| n.to_string_lossy().into_owned()).filter(|n| n != ".slapos-resource").collect())
                 .unwrap_or_default();
             if !left.is_empty() {
                 tracing::warn!("Free partition {} contains files: {}", p.partition_id, left.join(", "));
@@ -708,11 +707,12 @@ pub fn offline(node: &Node) -> u8 {
     // legacy: a partition whose .requested_state says stopped stays stopped
     if let Ok(rd) = std::fs::read_dir(&node.cfg.instance_root) {
         for e in rd.flatten() {
-            let marker = e.path().join(".requested_state");
-            if std::fs::read_to_string(&marker).map(|t| t.trim() == "stopped").unwrap_or(false) {
+            let marker = Path::new(".requested_state");
+            let Ok(pd) = Dir::open_nofollow(&e.path()) else { continue };
+            if pd.read_to_string(marker, fsafe::SMALL).is_ok_and(|t| t.trim() == "stopped") {
                 let id = e.file_name().to_string_lossy().into_owned();
                 let _ = std::fs::remove_file(node.supervisor.conf_dir.join(format!("{id}.conf")));
-                let _ = std::fs::remove_file(&marker);
+                let _ = pd.remove_file(marker);
             }
         }
     }
@@ -730,6 +730,13 @@ pub fn offline(node: &Node) -> u8 {
 
 /// `slapos node instance`: returns the exit code.
 pub fn run(node: &Node, opts: &InstanceOptions) -> u8 {
+    if let Some(repo) = &node.cfg.certificate_repository_path {
+        // private to root, as slapgrid makes it
+        use std::os::unix::fs::DirBuilderExt;
+        if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(repo) {
+            tracing::warn!("cannot create certificate_repository_path {}: {e}", repo.display());
+        }
+    }
     let supervisord_launched = match node.supervisor.ensure_running() {
         Ok(launched) => launched,
         Err(e) => {

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod decision;
+pub mod fsafe;
 pub mod instance;
 pub mod names;
 pub mod node;

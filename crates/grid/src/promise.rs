@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::fsafe::{self, Dir, Kind};
+
 /// The outcome of one promise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromiseResult {
@@ -57,13 +59,11 @@ impl PromiseResult {
     /// Writes `<partition>/.slapgrid/promise/result/<title>.status.json`
     /// (temporary file, then rename).
     pub fn save(&self, partition: &Path) -> std::io::Result<PathBuf> {
-        let dir = partition.join(".slapgrid/promise/result");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{}.status.json", self.title));
-        let tmp = dir.join(format!(".{}.status.json.tmp", self.title));
-        std::fs::write(&tmp, self.to_json())?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(path)
+        let rel = Path::new(".slapgrid/promise/result");
+        let dir = Dir::open_nofollow(partition)?.create_dir_all(rel, 0o755, None)?;
+        let name = format!("{}.status.json", self.title);
+        dir.write(Path::new(&name), self.to_json().as_bytes(), 0o644, None)?;
+        Ok(partition.join(rel).join(name))
     }
 }
 
@@ -146,19 +146,28 @@ pub enum PromiseFailure {
 
 /// Plugin promises of a partition: `etc/plugin/*.py` except `__init__*`.
 pub fn plugin_files(partition: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(partition.join("etc/plugin"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    n.ends_with(".py") && !n.starts_with("__init__")
-                })
-                .collect()
+    let dir = partition.join("etc/plugin");
+    let mut v: Vec<PathBuf> = entries(partition, "etc/plugin")
+        .into_iter()
+        .filter(|(n, _)| {
+            let n = n.to_string_lossy();
+            n.ends_with(".py") && !n.starts_with("__init__")
         })
-        .unwrap_or_default();
+        .map(|(n, _)| dir.join(n))
+        .collect();
     v.sort();
     v
+}
+
+/// The entries of a directory of a partition, links not followed (none
+/// when it cannot be read).
+fn entries(partition: &Path, rel: &str) -> Vec<(std::ffi::OsString, Kind)> {
+    Dir::open_nofollow(partition).and_then(|pd| pd.entries(Path::new(rel))).unwrap_or_default()
+}
+
+/// A small file of a partition (a promise's cache or result).
+fn read_state(partition: &Path, rel: &Path) -> Option<String> {
+    Dir::open_nofollow(partition).and_then(|pd| pd.read_to_string(rel, fsafe::SMALL)).ok()
 }
 
 /// The paths of the first `sys.path[0:0] = [...]` assignment of a plugin
@@ -178,13 +187,14 @@ pub fn plugin_sys_path(plugin_source: &str) -> Vec<String> {
     out
 }
 
-/// The cache of a promise: when it may run again.
-fn cache_path(partition: &Path, title: &str) -> PathBuf {
-    partition.join(".slapgrid/promise/cache").join(title)
+/// The cache of a promise (when it may run again), relative to its
+/// partition.
+fn cache_path(title: &str) -> PathBuf {
+    Path::new(".slapgrid/promise/cache").join(title)
 }
 
 fn saved_result(partition: &Path, title: &str) -> Option<(bool, String)> {
-    let text = std::fs::read_to_string(partition.join(".slapgrid/promise/result").join(format!("{title}.status.json"))).ok()?;
+    let text = read_state(partition, &Path::new(".slapgrid/promise/result").join(format!("{title}.status.json")))?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let r = v.get("result")?;
     Some((r.get("failed")?.as_bool()?, r.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_string()))
@@ -200,15 +210,14 @@ pub fn run_legacy_all(
     anomaly: bool,
 ) -> Result<Vec<PromiseResult>, PromiseFailure> {
     let dir = partition.join("etc/promise");
-    let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
     let mut results = Vec::new();
     let mut first_failure = None;
     let now = chrono::Utc::now().timestamp();
-    for entry in rd.flatten() {
-        let path = entry.path();
-        let title = entry.file_name().to_string_lossy().into_owned();
-        let cache = cache_path(partition, &title);
-        let cached = std::fs::read_to_string(&cache).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    for (name, _) in entries(partition, "etc/promise") {
+        let path = dir.join(&name);
+        let title = name.to_string_lossy().into_owned();
+        let cache = cache_path(&title);
+        let cached = read_state(partition, &cache).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
         let next_run_after = cached.as_ref().and_then(|v| v.get("next_run_after").and_then(|n| n.as_f64()));
         let mut in_a_row = cached.as_ref().and_then(|v| v.get("failed-in-a-row").and_then(|n| n.as_u64())).unwrap_or(0);
         let (failed, message) = match (force, next_run_after, saved_result(partition, &title)) {
@@ -216,16 +225,19 @@ pub fn run_legacy_all(
             _ => {
                 let r = run_legacy(&path, partition, Some(owner), timeout);
                 let _ = r.save(partition);
-                if let Some(dir) = cache.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
                 in_a_row = if r.failed { in_a_row + 1 } else { 0 };
                 let doc = serde_json::json!({
                     "is_tested": true, "is_anomaly_detected": anomaly && in_a_row >= ANOMALY_FAILURES, "periodicity": 2,
                     "next_run_after": now as f64 + 120.0, "timestamp": now as f64,
                     "module_file": path.display().to_string(), "failed-in-a-row": in_a_row,
                 });
-                let _ = std::fs::write(&cache, python_json(&doc));
+                let written = Dir::open_nofollow(partition).and_then(|pd| {
+                    pd.create_dir_all(Path::new(".slapgrid/promise/cache"), 0o755, None)?;
+                    pd.write(&cache, python_json(&doc).as_bytes(), 0o644, None)
+                });
+                if let Err(e) = written {
+                    tracing::warn!("{e}");
+                }
                 let out = (r.failed, r.message.clone());
                 results.push(r);
                 out
@@ -252,25 +264,20 @@ pub const ANOMALY_FAILURES: u64 = 3;
 /// result that passed: then an anomaly run has nothing to do.
 pub fn all_cached_and_passing(pp: &Path, plugins: &[PathBuf]) -> bool {
     let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-    let legacy: Vec<PathBuf> =
-        std::fs::read_dir(pp.join("etc/promise")).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let Ok(pd) = Dir::open_nofollow(pp) else { return false };
+    let legacy: Vec<PathBuf> = entries(pp, "etc/promise").into_iter().map(|(n, _)| pp.join("etc/promise").join(n)).collect();
     let entries = plugins.iter().map(|p| (p, true)).chain(legacy.iter().map(|p| (p, false)));
     for (path, is_plugin) in entries {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let title = if is_plugin { name.trim_end_matches(".py").to_string() } else { name };
-        let Some(cache) = std::fs::read_to_string(cache_path(pp, &title)).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        else {
+        let title = if is_plugin { name.trim_end_matches(".py").to_string() } else { name.clone() };
+        let Some(cache) = read_state(pp, &cache_path(&title)).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) else {
             return false;
         };
         if cache.get("next_run_after").and_then(|v| v.as_f64()).is_none_or(|next| now >= next) {
             return false;
         }
         if is_plugin {
-            let mtime = std::fs::metadata(path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs_f64());
+            let mtime = pd.metadata(&Path::new("etc/plugin").join(&name)).ok().map(|m| m.mtime);
             let cached = cache.get("module_file_mtime").and_then(|v| v.as_f64());
             if !matches!((mtime, cached), (Some(a), Some(b)) if (a - b).abs() < 1e-3) {
                 return false;
@@ -299,8 +306,7 @@ pub fn run_all(
     let id = p.partition_id.as_str();
     let timeout = node.cfg.promise_timeout;
     let plugins = plugin_files(pp);
-    let legacy: Vec<_> =
-        std::fs::read_dir(pp.join("etc/promise")).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let legacy: Vec<_> = entries(pp, "etc/promise").into_iter().map(|(name, _)| name).collect();
     let legacy_count = legacy.len();
     // one badly named promise refuses them all (an error of the partition)
     crate::names::parse_all::<crate::names::PromiseName>("etc/promise", legacy)
@@ -328,13 +334,14 @@ pub fn run_all(
         run_with_python(node, p, pp, owner, &plugins, legacy_count, force, check_anomaly, log)
     };
     // the partition's user owns its promise state
-    crate::instance::chown_tree(&pp.join(".slapgrid"), owner.uid, owner.gid);
+    crate::instance::chown_tree(pp, ".slapgrid", owner.uid, owner.gid);
     result
 }
 
 /// slapos.core's `runpromises.py`: under one of the plugin's `sys.path`
-/// entries, else wherever the software's Python imports slapos from (asked
-/// as the partition's user: the path list is the partition's).
+/// entries, else wherever the software's Python imports slapos from. That
+/// import runs as the partition's user in `pp`: the `sys.path` comes from
+/// the partition's plugin file, never imported by root.
 fn find_runpromises(python: &str, sys_path: &[String], pp: &Path) -> Option<PathBuf> {
     let found = sys_path.iter().find_map(|d| {
         ["slapos/grid/promise/runpromises.py", "grid/promise/runpromises.py"]
@@ -347,14 +354,12 @@ fn find_runpromises(python: &str, sys_path: &[String], pp: &Path) -> Option<Path
     }
     let mut args = vec![
         "-c".to_string(),
-        "import sys, os; sys.path[0:0] = sys.argv[1:]; import slapos.grid.promise as p; \
-         print('RUNPROMISES=' + os.path.dirname(p.__file__))"
-            .into(),
+        "import sys, os; sys.path[0:0] = sys.argv[1:]; import slapos.grid.promise as p; print('RUNPROMISES=' + os.path.dirname(p.__file__))".into(),
     ];
     args.extend(sys_path.iter().cloned());
     let out = crate::process::run_as_owner(python, &args, pp, &[], Some(Duration::from_secs(60)), |_| {}).ok()?;
-    let dir = out.output.lines().find_map(|l| l.strip_prefix("RUNPROMISES="))?;
-    let r = Path::new(dir).join("runpromises.py");
+    let dir = out.output.lines().find_map(|l| l.strip_prefix("RUNPROMISES="))?.trim().to_string();
+    let r = Path::new(&dir).join("runpromises.py");
     (out.success && r.is_file()).then_some(r)
 }
 
@@ -375,7 +380,8 @@ fn run_with_python(
     let python = crate::process::shebang(&sp.join("bin/buildout"))
         .and_then(|v| v.into_iter().next())
         .ok_or_else(|| PromiseFailure::Error(format!("plugin promises need the software's Python: {} has none", sp.join("bin/buildout").display())))?;
-    let source = std::fs::read_to_string(&plugins[0]).unwrap_or_default();
+    let plugin_name = plugins[0].file_name().map(|n| Path::new("etc/plugin").join(n)).unwrap_or_default();
+    let source = Dir::open_nofollow(pp).and_then(|pd| pd.read_to_string(&plugin_name, fsafe::LARGE)).unwrap_or_default();
     let runner = find_runpromises(&python, &plugin_sys_path(&source), pp).ok_or_else(|| {
         PromiseFailure::Error(format!(
             "plugin promise {} needs slapos.core: neither its sys.path[0:0] list nor {python} can import slapos.grid.promise",
@@ -417,8 +423,9 @@ fn run_with_python(
         args.push(v);
     }
     // the .slapgrid tree must be the partition user's before it writes there
-    let _ = std::fs::create_dir_all(pp.join(".slapgrid"));
-    crate::instance::chown_tree(&pp.join(".slapgrid"), owner.uid, owner.gid);
+    let to = nix::unistd::geteuid().is_root().then_some((owner.uid, owner.gid));
+    let _ = Dir::open_nofollow(pp).and_then(|pd| pd.create_dir_all(Path::new(".slapgrid"), 0o755, to));
+    crate::instance::chown_tree(pp, ".slapgrid", owner.uid, owner.gid);
     let total = Duration::from_secs((plugins.len() + legacy_count) as u64 * node.cfg.promise_timeout.as_secs() + 10);
     let out = crate::process::run_as_owner(&python, &args, pp, &[("HOME", owner.home.as_str())], Some(total), |l| log.output(l))
         .map_err(|e| PromiseFailure::Error(format!("cannot run {python}: {e}")))?;

@@ -6,11 +6,12 @@
 //! /proc for the processes its user runs (the partition user owns exactly
 //! its services), are sent as a consumption journal.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use slap::model::{ComputerPartition, InstanceState};
 
+use crate::fsafe::{self, Dir, Kind};
 use crate::instance::{select_partitions, Owner};
 use crate::node::{self, Node};
 use crate::process::{run_as_owner, run_as_owner_of};
@@ -125,13 +126,15 @@ fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
     let pp = pid.dir(&cfg.instance_root);
     let report_dir = pp.join("etc/report");
     let xml_dir = pp.join("var/xml_report");
-    if let Ok(rd) = std::fs::read_dir(&report_dir) {
-        let mut scripts: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
-        scripts.sort();
+    let Ok(pd) = Dir::open_nofollow(&pp) else { return Vec::new() };
+    if let Ok(es) = pd.entries(Path::new("etc/report")) {
+        // the scripts run as the partition's user: links are theirs to follow
+        let scripts: Vec<_> = es.into_iter().filter(|(_, k)| matches!(k, Kind::File | Kind::Symlink)).map(|(n, _)| report_dir.join(n)).collect();
         if !scripts.is_empty() {
-            let _ = std::fs::create_dir_all(&xml_dir);
             if let Ok(owner) = Owner::of(&pp) {
-                crate::instance::chown_tree(&pp.join("var"), owner.uid, owner.gid);
+                let to = nix::unistd::geteuid().is_root().then_some((owner.uid, owner.gid));
+                let _ = pd.create_dir_all(Path::new("var/xml_report"), 0o755, to);
+                crate::instance::chown_tree(&pp, "var", owner.uid, owner.gid);
             }
         }
         for (i, script) in scripts.iter().enumerate() {
@@ -154,16 +157,17 @@ fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
         }
     }
     let mut movements = Vec::new();
-    for dir in [xml_dir, cfg.instance_root.join("var/xml_report").join(id)] {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
-        for e in rd.flatten() {
-            let path = e.path();
-            match std::fs::read_to_string(&path).ok().and_then(|t| partition_movements(&t, id)) {
+    let dirs = [pd.open_dir(Path::new("var/xml_report")), Dir::open_below(&cfg.instance_root, &Path::new("var/xml_report").join(id))];
+    for dir in dirs.into_iter().flatten() {
+        let Ok(es) = dir.entries(Path::new(".")) else { continue };
+        for (name, _) in es {
+            let name = Path::new(&name);
+            match dir.read_to_string(name, fsafe::LARGE).ok().and_then(|t| partition_movements(&t, id)) {
                 Some(m) => {
                     movements.extend(m);
-                    let _ = std::fs::remove_file(&path);
+                    let _ = dir.remove_file(name);
                 }
-                None => tracing::warn!("{} is not a valid consumption report: left in place", path.display()),
+                None => tracing::warn!("{} is not a valid consumption report: left in place", dir.path().join(name).display()),
             }
         }
     }
@@ -171,38 +175,28 @@ fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
 }
 
 /// Empties a partition directory completely (dotfiles too), keeping the
-/// directory itself, its owner and its mode.
+/// directory itself, its owner and its mode; never crosses a link (see
+/// [`Dir::empty`]).
 pub fn empty_partition(pp: &Path) -> std::io::Result<()> {
-    for e in std::fs::read_dir(pp)? {
-        let e = e?;
-        let path = e.path();
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            if std::fs::remove_dir_all(&path).is_err() {
-                crate::software::destroy(&path)?;
-            }
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
+    let pd = Dir::open_nofollow(pp)?;
+    let mode = pd.own_metadata()?.mode;
+    pd.empty()?;
+    pd.set_own_mode(mode)
 }
 
 /// Retention (§7.7): with a delay in days, the first attempt sets the lock
 /// date and refuses; later attempts refuse until that date.
 pub fn retention_allows(pp: &Path, now: f64) -> Result<bool, std::io::Error> {
-    let delay: f64 = std::fs::read_to_string(pp.join(".slapos-retention-lock-delay"))
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0.0);
+    let pd = Dir::open_nofollow(pp)?;
+    let read = |f: &str| pd.read_to_string(Path::new(f), fsafe::SMALL).ok().and_then(|t| t.trim().parse::<f64>().ok());
+    let delay = read(".slapos-retention-lock-delay").unwrap_or(0.0);
     if delay <= 0.0 {
         return Ok(true);
     }
-    let date_file = pp.join(".slapos-retention-lock-date");
-    match std::fs::read_to_string(&date_file).ok().and_then(|t| t.trim().parse::<f64>().ok()) {
+    match read(".slapos-retention-lock-date") {
         Some(date) => Ok(now >= date),
         None => {
-            std::fs::write(&date_file, format!("{}", now + delay * 86400.0))?;
+            pd.write(Path::new(".slapos-retention-lock-date"), format!("{}", now + delay * 86400.0).as_bytes(), 0o644, None)?;
             Ok(false)
         }
     }
@@ -224,7 +218,9 @@ fn destroy_partition(node: &Node, p: &ComputerPartition) -> Result<(), String> {
         return Ok(());
     }
     let destroy = pp.join("sbin/destroy");
-    if destroy.is_file() {
+    // run as the partition's user: a link is theirs to follow
+    let has_destroy = Dir::open_nofollow(&pp).and_then(|pd| pd.metadata(Path::new("sbin/destroy"))).is_ok_and(|m| matches!(m.kind, Kind::File | Kind::Symlink));
+    if has_destroy {
         let out = run_as_owner(&destroy.display().to_string(), &[], &pp, &[], Some(std::time::Duration::from_secs(3600)), |l| {
             tracing::info!("[{id}] {l}")
         })
@@ -233,14 +229,12 @@ fn destroy_partition(node: &Node, p: &ComputerPartition) -> Result<(), String> {
             return Err(format!("Destroy script {} failed:\n{}", destroy.display(), out.output));
         }
     }
-    if let Some(repo) = &cfg.certificate_repository_path {
+    if let Some(repo) = cfg.certificate_repository_path.as_deref().and_then(|r| Dir::open(r).ok()) {
         for ext in ["crt", "key"] {
-            let _ = std::fs::remove_file(repo.join(format!("{id}.{ext}")));
+            let _ = repo.remove_file(Path::new(&format!("{id}.{ext}")));
         }
     }
-    let mode = std::fs::metadata(&pp).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o750);
     empty_partition(&pp).map_err(|e| format!("cannot empty {}: {e}", pp.display()))?;
-    let _ = std::fs::set_permissions(&pp, std::fs::Permissions::from_mode(mode));
     match node.client.partition_destroyed(&cfg.computer_id, id) {
         Ok(_) => {}
         Err(e) if e.is_not_found() || e.status() == Some(500) => tracing::debug!("destroyedComputerPartition for {id}: {e}"),
@@ -301,14 +295,15 @@ pub fn run(node: &Node) -> u8 {
         movements.extend(partition_reports(node, p));
     }
     // computer reports, sent as they are
-    if let Ok(rd) = std::fs::read_dir(cfg.instance_root.join("var/xml_report").join(&cfg.computer_id)) {
-        for e in rd.flatten() {
-            let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+    if let Ok(dir) = Dir::open_below(&cfg.instance_root, &Path::new("var/xml_report").join(&cfg.computer_id)) {
+        for (name, _) in dir.entries(Path::new(".")).unwrap_or_default() {
+            let name = Path::new(&name);
+            let Ok(text) = dir.read_to_string(name, fsafe::LARGE) else { continue };
             match node.client.use_computer(&cfg.computer_id, &text) {
                 Ok(()) => {
-                    let _ = std::fs::remove_file(e.path());
+                    let _ = dir.remove_file(name);
                 }
-                Err(err) => tracing::warn!("could not send {}: {err}", e.path().display()),
+                Err(err) => tracing::warn!("could not send {}: {err}", dir.path().join(name).display()),
             }
         }
     }
@@ -338,6 +333,7 @@ pub fn run(node: &Node) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_journal_has_one_movement_per_resource_and_partition() {

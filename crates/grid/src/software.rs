@@ -2,7 +2,6 @@
 //! supplied to this computer with the real zc.buildout, report it, destroy
 //! what the master says to destroy.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use slap::client::SlapError;
@@ -10,6 +9,7 @@ use slap::model::SoftwareState;
 
 use crate::decision::software_path;
 use crate::names::SoftwareUrl;
+use crate::fsafe::{self, Dir, Kind};
 use crate::node::{self, Node};
 use crate::process::{run_as_owner, shebang};
 use crate::progress::Progress;
@@ -66,31 +66,28 @@ impl From<std::io::Error> for SoftwareError {
     }
 }
 
-fn chown_like(path: &Path, like: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if nix::unistd::geteuid().is_root() {
-        let m = std::fs::metadata(like)?;
-        std::os::unix::fs::lchown(path, Some(m.uid()), Some(m.gid()))?;
-    }
-    Ok(())
+/// The owner of the software root, to give what root creates in a software
+/// path (None unless root).
+fn software_owner(software_root: &Dir) -> std::io::Result<Option<(u32, u32)>> {
+    let m = software_root.own_metadata()?;
+    Ok(nix::unistd::geteuid().is_root().then_some((m.uid, m.gid)))
 }
 
 /// The software_root owner's `~/.netrc` goes into the software path (0600),
-/// and a stale copy goes when the source is gone.
-fn copy_netrc(software_root: &Path, sp: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let target = sp.join(".netrc");
-    let uid = std::fs::metadata(software_root)?.uid();
-    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.dir);
-    match home.map(|h| h.join(".netrc")).filter(|p| p.is_file()) {
-        Some(source) => {
-            std::fs::copy(&source, &target)?;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))?;
-            chown_like(&target, software_root)?;
-        }
+/// and a stale copy goes when the source is gone. Both are the software
+/// user's: read and written without following their links.
+fn copy_netrc(software_root: &Dir, sd: &Dir) -> std::io::Result<()> {
+    let netrc = Path::new(".netrc");
+    let owner = software_root.own_metadata()?;
+    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner.uid)).ok().flatten().map(|u| u.dir);
+    let source = home.and_then(|h| Dir::open(&h).ok()).filter(|h| h.exists(netrc)).map(|h| h.read(netrc, fsafe::SMALL));
+    match source {
+        Some(Ok(text)) => sd.write(netrc, &text, 0o600, software_owner(software_root)?)?,
+        // a link, a FIFO, a huge file: not copied
+        Some(Err(e)) => tracing::warn!("{e}: not copied into the software path"),
         None => {
-            if target.exists() {
-                std::fs::remove_file(&target)?;
+            if sd.exists(netrc) {
+                sd.remove_file(netrc)?;
             }
         }
     }
@@ -100,19 +97,20 @@ fn copy_netrc(software_root: &Path, sp: &Path) -> std::io::Result<()> {
 /// `--garbage-collect`: the software paths (32 hex digits, with a
 /// `buildout.cfg`) that no available release uses.
 pub fn garbage(software_root: &Path, available: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(software_root)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    crate::names::SoftwareHash::parse(&name).is_ok()
-                        && p.join("buildout.cfg").is_file()
-                        && !available.contains(p)
-                })
-                .collect()
+    let Ok(root) = Dir::open(software_root) else { return Vec::new() };
+    let mut out: Vec<PathBuf> = root
+        .entries(Path::new("."))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(name, kind)| {
+            let name = name.to_string_lossy();
+            *kind == Kind::Dir
+                && crate::names::SoftwareHash::parse(&name).is_ok()
+                && root.metadata(&Path::new(&*name).join("buildout.cfg")).is_ok_and(|m| m.kind == Kind::File)
         })
-        .unwrap_or_default();
+        .map(|(name, _)| software_root.join(name))
+        .filter(|p| !available.contains(p))
+        .collect();
     out.sort();
     out
 }
@@ -122,23 +120,25 @@ pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Resu
     let cfg = &node.cfg;
     let sp = url.hash().dir(&cfg.software_root);
     node::check_free_space(&sp, cfg.software_min_free_space, "software_min_free_space").map_err(SoftwareError::Other)?;
-    if !sp.exists() {
-        std::fs::create_dir(&sp)?;
-        std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o755))?;
+    // the software root and its paths are the software user's: never through their links
+    let root = Dir::open(&cfg.software_root)?;
+    let owner = software_owner(&root)?;
+    let name = sp.file_name().map(PathBuf::from).unwrap_or_default();
+    let sd = root.create_dir_all(&name, 0o755, owner)?;
+    if let Some((uid, gid)) = owner {
+        sd.chown_self(uid, gid)?;
     }
-    chown_like(&sp, &cfg.software_root)?;
-    copy_netrc(&cfg.software_root, &sp)?;
+    copy_netrc(&root, &sd)?;
     let extends_cache = sp.join("extends-cache");
-    if !extends_cache.is_dir() {
-        std::fs::create_dir(&extends_cache)?;
+    sd.create_dir_all(Path::new("extends-cache"), 0o755, owner)?;
+    if let Some((uid, gid)) = owner {
+        sd.chown(Path::new("extends-cache"), uid, gid)?;
     }
-    chown_like(&extends_cache, &cfg.software_root)?;
     let buildout_cfg = sp.join("buildout.cfg");
-    if !buildout_cfg.exists() {
+    if !sd.exists(Path::new("buildout.cfg")) {
         let text = crate::templates::software_buildout(url, &cfg.shared_part_list, &cfg.build_time_part_list)
             .map_err(|e| SoftwareError::Other(e.to_string()))?;
-        std::fs::write(&buildout_cfg, text)?;
-        chown_like(&buildout_cfg, &cfg.software_root)?;
+        sd.write(Path::new("buildout.cfg"), text.as_bytes(), 0o644, owner)?;
     }
     let mut args = vec![
         format!("buildout:extends-cache={}", extends_cache.display()),
@@ -162,14 +162,14 @@ pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Resu
     };
     let fail = |output: String| SoftwareError::Buildout { path: sp.display().to_string(), output };
     let binary = sp.join("bin/buildout");
-    let marker = sp.join("bin/buildout-bootstrap-skipped");
+    let marker = Path::new("bin/buildout-bootstrap-skipped");
     // a marker left by a failed run after a skipped bootstrap: bootstrap again
-    let skip_bootstrap = match std::fs::remove_file(&marker) {
+    let skip_bootstrap = match sd.remove_file(marker) {
         Ok(()) => false,
-        Err(_) => binary.exists(),
+        Err(_) => sd.exists(Path::new("bin/buildout")),
     };
     if skip_bootstrap {
-        std::fs::write(&marker, "")?;
+        sd.write(marker, b"", 0o644, owner)?;
     } else {
         let buildout = node::which(&cfg.buildout)
             .ok_or_else(|| SoftwareError::Other(format!("buildout program '{}' not found (set [slapos] buildout)", cfg.buildout)))?;
@@ -194,33 +194,24 @@ pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Resu
         return Err(fail(out.output));
     }
     if skip_bootstrap {
-        let _ = std::fs::remove_file(&marker);
+        let _ = sd.remove_file(marker);
     }
     Ok(())
 }
 
-/// Deletes a software path, making unreadable directories readable first.
+/// Deletes a software path (its parent is trusted), making unreadable
+/// directories readable first, never crossing a link (see
+/// [`Dir::remove_tree`]).
 pub fn destroy(path: &Path) -> std::io::Result<()> {
-    if !path.exists() {
-        return Ok(());
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Dir::open(parent)?.remove_tree(Path::new(name)),
+        _ => Err(std::io::Error::other(format!("{}: not a software path", path.display()))),
     }
-    if std::fs::remove_dir_all(path).is_ok() {
-        return Ok(());
-    }
-    fn open_up(p: &Path) {
-        if let Ok(m) = std::fs::symlink_metadata(p) {
-            if m.is_dir() {
-                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
-                if let Ok(rd) = std::fs::read_dir(p) {
-                    for e in rd.flatten() {
-                        open_up(&e.path());
-                    }
-                }
-            }
-        }
-    }
-    open_up(path);
-    std::fs::remove_dir_all(path)
+}
+
+/// Whether the software path `sp` has its `.completed` marker.
+fn is_completed(sp: &Path) -> bool {
+    Dir::open_nofollow(sp).is_ok_and(|sd| sd.metadata(Path::new(".completed")).is_ok_and(|m| m.kind == Kind::File))
 }
 
 fn asctime() -> String {
@@ -253,7 +244,7 @@ pub fn run(node: &Node, opts: &SoftwareOptions) -> Result<u8, SlapError> {
         let sp = valid.hash().dir(&cfg.software_root);
         let key = sp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let completed = sp.join(".completed");
-        let action = software_action(sr.state(), completed.exists(), opts.selects(url, &key), opts.force);
+        let action = software_action(sr.state(), is_completed(&sp), opts.selects(url, &key), opts.force);
         let result: Result<(), String> = match action {
             SoftwareAction::Skip => {
                 tracing::debug!("Skipping software release {url} (not selected by --only-sr)");
@@ -273,9 +264,8 @@ pub fn run(node: &Node, opts: &SoftwareOptions) -> Result<u8, SlapError> {
                 match install(node, &valid, opts.force, opts.buildout_debug) {
                     Ok(()) => {
                         node.client.software_release_available(url, &cfg.computer_id)?;
-                        match std::fs::write(&completed, asctime()) {
+                        match Dir::open_nofollow(&sp).and_then(|sd| sd.write(Path::new(".completed"), asctime().as_bytes(), 0o644, None)) {
                             Ok(()) => {
-                                let _ = std::fs::set_permissions(&completed, std::fs::Permissions::from_mode(0o644));
                                 tracing::info!("Software release {url} installed in {:.1} s.", started.elapsed().as_secs_f64());
                                 Ok(())
                             }
@@ -339,6 +329,7 @@ pub fn path_of(node: &Node, url: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn installed_releases_are_left_alone_unless_forced() {

@@ -55,19 +55,18 @@ pub fn decide_bang(event: &str, payload: &BTreeMap<String, String>, instance_roo
         return None;
     }
     let partition = payload.get("groupname")?.clone();
-    let pp = instance_root.join(&partition);
-    if !pp.is_dir() {
-        return None;
-    }
-    let read = |f: &str| std::fs::read_to_string(pp.join(f)).ok().and_then(|t| t.trim().parse::<f64>().ok());
+    // the partition's files, never through its links
+    let pd = crate::fsafe::Dir::open_below(instance_root, Path::new(&partition)).ok()?;
+    let text = |f: &str| pd.read_to_string(Path::new(f), crate::fsafe::SMALL).ok().map(|t| t.trim().to_string());
+    let read = |f: &str| text(f).and_then(|t| t.parse::<f64>().ok());
     let deployed = read(".timestamp").unwrap_or(0.0);
     if let Some(latest) = read(".slapos_latest_bang_timestamp") {
         if deployed <= latest {
             return None;
         }
     }
-    let text = std::fs::read_to_string(pp.join(".timestamp")).map(|t| t.trim().to_string()).unwrap_or_else(|_| "0".into());
-    let _ = std::fs::write(pp.join(".slapos_latest_bang_timestamp"), text);
+    let stamp = text(".timestamp").unwrap_or_else(|| "0".into());
+    let _ = pd.write(Path::new(".slapos_latest_bang_timestamp"), stamp.as_bytes(), 0o644, None);
     Some((partition.clone(), format!("{process} process in partition {partition} encountered a problem")))
 }
 
@@ -135,6 +134,22 @@ mod tests {
         assert!(decide_bang("PROCESS_STATE_FATAL", &event("http-on-watch", "slappart0"), root).is_some());
         assert_eq!(std::fs::read_to_string(pp.join(".slapos_latest_bang_timestamp")).unwrap(), "1795542339.7344759");
         assert_eq!(decide_bang("PROCESS_STATE_EXITED", &event("http-on-watch", "slappart0"), root), None);
+    }
+
+    #[test]
+    fn the_bang_record_never_goes_through_a_partitions_link() {
+        let d = tempfile::tempdir().unwrap();
+        let pp = d.path().join("slappart0");
+        std::fs::create_dir_all(&pp).unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, pp.join(".slapos_latest_bang_timestamp")).unwrap();
+        std::os::unix::fs::symlink(&victim, pp.join(".timestamp")).unwrap();
+        assert!(decide_bang("PROCESS_STATE_EXITED", &event("http-on-watch", "slappart0"), d.path()).is_some());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(pp.join(".slapos_latest_bang_timestamp")).unwrap(), "0", "the link replaced");
+        // a partition name that leaves the instance root is not a partition
+        assert_eq!(decide_bang("PROCESS_STATE_EXITED", &event("x-on-watch", "../slappart0"), &pp), None);
     }
 
     #[test]
