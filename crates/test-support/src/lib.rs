@@ -135,11 +135,12 @@ pub fn vectors() -> Vec<(String, serde_json::Value)> {
 /// Fails the calling test unless it runs as root. For the tests marked
 /// `#[ignore = "needs root"]`: run as root they do their work, run otherwise
 /// (`cargo test -- --ignored` as a user) they fail saying why.
+#[track_caller]
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "this test needs root (users, network namespaces, ownership): run it as root, \
-         e.g. `sudo cargo test -- --ignored needs_root`; as a user, `cargo test -- --ignored needs_venv` skips it"
+        "this test needs root (it creates users, network namespaces, files owned by others): run it as root \
+         (`cargo test -- --ignored needs_root`); as a user, `cargo test -- --ignored needs_venv` leaves it out"
     );
 }
 
@@ -151,6 +152,7 @@ pub const DEFAULT_VENV: &str = "/var/cache/slapos-e2e/venv-1.26.1";
 /// `$SLAPOS_VENV`, else [`DEFAULT_VENV`]. For the tests marked
 /// `#[ignore = "needs the venv"]`: fails the calling test, saying how to make
 /// the venv, when it is not there (tests never download it themselves).
+#[track_caller]
 pub fn python_venv() -> PathBuf {
     let venv = std::env::var_os("SLAPOS_VENV").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_VENV));
     assert!(
@@ -208,6 +210,7 @@ impl Master {
     }
 
     /// The real Python master of the project venv (see [`python_venv`]).
+    #[track_caller]
     pub fn python(computer_id: &str) -> Master {
         Master::start(&python_venv().join("bin/slapos"), computer_id)
     }
