@@ -1,6 +1,6 @@
 #!/bin/bash
 # The test command of the README and of CI (.ci/run). Steps, in order:
-#   lint  the style and dependency checks (a placeholder until they land)
+#   lint  the style and dependency checks: scripts/lint.sh
 #   fast  `cargo test --workspace`: no root, no network, no Python, under a
 #         minute; the tests that need more are #[ignore]d and counted here
 #   slow  the ignored tests: `needs_venv` ones (the project venv: the real
@@ -36,8 +36,12 @@ cargo_test() {  # cargo_test NAME ARGS...
 }
 
 step_lint() {
-  # fmt, clippy and the unused-dependency check go here
-  :
+  # fmt, clippy and the unused-dependency check (scripts/lint.sh, when present)
+  if [ -f scripts/lint.sh ]; then
+    bash scripts/lint.sh
+  else
+    log "lint: no scripts/lint.sh yet"
+  fi
 }
 
 step_fast() {
