@@ -424,7 +424,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The instance buildout (§5.3).
+    /// The instance buildout (`node.md` §5.3).
     fn install(&self, p: &ComputerPartition, pp: &Path, sp: Option<&Path>, owner: &Owner, log: &PartitionLog) -> Result<(), PartitionError> {
         let cfg = &self.node.cfg;
         let id = p.partition_id.as_str();
@@ -533,7 +533,7 @@ impl Run<'_> {
     }
 
     /// Programs from `etc/run` and `etc/service` into supervisord, then start
-    /// the group (§5.4).
+    /// the group (`node.md` §5.4).
     fn start(&self, id: &str, pp: &Path, owner: &Owner, log: &PartitionLog) -> Result<(), PartitionError> {
         let names = |dir: &str| -> Vec<String> {
             std::fs::read_dir(pp.join(dir))
@@ -554,7 +554,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Reports the instances this partition requested (§5.6).
+    /// Reports the instances this partition requested (`node.md` §5.6).
     fn end_transaction(&self, id: &str, pp: &Path, log: &PartitionLog) -> Result<(), PartitionError> {
         let file = pp.join(format!(".slapos-request-transaction-{id}"));
         let Ok(text) = std::fs::read_to_string(&file) else { return Ok(()) };
@@ -676,7 +676,7 @@ pub fn summarize(results: &[(String, String, Outcome)]) -> (u8, Vec<String>) {
     (code, lines)
 }
 
-/// Offline processing (§5.1): the master is unreachable; keep what runs
+/// Offline processing (`node.md` §5.1): the master is unreachable; keep what runs
 /// running.
 pub fn offline(node: &Node) -> u8 {
     tracing::warn!("The master is unreachable: offline processing (services are kept running, nothing is built or destroyed)");

@@ -181,7 +181,7 @@ pub fn empty_partition(pp: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Retention (§7.7): with a delay in days, the first attempt sets the lock
+/// Retention (`node.md` §7.7): with a delay in days, the first attempt sets the lock
 /// date and refuses; later attempts refuse until that date.
 pub fn retention_allows(pp: &Path, now: f64) -> Result<bool, std::io::Error> {
     let delay: f64 = std::fs::read_to_string(pp.join(".slapos-retention-lock-delay"))

@@ -128,7 +128,7 @@ pub fn garbage(software_root: &Path, available: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Builds one release in its software path (§4.2).
+/// Builds one release in its software path (`node.md` §4.2).
 pub fn install(node: &Node, url: &str, force: bool, debug: bool) -> Result<(), SoftwareError> {
     let cfg = &node.cfg;
     let sp = software_path(&cfg.software_root, url);

@@ -177,7 +177,7 @@ pub fn every_client_call(url: &str) {
     // a route the Python proxy lacks
     assert!(matches!(c.update_related_instance_list(COMPUTER, &partition, &["MyChild".into()]), Err(SlapError::NotFound { .. })));
 
-    // a stopped root stops its children when they are re-requested (§7.1): start it again
+    // a stopped root stops its children when they are re-requested (`slap-protocol.md` §7.1): start it again
     let mut start = req.clone();
     start.state = Some(InstanceState::Started);
     ready(c.request(&start).unwrap());
