@@ -12,6 +12,8 @@
 //! without what they need, both fail with a message saying what is missing:
 //! a test never passes without having run.
 
+#![warn(missing_docs)]
+
 pub mod exercise;
 
 use std::io::{BufRead, BufReader, Read, Write};
