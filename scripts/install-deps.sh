@@ -1,11 +1,18 @@
 #!/bin/bash
 # Installs what building and testing slapos-rs needs on a Debian machine:
 # system packages (apt) and a Rust toolchain when none is there.
-# Idempotent; run as root (or through sudo).
+# Idempotent. The packages are installed as root: directly when run as root,
+# through sudo otherwise (a clear message when there is no sudo); the Rust
+# toolchain is the invoking user's (rustup in ~/.cargo).
+#
+# Usage: bash scripts/install-deps.sh            packages, then Rust
+#        bash scripts/install-deps.sh --system   the packages only
 set -euo pipefail
 log() { printf '[install-deps] %s\n' "$*" >&2; }
 SUDO=
-[ "$(id -u)" = 0 ] || SUDO=sudo
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null 2>&1 && SUDO=sudo || SUDO=none
+fi
 
 PACKAGES=(
   build-essential pkg-config ca-certificates curl  # Rust crates with C parts (bundled SQLite)
@@ -18,13 +25,18 @@ for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  log "apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
+  if [ "$SUDO" = none ]; then
+    log "error: missing system packages: ${missing[*]}"
+    log "install them as root (apt-get install ${missing[*]}), or install sudo, then run this again"
+    exit 1
+  fi
+  log "apt-get install ${missing[*]}${SUDO:+ (through sudo)}"
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   log "system packages present"
 fi
+[ "${1:-}" != --system ] || exit 0
 
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -28,14 +28,20 @@ else
   cp "$REQ" "$stamp"
 fi
 site=$("$VENV/bin/python3" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# Each step below writes only what is not in place yet, so that a user can
+# reuse a venv made by root (read-only for them).
+put() {  # put FILE CONTENT: write FILE unless it holds CONTENT already
+  [ "$(cat "$1" 2>/dev/null)" = "$2" ] && return 0
+  printf '%s\n' "$2" >"$1" 2>/dev/null || { log "error: cannot write $1 (a venv of another user? set SLAPOS_VENV)"; exit 1; }
+}
 # slapos.core 1.26.1's node commands need Python >= 3.12's importlib.resources;
 # the reference shim restores them on 3.11 (only the Python reference uses it)
 if "$VENV/bin/python3" -c 'import sys; sys.exit(sys.version_info >= (3, 12))'; then
-  cp "$HERE/scripts/py311_resources_compat.py" "$site/"
-  echo "import py311_resources_compat" >"$site/py311_resources_compat.pth"
+  put "$site/py311_resources_compat.py" "$(cat "$HERE/scripts/py311_resources_compat.py")"
+  put "$site/py311_resources_compat.pth" "import py311_resources_compat"
 fi
 # zc.buildout >= 3 installs develop eggs with `pip install -e`: no build
 # isolation, so that offline builds use the venv's setuptools
-printf '[install]\nno-build-isolation = false\n' >"$VENV/pip.conf"
-chmod -R a+rX "$VENV"
+put "$VENV/pip.conf" "$(printf '[install]\nno-build-isolation = false')"
+[ ! -O "$VENV" ] || chmod -R a+rX "$VENV"
 echo "$VENV"

@@ -13,7 +13,7 @@ cd "$ROOT"
 cargo build --release --quiet -p slap --example marshal_bench
 BIN="$ROOT/target/release/examples/marshal_bench"
 # the largest captured answer
-"$VENV/bin/python3" - "$ROOT/../shared/slap-vectors" "$OUT/captured-computer.xml" <<'PY'
+"$VENV/bin/python3" - "$ROOT/testdata/slap-vectors" "$OUT/captured-computer.xml" <<'PY'
 import glob, json, sys
 best = max((json.load(open(f))['response']['body'] for f in glob.glob(sys.argv[1] + '/0*getFullComputerInformation*.json')), key=len)
 open(sys.argv[2], 'w').write(best)

@@ -12,6 +12,7 @@
 //! master, the node and the client commands agree on it.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// Errors reading or interpreting a configuration file.
@@ -229,27 +230,25 @@ pub const DEFAULT_NODE_CONFIG: &str = "/etc/opt/slapos/slapos.cfg";
 /// The node and master configuration file, in SlapOS's order: `--cfg`, then
 /// `$SLAPOS_CONFIGURATION`, then `/etc/opt/slapos/slapos.cfg`.
 pub fn node_config_path(cli: Option<&Path>) -> PathBuf {
-    if let Some(p) = cli {
-        return p.to_path_buf();
-    }
-    match std::env::var_os("SLAPOS_CONFIGURATION") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(DEFAULT_NODE_CONFIG),
-    }
+    search(cli, std::env::var_os("SLAPOS_CONFIGURATION"), || PathBuf::from(DEFAULT_NODE_CONFIG))
 }
 
 /// The client configuration file, in SlapOS's order: `--cfg`, then
 /// `$SLAPOS_CLIENT_CONFIGURATION`, then `~/.slapos/slapos-client.cfg`.
 pub fn client_config_path(cli: Option<&Path>) -> PathBuf {
-    if let Some(p) = cli {
-        return p.to_path_buf();
-    }
-    match std::env::var_os("SLAPOS_CLIENT_CONFIGURATION") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
-            home.join(".slapos").join("slapos-client.cfg")
-        }
+    search(cli, std::env::var_os("SLAPOS_CLIENT_CONFIGURATION"), || {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+        home.join(".slapos").join("slapos-client.cfg")
+    })
+}
+
+/// The search order itself: the command line, then a non-empty environment
+/// variable, then the default.
+fn search(cli: Option<&Path>, env: Option<OsString>, default: impl FnOnce() -> PathBuf) -> PathBuf {
+    match (cli, env) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) if !p.is_empty() => PathBuf::from(p),
+        _ => default(),
     }
 }
 
@@ -319,8 +318,21 @@ key = k
     }
 
     #[test]
-    fn search_order() {
-        let p = node_config_path(Some(Path::new("/x.cfg")));
-        assert_eq!(p, PathBuf::from("/x.cfg"));
+    fn search_order_is_cli_then_environment_then_default() {
+        let default = || PathBuf::from("/default.cfg");
+        let env = || Some(OsString::from("/env.cfg"));
+        assert_eq!(search(Some(Path::new("/cli.cfg")), env(), default), PathBuf::from("/cli.cfg"), "--cfg wins");
+        assert_eq!(search(None, env(), default), PathBuf::from("/env.cfg"), "then the environment");
+        assert_eq!(search(None, Some(OsString::new()), default), PathBuf::from("/default.cfg"), "an empty variable is unset");
+        assert_eq!(search(None, None, default), PathBuf::from("/default.cfg"));
+        // the public functions read their own variables and defaults
+        assert_eq!(node_config_path(Some(Path::new("/x.cfg"))), PathBuf::from("/x.cfg"));
+        let node = std::env::var_os("SLAPOS_CONFIGURATION").filter(|v| !v.is_empty());
+        assert_eq!(node_config_path(None), node.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_CONFIG)));
+        let client = client_config_path(None);
+        match std::env::var_os("SLAPOS_CLIENT_CONFIGURATION").filter(|v| !v.is_empty()) {
+            Some(p) => assert_eq!(client, PathBuf::from(p)),
+            None => assert!(client.ends_with(".slapos/slapos-client.cfg"), "{}", client.display()),
+        }
     }
 }

@@ -434,7 +434,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The instance buildout (§5.3).
+    /// The instance buildout (`node.md` §5.3).
     fn install(&self, p: &ComputerPartition, pp: &Path, sp: Option<&Path>, owner: &Owner, log: &PartitionLog) -> Result<(), PartitionError> {
         let cfg = &self.node.cfg;
         let id = p.partition_id.as_str();
@@ -541,7 +541,7 @@ impl Run<'_> {
     }
 
     /// Programs from `etc/run` and `etc/service` into supervisord, then start
-    /// the group (§5.4).
+    /// the group (`node.md` §5.4).
     fn start(&self, id: &str, pp: &Path, owner: &Owner, log: &PartitionLog) -> Result<(), PartitionError> {
         // every file name is checked: one bad name refuses the partition
         let pd = Dir::open_nofollow(pp)?;
@@ -563,7 +563,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Reports the instances this partition requested (§5.6).
+    /// Reports the instances this partition requested (`node.md` §5.6).
     fn end_transaction(&self, id: &str, pp: &Path, log: &PartitionLog) -> Result<(), PartitionError> {
         let file = format!(".slapos-request-transaction-{id}");
         let Ok(text) = Dir::open_nofollow(pp).and_then(|pd| pd.read_to_string(Path::new(&file), fsafe::SMALL)) else { return Ok(()) };
@@ -700,7 +700,7 @@ pub fn summarize(results: &[(String, String, Outcome)]) -> (u8, Vec<String>) {
     (code, lines)
 }
 
-/// Offline processing (§5.1): the master is unreachable; keep what runs
+/// Offline processing (`node.md` §5.1): the master is unreachable; keep what runs
 /// running.
 pub fn offline(node: &Node) -> u8 {
     tracing::warn!("The master is unreachable: offline processing (services are kept running, nothing is built or destroyed)");

@@ -1,5 +1,5 @@
 //! What every node command shares: the configuration, the master client,
-//! the node's supervisord, the pid-file lock and the exit codes (§3).
+//! the node's supervisord, the pid-file lock and the exit codes (`node.md` §3).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

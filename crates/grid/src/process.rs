@@ -263,10 +263,9 @@ mod tests {
     }
 
     #[test]
-    fn as_root_the_program_runs_as_the_owner_of_the_directory() {
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
+    #[ignore = "needs root"]
+    fn needs_root_the_program_runs_as_the_owner_of_the_directory() {
+        test_support::require_root();
         let d = owned_dir();
         let out = run_as_owner("/bin/sh", &["-c".into(), "id -u; id -g; id -G".into()], d.path(), &[], None, |_| {}).unwrap();
         let lines: Vec<&str> = out.output.lines().collect();

@@ -291,7 +291,7 @@ pub fn all_cached_and_passing(pp: &Path, plugins: &[PathBuf]) -> bool {
     true
 }
 
-/// Every promise of a partition (§5.5): plugin promises (and then the
+/// Every promise of a partition (`node.md` §5.5): plugin promises (and then the
 /// legacy ones) through slapos.core's `runpromises.py` with the software's
 /// Python, or the legacy ones natively when there is no plugin.
 pub fn run_all(

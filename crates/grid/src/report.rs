@@ -184,7 +184,7 @@ pub fn empty_partition(pp: &Path) -> std::io::Result<()> {
     pd.set_own_mode(mode)
 }
 
-/// Retention (§7.7): with a delay in days, the first attempt sets the lock
+/// Retention (`node.md` §7.7): with a delay in days, the first attempt sets the lock
 /// date and refuses; later attempts refuse until that date.
 pub fn retention_allows(pp: &Path, now: f64) -> Result<bool, std::io::Error> {
     let pd = Dir::open_nofollow(pp)?;

@@ -115,7 +115,7 @@ pub fn garbage(software_root: &Path, available: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Builds one release in its software path (§4.2).
+/// Builds one release in its software path (`node.md` §4.2).
 pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Result<(), SoftwareError> {
     let cfg = &node.cfg;
     let sp = url.hash().dir(&cfg.software_root);

@@ -261,7 +261,7 @@ impl Supervisor {
     }
 
     /// Creates or refreshes `etc/`, `etc/supervisord.conf`,
-    /// `etc/supervisord.conf.d/` and `var/{log,run}` (§5.4 modes).
+    /// `etc/supervisord.conf.d/` and `var/{log,run}` (`node.md` §5.4 modes).
     pub fn write_configuration(&self, watchdog_command: Option<&str>) -> std::io::Result<()> {
         let etc = self.instance_root.join("etc");
         mkdir_mode(&etc, 0o700)?;
@@ -306,7 +306,7 @@ impl Supervisor {
         Ok(v.get("statename").and_then(XValue::as_str).unwrap_or_default().to_string())
     }
 
-    /// Starts supervisord unless it answers (§5.4 "Launch"); true when it
+    /// Starts supervisord unless it answers (`node.md` §5.4 "Launch"); true when it
     /// was launched by this call.
     pub fn ensure_running(&self) -> Result<bool, SupervisorError> {
         for _ in 0..5 {

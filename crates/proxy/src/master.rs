@@ -171,7 +171,7 @@ pub struct ReportedPartition {
     pub addresses: Vec<(String, String, String)>,
 }
 
-/// Reads the fields the master uses from a format report (§2.4).
+/// Reads the fields the master uses from a format report (`slap-protocol.md` §2.4).
 pub fn parse_format_report(v: &Value) -> Result<(ComputerRow, Vec<ReportedPartition>), MasterError> {
     let bad = |m: String| MasterError::BadRequest(format!("invalid format report: {m}"));
     let d = v.as_dict().ok_or_else(|| bad(format!("expected a dictionary, found <{}>", v.type_name())))?;
@@ -210,7 +210,7 @@ pub fn parse_format_report(v: &Value) -> Result<(ComputerRow, Vec<ReportedPartit
     Ok((computer, partitions))
 }
 
-/// `loadComputerConfigurationFromXML` (§7.8).
+/// `loadComputerConfigurationFromXML` (`slap-protocol.md` §7.8).
 pub fn load_format_report(tx: &mut dyn Tx, computer: &ComputerRow, partitions: &[ReportedPartition]) -> Result<Answer, MasterError> {
     tx.upsert_computer(computer)?;
     let keep: Vec<String> = partitions.iter().map(|p| p.reference.clone()).collect();
@@ -355,7 +355,7 @@ fn fake_frontend(title: &str, connection: BTreeMap<String, Value>) -> Value {
     }))
 }
 
-/// The frontend bypass of §7.11: a fake partition pointing at the URL itself.
+/// The frontend bypass of `slap-protocol.md` §7.11: a fake partition pointing at the URL itself.
 fn frontend_bypass(req: &InstanceRequest) -> Option<Value> {
     let param = |k: &str| req.parameters.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     if req.software_release == APACHE_FRONTEND && matches!(req.software_type.as_str(), "" | "RootSoftwareInstance" | "default") {
@@ -397,7 +397,7 @@ fn frontend_bypass(req: &InstanceRequest) -> Option<Value> {
     None
 }
 
-/// `requestComputerPartition` (§7.1–7.3, 7.11).
+/// `requestComputerPartition` (`slap-protocol.md` §7.1–7.3, §7.11).
 pub fn request(tx: &mut dyn Tx, site: &Site, req: &InstanceRequest) -> Result<Answer, MasterError> {
     if let Some(state) = &req.state {
         state.parse::<InstanceState>().map_err(|e| MasterError::BadRequest(e.to_string()))?;
@@ -628,7 +628,7 @@ fn request_shared(
 // ---------------------------------------------------------------------------
 // what partitions publish and report
 
-/// `setComputerPartitionConnectionXml` (§4.4, §7.5).
+/// `setComputerPartitionConnectionXml` (`slap-protocol.md` §4.4, §7.5).
 pub fn set_connection(
     tx: &mut dyn Tx,
     computer_id: &str,
@@ -665,7 +665,7 @@ pub fn set_connection(
     Ok(Answer::Text("done".into()))
 }
 
-/// `destroyedComputerPartition` (§7.6).
+/// `destroyedComputerPartition` (`slap-protocol.md` §7.6).
 pub fn partition_destroyed(tx: &mut dyn Tx, computer_id: &str, partition_id: &str) -> Result<Answer, MasterError> {
     let Some(mut p) = tx.partition(computer_id, partition_id)? else {
         return Ok(Answer::Text(format!("Unknown partition '{partition_id}' on '{computer_id}'")));

@@ -1,9 +1,6 @@
 //! Our master with real peers: our own client (every call), and the real
 //! Python client (`slapos.slap` from slapos.core 1.26.1) through every call.
 
-#[path = "../../slap/tests/support/mod.rs"]
-mod support;
-
 use std::process::Command;
 
 use slapos_proxy::{start_background, ProxyConfig};
@@ -23,14 +20,15 @@ fn config(dir: &std::path::Path, computer: &str) -> ProxyConfig {
 fn our_client_through_every_call() {
     let dir = tempfile::tempdir().unwrap();
     let master = start_background(&config(dir.path(), "COMP-TEST")).unwrap();
-    support::exercise::every_client_call(&master.url());
+    test_support::exercise::every_client_call(&master.url());
 }
 
 #[test]
-fn the_python_client_through_every_call() {
+#[ignore = "needs the venv"]
+fn needs_venv_the_python_client_through_every_call() {
+    let venv = test_support::python_venv();
     let dir = tempfile::tempdir().unwrap();
     let master = start_background(&config(dir.path(), "COMP-PY")).unwrap();
-    let venv = support::python_venv();
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_every_call.py");
     let out = Command::new(venv.join("bin/python3")).arg(&script).arg(master.url()).arg("COMP-PY").output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

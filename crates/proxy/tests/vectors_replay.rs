@@ -1,28 +1,14 @@
 //! Server-side wire test: the requests of the 88 captures
-//! (`shared/slap-vectors/`, Python client → Python proxy) are replayed in
+//! (`testdata/slap-vectors/`, Python client → Python proxy) are replayed in
 //! order against our master, set up like the captured proxy (computer
 //! COMP-1234, product `my-product`); every answer must be the Python
 //! proxy's, byte for byte once timestamps (and ports) are normalised.
-
-use std::path::PathBuf;
 
 use serde_json::Value as J;
 use slapos_proxy::{start_background, ProxyConfig};
 
 fn vectors() -> Vec<(String, J)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/slap-vectors");
-    assert!(dir.is_dir(), "the wire vectors are missing: {}", dir.display());
-    let mut v: Vec<(String, J)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| {
-            let p = e.unwrap().path();
-            let name = p.file_name()?.to_str()?.to_string();
-            (name.ends_with(".json") && name.as_bytes()[0].is_ascii_digit())
-                .then(|| (name, serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()))
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    test_support::vectors()
 }
 
 /// Timestamps (`<string>1795541544.3356452</string>` after a `timestamp`

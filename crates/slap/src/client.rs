@@ -2,7 +2,7 @@
 //! `slapos.slap` client makes (`slap-protocol.md` §5), with the same form
 //! fields, the `X-SlapPartition` authorization header on instance-level POSTs,
 //! configurable timeouts, TLS client certificates, and HTTP statuses mapped to
-//! typed errors as the Python client maps them (§1.3).
+//! typed errors as the Python client maps them (`slap-protocol.md` §1.3).
 //!
 //! Blocking on purpose (ureq): the node and the client commands make their
 //! calls one after the other, and a blocking client keeps them free of an
@@ -331,7 +331,7 @@ impl SlapClient {
         self.model(method, Computer::from_value(&v))
     }
 
-    /// `loadComputerConfigurationFromXML`: the format report (§2.4).
+    /// `loadComputerConfigurationFromXML`: the format report (`slap-protocol.md` §2.4).
     pub fn load_computer_configuration(&self, report: &Value) -> Result<(), SlapError> {
         let xml = self.encode(report)?;
         self.post("loadComputerConfigurationFromXML", &[("xml", &xml)], None).map(drop)

@@ -1,5 +1,5 @@
 //! The instance parameter XML (`slap-protocol.md` §2.2) and its `_` JSON
-//! variant (§2.3).
+//! variant (`slap-protocol.md` §2.3).
 //!
 //! The master stores instance parameters and connection parameters as
 //!

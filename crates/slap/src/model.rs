@@ -116,7 +116,7 @@ pub type ParameterDict = BTreeMap<String, Value>;
 pub type ConnectionDict = BTreeMap<String, Value>;
 
 /// Keys the master merges into `_parameter_dict` next to the instance's own
-/// parameters (§3.3).
+/// parameters (`slap-protocol.md` §3.3).
 pub const SLAP_PARAMETER_KEYS: &[&str] = &[
     "ip_list",
     "full_address_list",
@@ -528,7 +528,7 @@ impl Computer {
 
 // ---------------------------------------------------------------------------
 
-/// The answer of `requestComputerPartition` for an allocated instance (§3.4).
+/// The answer of `requestComputerPartition` for an allocated instance (`slap-protocol.md` §3.4).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SoftwareInstance {
     pub connection: Option<ConnectionDict>,

@@ -2,15 +2,13 @@
 //! only on instance POSTs), HTTP statuses mapped to typed errors with the
 //! server's message, bad bodies, refused connections and timeouts.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use slap::client::{ClientConfig, InstanceRequest, RequestResult, SlapClient, SlapError};
 use slap::marshal::Value;
-use support::canned;
+use test_support::canned;
 
 const WERKZEUG_404: &str = "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n<p>No free computer partition found for: NoRoom</p>\n";
 
@@ -113,7 +111,10 @@ fn requests_carry_the_python_fields_and_the_authorization_only_on_instance_posts
         ("software_type", "default"),
         ("partition_reference", "MyChild"),
         ("shared_xml", "<marshal><bool>0</bool></marshal>"),
-        ("partition_parameter_xml", "<marshal><dictionary id=\"i2\"><string>_</string><string>{\"size\": 2, \"name\": \"child\"}</string></dictionary></marshal>"),
+        (
+            "partition_parameter_xml",
+            "<marshal><dictionary id=\"i2\"><string>_</string><string>{\"size\": 2, \"name\": \"child\"}</string></dictionary></marshal>",
+        ),
         ("filter_xml", "<marshal><dictionary id=\"i2\"><string>computer_guid</string><string>COMP-1234</string></dictionary></marshal>"),
         ("state", "<marshal><none/></marshal>"),
     ];
@@ -128,11 +129,14 @@ fn requests_carry_the_python_fields_and_the_authorization_only_on_instance_posts
     assert_eq!(s.form()[3], ("slave_reference".to_string(), "None".to_string()), "absent slave_reference is the text None");
     assert!(s.header("Authorization").is_some());
     assert_eq!(got[3].header("Authorization"), None, "supply is not an instance call");
-    assert_eq!(got[3].form(), vec![
-        ("url".to_string(), "http://sr".to_string()),
-        ("computer_id".to_string(), "COMP-1234".to_string()),
-        ("state".to_string(), "available".to_string()),
-    ]);
+    assert_eq!(
+        got[3].form(),
+        vec![
+            ("url".to_string(), "http://sr".to_string()),
+            ("computer_id".to_string(), "COMP-1234".to_string()),
+            ("state".to_string(), "available".to_string()),
+        ]
+    );
 }
 
 #[test]

@@ -129,7 +129,7 @@ fn error_kinds_say_what_and_where() {
         ("<marshal><dictionary id=\"i2\"><int>1</int><none/></dictionary></marshal>", "dictionary key"),
         ("<marshal><code/></marshal>", "unknown element <code>"),
         ("<other/>", "expected <marshal>"),
-        ("<marshal><string>&#0;</string></marshal>", ""),
+        ("<marshal><string>&#0;</string></marshal>", "invalid character reference"),
     ];
     for (doc, what) in cases {
         let e = decode(doc).expect_err(doc);

@@ -3,8 +3,7 @@
 //! client certificates are presented, and certificate or key files that
 //! cannot be used are one-line errors naming the file — never a panic.
 
-#[path = "support/tls.rs"]
-mod tls_support;
+use test_support::tls as tls_support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

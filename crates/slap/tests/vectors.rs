@@ -1,25 +1,14 @@
-//! The 88 real wire exchanges of `shared/slap-vectors/` (Python client ↔
+//! The 88 real wire exchanges of `testdata/slap-vectors/` (Python client ↔
 //! Python proxy, slapos.core 1.26.1) as test vectors: every marshalled form
 //! field and body decodes to the captured JSON view, re-encodes byte for byte,
 //! and every answer object reads into the typed model.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde_json::{json, Value as J};
 use slap::instance_xml::{dict_to_xml, xml_to_dict};
 use slap::marshal::{decode, encode, Value};
 use slap::model::{Computer, ComputerPartition, InstanceState, RequestedInstance, SoftwareState};
-
-fn vectors_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/slap-vectors");
-    assert!(
-        dir.is_dir(),
-        "the wire vectors are missing: {} (shared/ must sit beside the repository)",
-        dir.display()
-    );
-    dir
-}
 
 struct Vector {
     name: String,
@@ -27,20 +16,7 @@ struct Vector {
 }
 
 fn vectors() -> Vec<Vector> {
-    let mut v: Vec<Vector> = std::fs::read_dir(vectors_dir())
-        .unwrap()
-        .filter_map(|e| {
-            let p = e.unwrap().path();
-            let name = p.file_name()?.to_str()?.to_string();
-            if !name.ends_with(".json") || !name.as_bytes()[0].is_ascii_digit() {
-                return None;
-            }
-            let doc = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-            Some(Vector { name, doc })
-        })
-        .collect();
-    v.sort_by(|a, b| a.name.cmp(&b.name));
-    v
+    test_support::vectors().into_iter().map(|(name, doc)| Vector { name, doc }).collect()
 }
 
 /// The JSON view of the vectors README.
@@ -169,10 +145,7 @@ fn computer_information_facts() {
     assert_eq!(p0.instance_title(), Some("MyInstance"));
     assert_eq!(p0.software_type(), Some("default"));
     assert_eq!(p0.timestamp(), Some("1795541544.3356452"));
-    assert_eq!(
-        p0.ip_list(),
-        vec![("slaptap0".to_string(), "10.0.0.2".to_string()), ("slaptap0".to_string(), "2001:db8::2".to_string())]
-    );
+    assert_eq!(p0.ip_list(), vec![("slaptap0".to_string(), "10.0.0.2".to_string()), ("slaptap0".to_string(), "2001:db8::2".to_string())]);
     let slaves = p0.slave_instance_list();
     assert_eq!(slaves.len(), 1);
     assert_eq!(slaves[0]["slave_reference"], Value::str("_MyShared"));
@@ -221,8 +194,7 @@ fn instance_xml_in_the_captures_round_trips() {
         let dict = xml_to_dict(xml).unwrap_or_else(|e| panic!("{}: {e}", v.name));
         let back: BTreeMap<String, Value> = dict.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
         // None values were empty strings: write them back as such
-        let back: BTreeMap<String, Value> =
-            back.into_iter().map(|(k, v)| (k, if v.is_none() { Value::str("") } else { v })).collect();
+        let back: BTreeMap<String, Value> = back.into_iter().map(|(k, v)| (k, if v.is_none() { Value::str("") } else { v })).collect();
         assert_eq!(&dict_to_xml(&back), xml, "{}", v.name);
         seen += 1;
     }

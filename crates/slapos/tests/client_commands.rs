@@ -2,59 +2,17 @@
 //! against our master and against the real Python master, and their
 //! answers to bad input.
 
-#[path = "../../slap/tests/support/mod.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use slap::client::{ClientConfig, SlapClient};
 use slap::marshal::Value;
+use test_support::Master;
 
 const BIN: &str = env!("CARGO_BIN_EXE_slapos");
 const SR: &str = "http://example.com/software/client-test/software.cfg";
 const COMPUTER: &str = "COMP-CLI";
-
-struct Master {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `program proxy start` (ours or the Python one) on a free port.
-fn start_master(program: &Path) -> Master {
-    let dir = tempfile::tempdir().unwrap();
-    let port = support::free_port();
-    let cfg = dir.path().join("slapos.cfg");
-    std::fs::write(
-        &cfg,
-        format!("[slapos]\ncomputer_id = {COMPUTER}\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {}\n", dir.path().join("p.db").display()),
-    )
-    .unwrap();
-    let child = Command::new(program)
-        .args(["proxy", "start", "--cfg"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{} did not start", program.display());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Master { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
-}
 
 fn client_cfg(dir: &Path, master_url: &str) -> std::path::PathBuf {
     let p = dir.join("slapos-client.cfg");
@@ -87,10 +45,13 @@ fn format_report(c: &SlapClient) {
             Value::Dict(BTreeMap::from([
                 ("reference".into(), s(format!("slappart{i}"))),
                 ("tap".into(), Value::Dict(BTreeMap::from([("name".into(), s(format!("slaptap{i}")))]))),
-                ("address_list".into(), Value::List(vec![Value::Dict(BTreeMap::from([
-                    ("addr".into(), s(format!("10.0.0.{}", i + 2))),
-                    ("netmask".into(), s("255.255.255.255")),
-                ]))])),
+                (
+                    "address_list".into(),
+                    Value::List(vec![Value::Dict(BTreeMap::from([
+                        ("addr".into(), s(format!("10.0.0.{}", i + 2))),
+                        ("netmask".into(), s("255.255.255.255")),
+                    ]))]),
+                ),
             ]))
         })
         .collect();
@@ -113,12 +74,22 @@ fn every_command(master: &Master, ours: bool) {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("to be installed on COMP-CLI"), "{}", stdout(&o));
 
-    let o = slapos(&cfg, &["request", "my-service", SR, "--parameters", "greeting=hello", "size=2", "--node", &format!("computer_guid={COMPUTER}")]);
+    let o = slapos(
+        &cfg,
+        &["request", "my-service", SR, "--parameters", "greeting=hello", "size=2", "--node", &format!("computer_guid={COMPUTER}")],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("no connection parameters yet"), "{}", stdout(&o));
     // the partition publishes its URL, the requester reads it
-    let partition = c.computer_information(COMPUTER).unwrap().partitions.into_iter().find(|p| p.instance_title() == Some("my-service")).unwrap();
-    c.set_connection_parameters(COMPUTER, &partition.partition_id, &BTreeMap::from([("url".into(), Value::str("http://10.0.0.2:8080/"))]), None).unwrap();
+    let partition =
+        c.computer_information(COMPUTER).unwrap().partitions.into_iter().find(|p| p.instance_title() == Some("my-service")).unwrap();
+    c.set_connection_parameters(
+        COMPUTER,
+        &partition.partition_id,
+        &BTreeMap::from([("url".into(), Value::str("http://10.0.0.2:8080/"))]),
+        None,
+    )
+    .unwrap();
     let doc = json(&slapos(&cfg, &["request", "my-service", SR, "--parameters", "greeting=hello", "size=2", "--json"]));
     assert_eq!(doc["url"], "http://10.0.0.2:8080/");
     let o = slapos(&cfg, &["request", "my-service", SR, "--parameters", "greeting=hello", "size=2"]);
@@ -172,14 +143,14 @@ fn every_command(master: &Master, ours: bool) {
 
 #[test]
 fn every_command_against_our_master() {
-    let master = start_master(Path::new(BIN));
+    let master = Master::start(Path::new(BIN), COMPUTER);
     every_command(&master, true);
 }
 
 #[test]
-fn every_command_against_the_python_master() {
-    let venv = support::python_venv();
-    let master = start_master(&venv.join("bin/slapos"));
+#[ignore = "needs the venv"]
+fn needs_venv_every_command_against_the_python_master() {
+    let master = Master::python(COMPUTER);
     every_command(&master, false);
 }
 
@@ -195,7 +166,7 @@ fn one_line_error(o: &Output, code: i32, needle: &str) {
 fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     // a master that is down
-    let port = support::free_port();
+    let port = test_support::free_port();
     let cfg = client_cfg(dir.path(), &format!("http://127.0.0.1:{port}"));
     one_line_error(&slapos(&cfg, &["supply", SR, COMPUTER]), 1, &format!("127.0.0.1:{port}"));
     one_line_error(&slapos(&cfg, &["service", "list"]), 1, &format!("127.0.0.1:{port}"));
@@ -212,7 +183,7 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     std::fs::write(&empty, "[slapos]\n").unwrap();
     one_line_error(&slapos(&empty, &["supply", SR, COMPUTER]), 1, "master_url is not set");
     // a master that says "not ready" (408): exit 2, as SlapOS
-    let server = support::canned(408, "<p>Resource not ready</p>");
+    let server = test_support::canned(408, "<p>Resource not ready</p>");
     let cfg = client_cfg(dir.path(), &server.url);
     one_line_error(&slapos(&cfg, &["request", "x", SR]), 2, "run this command again");
 }

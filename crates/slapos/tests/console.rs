@@ -1,69 +1,44 @@
 //! `slapos console`: scripts with -c and from a file, and the interactive
 //! console driven through a pseudo-terminal, against our master.
 
-#[path = "../../slap/tests/support/mod.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use slap::client::{ClientConfig, SlapClient};
 use slap::marshal::Value;
+use test_support::Master;
 
 const BIN: &str = env!("CARGO_BIN_EXE_slapos");
-
-struct Master {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn master() -> Master {
     master_with(Path::new(BIN))
 }
 
-/// `program proxy start` (ours or the Python one), formatted with one partition.
+/// `program proxy start` (ours or the Python one), formatted with one
+/// partition; `client.cfg` in its directory points at it.
 fn master_with(program: &Path) -> Master {
-    let dir = tempfile::tempdir().unwrap();
-    let port = support::free_port();
-    let cfg = dir.path().join("slapos.cfg");
-    std::fs::write(
-        &cfg,
-        format!("[slapos]\ncomputer_id = COMP-CON\n[slapproxy]\nport = {port}\ndatabase_uri = {}\n", dir.path().join("p.db").display()),
-    )
-    .unwrap();
-    let child = Command::new(program).args(["proxy", "start", "--cfg"]).arg(&cfg).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let url = format!("http://127.0.0.1:{port}");
-    let c = SlapClient::new(ClientConfig::new(&url)).unwrap();
+    let m = Master::start(program, "COMP-CON");
+    let c = SlapClient::new(ClientConfig::new(&m.url)).unwrap();
     let s = |v: &str| Value::str(v);
     c.load_computer_configuration(&Value::Dict(BTreeMap::from([
         ("reference".into(), s("COMP-CON")),
         ("address".into(), s("10.0.0.1")),
         ("netmask".into(), s("255.255.255.0")),
-        ("partition_list".into(), Value::List(vec![Value::Dict(BTreeMap::from([
-            ("reference".into(), s("slappart0")),
-            ("address_list".into(), Value::List(vec![])),
-        ]))])),
+        (
+            "partition_list".into(),
+            Value::List(vec![Value::Dict(BTreeMap::from([
+                ("reference".into(), s("slappart0")),
+                ("address_list".into(), Value::List(vec![])),
+            ]))]),
+        ),
     ])))
     .unwrap();
-    std::fs::write(dir.path().join("client.cfg"), format!("[slapos]\nmaster_url = {url}\n")).unwrap();
-    Master { child, url, dir }
+    std::fs::write(m.dir.path().join("client.cfg"), format!("[slapos]\nmaster_url = {}\n", m.url)).unwrap();
+    m
 }
 
 fn console(cfg: &Path, args: &[&str]) -> Output {
@@ -76,14 +51,21 @@ fn scripts_with_c_and_from_a_file() {
 }
 
 #[test]
-fn scripts_against_the_python_master() {
-    scripts_against(&master_with(&support::python_venv().join("bin/slapos")));
+#[ignore = "needs the venv"]
+fn needs_venv_scripts_against_the_python_master() {
+    scripts_against(&master_with(&test_support::python_venv().join("bin/slapos")));
 }
 
 fn scripts_against(m: &Master) {
     let cfg = m.dir.path().join("client.cfg");
     let c = SlapClient::new(ClientConfig::new(&m.url)).unwrap();
-    let o = console(&cfg, &["-c", r#"supply("http://sr/s.cfg", "COMP-CON"); let i = request("web", "http://sr/s.cfg", #{greeting: "hi"}); print(i.partition_id()); print(i.parameters().greeting);"#]);
+    let o = console(
+        &cfg,
+        &[
+            "-c",
+            r#"supply("http://sr/s.cfg", "COMP-CON"); let i = request("web", "http://sr/s.cfg", #{greeting: "hi"}); print(i.partition_id()); print(i.parameters().greeting);"#,
+        ],
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(out.lines().collect::<Vec<_>>(), ["slappart0", "hi"]);

@@ -1,6 +1,8 @@
 //! `slapos node format` as root, in a network namespace of its own (a
-//! bridge with a ULA prefix) with users of a test prefix, all removed at the
-//! end even on failure. Skipped (with a message) when not root.
+//! bridge with a ULA prefix) with users of a test prefix (`slaptest`), all
+//! removed at the end even on failure. Slow tier: every test is
+//! `#[ignore = "needs root"]` and fails, saying so, when run without root
+//! (`cargo test -- --ignored needs_root`, as root).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,7 +11,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_slapos");
 
 struct Sandbox {
     ns: String,
+    /// Prefix of the users and groups this test creates (`slaptest...`).
     prefix: String,
+    /// Prefix of its taps (interface names are at most 15 bytes).
+    tap: String,
     partitions: usize,
     dir: tempfile::TempDir,
 }
@@ -31,13 +36,16 @@ fn sh(args: &[&str]) {
     assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
-fn sandbox(tag: char, partitions: usize) -> Option<Sandbox> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root (users and a network namespace)");
-        return None;
-    }
+fn sandbox(tag: char, partitions: usize) -> Sandbox {
+    test_support::require_root();
     let id = std::process::id() % 100000;
-    let s = Sandbox { ns: format!("tfmt{tag}{id}"), prefix: format!("tf{tag}{id}"), partitions, dir: tempfile::tempdir().unwrap() };
+    let s = Sandbox {
+        ns: format!("tfmt{tag}{id}"),
+        prefix: format!("slaptest{tag}{id}"),
+        tap: format!("st{tag}{id}tap"),
+        partitions,
+        dir: tempfile::tempdir().unwrap(),
+    };
     let ns = s.ns.clone();
     sh(&["ip", "netns", "add", &ns]);
     for cmd in [
@@ -55,7 +63,7 @@ fn sandbox(tag: char, partitions: usize) -> Option<Sandbox> {
         sh(&args);
     }
     std::fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    Some(s)
+    s
 }
 
 fn config(s: &Sandbox, partitions: usize) -> PathBuf {
@@ -64,9 +72,10 @@ fn config(s: &Sandbox, partitions: usize) -> PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "[slapos]\ncomputer_id = COMP-T\nmaster_url = http://127.0.0.1:9\nsoftware_root = {d}/opt\ninstance_root = {d}/srv\n\n[slapformat]\ninterface_name = br0\npartition_amount = {partitions}\ncomputer_xml = {d}/slapos.xml\ncomputer_json = {d}/slapos.json\nuser_base_name = {p}user\nsoftware_user = {p}soft\ntap_base_name = {p}tap\ncreate_tap = false\nipv4_local_network = 10.0.0.0/16\n",
+            "[slapos]\ncomputer_id = COMP-T\nmaster_url = http://127.0.0.1:9\nsoftware_root = {d}/opt\ninstance_root = {d}/srv\n\n[slapformat]\ninterface_name = br0\npartition_amount = {partitions}\ncomputer_xml = {d}/slapos.xml\ncomputer_json = {d}/slapos.json\nuser_base_name = {p}user\nsoftware_user = {p}soft\ntap_base_name = {t}\ncreate_tap = false\nipv4_local_network = 10.0.0.0/16\n",
             d = d.display(),
-            p = s.prefix
+            p = s.prefix,
+            t = s.tap
         ),
     )
     .unwrap();
@@ -96,7 +105,8 @@ fn format(s: &Sandbox, cfg: &Path, extra: &[&str]) -> Output {
 }
 
 fn addresses(s: &Sandbox) -> String {
-    String::from_utf8(Command::new("ip").args(["netns", "exec", &s.ns, "ip", "addr", "show", "dev", "br0"]).output().unwrap().stdout).unwrap()
+    String::from_utf8(Command::new("ip").args(["netns", "exec", &s.ns, "ip", "addr", "show", "dev", "br0"]).output().unwrap().stdout)
+        .unwrap()
 }
 
 fn mode_owner(p: &Path) -> (u32, u32) {
@@ -106,8 +116,9 @@ fn mode_owner(p: &Path) -> (u32, u32) {
 }
 
 #[test]
-fn formats_a_node_then_reruns_check_and_dry_run_change_nothing_and_growth_keeps_partitions() {
-    let Some(s) = sandbox('a', 3) else { return };
+#[ignore = "needs root"]
+fn needs_root_formats_a_node_then_reruns_check_and_dry_run_change_nothing_and_growth_keeps_partitions() {
+    let s = sandbox('a', 3);
     let cfg = config(&s, 2);
     // dry run: the plan, nothing changed (not even the state file)
     let o = format(&s, &cfg, &["--dry_run"]);
@@ -151,10 +162,13 @@ fn formats_a_node_then_reruns_check_and_dry_run_change_nothing_and_growth_keeps_
     // the replaced state is kept in the zip history, readable by Python's zipfile
     let zip = s.dir.path().join("slapos.xml.zip");
     assert!(zip.exists(), "history of the replaced state file");
-    if let Ok(o) = Command::new("unzip").arg("-t").arg(&zip).output() {
-        let list = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success() && list.contains("slapos.xml.20"), "{list}");
-    }
+    let o = Command::new("python3")
+        .args(["-c", "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); assert z.testzip() is None; print(z.namelist())"])
+        .arg(&zip)
+        .output()
+        .expect("python3 (installed by scripts/install-deps.sh)");
+    let list = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && list.contains("slapos.xml.20"), "{list}{}", String::from_utf8_lossy(&o.stderr));
     // shrinking is refused before anything changes
     let o = format(&s, &config(&s, 1), &[]);
     assert_eq!(o.status.code(), Some(1));
@@ -162,8 +176,9 @@ fn formats_a_node_then_reruns_check_and_dry_run_change_nothing_and_growth_keeps_
 }
 
 #[test]
-fn bad_options_are_named_before_anything_changes() {
-    let Some(s) = sandbox('b', 0) else { return };
+#[ignore = "needs root"]
+fn needs_root_bad_options_are_named_before_anything_changes() {
+    let s = sandbox('b', 0);
     let cfg = config(&s, 2);
     let text = std::fs::read_to_string(&cfg).unwrap();
     for (from, to, needle) in [
@@ -182,10 +197,11 @@ fn bad_options_are_named_before_anything_changes() {
 }
 
 #[test]
-fn taps_and_tuns_are_owned_by_the_partition_user_attached_to_the_bridge_and_kept_on_rerun() {
-    let Some(s) = sandbox('c', 2) else { return };
+#[ignore = "needs root"]
+fn needs_root_taps_and_tuns_are_owned_by_the_partition_user_attached_to_the_bridge_and_kept_on_rerun() {
+    let s = sandbox('c', 2);
     let cfg = config_with(&s, 2, "create_tap = true\ncreate_tun = true\n");
-    let (tap0, tap1) = (format!("{}tap0", s.prefix), format!("{}tap1", s.prefix));
+    let (tap0, tap1) = (format!("{}0", s.tap), format!("{}1", s.tap));
     // a dry run plans the taps and creates none
     let o = format(&s, &cfg, &["--dry_run"]);
     let plan = String::from_utf8_lossy(&o.stdout).to_string();
@@ -221,7 +237,8 @@ fn taps_and_tuns_are_owned_by_the_partition_user_attached_to_the_bridge_and_kept
     assert_eq!(p0["tap"]["ipv6_network"], "fd00:7e57::8001:0:0:1/80");
     assert_eq!(p0["tap"]["ipv4_addr"], "");
     assert_eq!(p0["tun"]["ipv4_network"], "172.16.0.1/255.248.0.0");
-    let resource: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.dir.path().join("srv/slappart0/.slapos-resource")).unwrap()).unwrap();
+    let resource: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.dir.path().join("srv/slappart0/.slapos-resource")).unwrap()).unwrap();
     assert_eq!(&resource["tap"], &p0["tap"], "instances read their tap from .slapos-resource");
     // re-run: the taps are kept, nothing to change, no drift
     let o = format(&s, &cfg, &[]);
@@ -242,8 +259,9 @@ fn taps_and_tuns_are_owned_by_the_partition_user_attached_to_the_bridge_and_kept
 }
 
 #[test]
-fn a_missing_interface_becomes_a_bridge_only_with_create_bridge() {
-    let Some(s) = sandbox('d', 2) else { return };
+#[ignore = "needs root"]
+fn needs_root_a_missing_interface_becomes_a_bridge_only_with_create_bridge() {
+    let s = sandbox('d', 2);
     let cfg = config_with(&s, 2, "create_tap = true\n");
     let text = std::fs::read_to_string(&cfg).unwrap().replace("interface_name = br0\n", "interface_name = br1\nipv6_interface = br0\n");
     std::fs::write(&cfg, &text).unwrap();
@@ -258,7 +276,7 @@ fn a_missing_interface_becomes_a_bridge_only_with_create_bridge() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("creating bridge interface br1"), "{err}");
     assert!(!in_ns(&s, &["ls", "/sys/class/net/br1/bridge"]).is_empty(), "br1 is a bridge");
-    let tap0 = format!("{}tap0", s.prefix);
+    let tap0 = format!("{}0", s.tap);
     assert!(in_ns(&s, &["readlink", &format!("/sys/class/net/{tap0}/master")]).ends_with("/br1"));
     let br1 = in_ns(&s, &["ip", "addr", "show", "dev", "br1"]);
     assert_eq!(br1.matches("inet 10.0.").count(), 2, "the partitions' IPv4 are on interface_name: {br1}");
@@ -268,8 +286,9 @@ fn a_missing_interface_becomes_a_bridge_only_with_create_bridge() {
 }
 
 #[test]
-fn the_definition_file_is_written_with_o_and_used_with_i() {
-    let Some(s) = sandbox('e', 2) else { return };
+#[ignore = "needs root"]
+fn needs_root_the_definition_file_is_written_with_o_and_used_with_i() {
+    let s = sandbox('e', 2);
     let d = s.dir.path();
     let cfg = config(&s, 2);
     let def = d.join("computer.def");
@@ -278,9 +297,19 @@ fn the_definition_file_is_written_with_o_and_used_with_i() {
     let text = std::fs::read_to_string(&def).unwrap();
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("slapos.json")).unwrap()).unwrap();
     let p1 = &json["partition_list"][1];
-    let line = format!("address = {}/255.255.255.255 {}/ffff:ffff:ffff:ffff::", p1["address_list"][0]["addr"].as_str().unwrap(), p1["address_list"][1]["addr"].as_str().unwrap());
+    let line = format!(
+        "address = {}/255.255.255.255 {}/ffff:ffff:ffff:ffff::",
+        p1["address_list"][0]["addr"].as_str().unwrap(),
+        p1["address_list"][1]["addr"].as_str().unwrap()
+    );
     assert!(text.starts_with("[computer]\naddress = fd00:7e57::1/ffff:ffff:ffff:ffff::\n\n[partition_0]\n"), "{text}");
-    assert!(text.contains(&format!("[partition_1]\n{line}\nipv6_range = fd00:7e57:0:0:4002::/80\nuser = {}user1\nnetwork_interface = {}tap1\npathname = slappart1\n", s.prefix, s.prefix)), "{text}");
+    assert!(
+        text.contains(&format!(
+            "[partition_1]\n{line}\nipv6_range = fd00:7e57:0:0:4002::/80\nuser = {}user1\nnetwork_interface = {}1\npathname = slappart1\n",
+            s.prefix, s.tap
+        )),
+        "{text}"
+    );
     // a node formatted from a definition: its names and addresses, not derived ones
     std::fs::remove_file(d.join("slapos.xml")).unwrap();
     std::fs::write(&def, text.replace("pathname = slappart1", "pathname = custom1")).unwrap();

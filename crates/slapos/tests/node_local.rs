@@ -8,9 +8,9 @@
 //! still built), supervisord killed (services back on the next run), the
 //! master down (offline: services kept, nothing destroyed, exit 3),
 //! `kill -9` in the middle of a build (the next run resumes).
-
-#[path = "../../slap/tests/support/mod.rs"]
-mod support;
+//!
+//! Slow tier: every test needs the project venv (`cargo test -- --ignored
+//! needs_venv`).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ fn chown_tree(p: &Path) {
 
 impl Cloud {
     fn new(name: &str) -> Cloud {
-        let venv = support::python_venv();
+        let venv = test_support::python_venv();
         let dir = tempfile::Builder::new().prefix(&format!("slapos-node-{name}-")).tempdir().unwrap();
         let d = dir.path();
         for sub in ["etc", "log", "var/run", "opt/slapgrid", "srv/slapgrid", "sr", "bin"] {
@@ -53,11 +53,11 @@ impl Cloud {
         let bin = d.join("bin/slapos");
         std::fs::copy(BIN, &bin).unwrap();
         let sr = d.join("sr/hello-http");
-        let status = Command::new("cp").arg("-r").arg(support::repo_root().join("examples/hello-http")).arg(&sr).status().unwrap();
+        let status = Command::new("cp").arg("-r").arg(test_support::repo_root().join("examples/hello-http")).arg(&sr).status().unwrap();
         assert!(status.success());
         let text = std::fs::read_to_string(sr.join("software.cfg.in")).unwrap().replace("@SR_DIR@", sr.to_str().unwrap());
         std::fs::write(sr.join("software.cfg"), text).unwrap();
-        let port = support::free_port();
+        let port = test_support::free_port();
         let cfg = d.join("etc/slapos.cfg");
         std::fs::write(
             &cfg,
@@ -198,9 +198,10 @@ fn wait_answer(url: &str) -> Option<String> {
 }
 
 #[test]
-fn deploys_the_example_survives_supervisord_and_master_failures() {
+#[ignore = "needs the venv"]
+fn needs_venv_deploys_the_example_survives_supervisord_and_master_failures() {
     let mut c = Cloud::new("deploy");
-    let http_port = support::free_port();
+    let http_port = test_support::free_port();
     c.ok(&["node", "format", "--local", "--now"], 0);
     c.ok(&["supply", &c.sr_url(), "local"], 0);
     c.run(&["request", "hello", &c.sr_url(), "--parameters", &format!("port={http_port}")]);
@@ -286,11 +287,13 @@ fn deploys_the_example_survives_supervisord_and_master_failures() {
 }
 
 #[test]
-fn a_broken_profile_is_reported_and_the_other_release_still_builds() {
+#[ignore = "needs the venv"]
+fn needs_venv_a_broken_profile_is_reported_and_the_other_release_still_builds() {
     let c = Cloud::new("broken");
     c.ok(&["node", "format", "--local", "--now"], 0);
     let broken = c.dir.path().join("sr/broken.cfg");
-    std::fs::write(&broken, "[buildout]\nparts = broken\noffline = true\nnewest = false\n\n[broken]\nrecipe = ${missing-section:recipe}\n").unwrap();
+    std::fs::write(&broken, "[buildout]\nparts = broken\noffline = true\nnewest = false\n\n[broken]\nrecipe = ${missing-section:recipe}\n")
+        .unwrap();
     chown_tree(&broken);
     let broken_url = broken.display().to_string();
     c.ok(&["supply", &broken_url, "local"], 0);
@@ -308,12 +311,19 @@ fn a_broken_profile_is_reported_and_the_other_release_still_builds() {
 }
 
 #[test]
-fn kill_9_in_the_middle_of_a_build_then_the_next_run_resumes() {
+#[ignore = "needs the venv"]
+fn needs_venv_kill_9_in_the_middle_of_a_build_then_the_next_run_resumes() {
     let c = Cloud::new("kill9");
     c.ok(&["node", "format", "--local", "--now"], 0);
     c.ok(&["supply", &c.sr_url(), "local"], 0);
     let cfg = c.cfg.to_str().unwrap().to_string();
-    let mut child = c.command(&["node", "software", "--now", "--cfg", &cfg]).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn().unwrap();
+    let mut child = c
+        .command(&["node", "software", "--now", "--cfg", &cfg])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
     let pgid = child.id() as i32;
     // wait until buildout is at work, then kill the whole run
     let root = c.dir.path().join("opt/slapgrid");

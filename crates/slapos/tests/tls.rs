@@ -7,8 +7,7 @@
 
 #[path = "../../slap/tests/support/mod.rs"]
 mod support;
-#[path = "../../slap/tests/support/tls.rs"]
-mod tls_support;
+use test_support::tls as tls_support;
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -1,7 +1,6 @@
 //! Every client call against a master, each write checked through the
 //! master's own answers. Shared by the interoperability tests against the
 //! Python master (crates/slap) and against ours (crates/proxy).
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
@@ -27,11 +26,21 @@ fn format_report(computer: &str, n: usize) -> Value {
             Value::Dict(dict(&[
                 ("reference", s(&format!("slappart{i}"))),
                 ("path", s(&format!("/srv/slapgrid/slappart{i}"))),
-                ("user", Value::Dict(dict(&[("name", s(&format!("slapuser{i}"))), ("additional_group_list", Value::List(vec![])), ("shell", s("/bin/sh"))]))),
-                ("address_list", Value::List(vec![
-                    Value::Dict(dict(&[("addr", s(&format!("10.0.0.{}", i + 2))), ("netmask", s("255.255.255.255"))])),
-                    Value::Dict(dict(&[("addr", s(&format!("2001:db8::{}", i + 2))), ("netmask", s("ffff:ffff:ffff:ffff::"))])),
-                ])),
+                (
+                    "user",
+                    Value::Dict(dict(&[
+                        ("name", s(&format!("slapuser{i}"))),
+                        ("additional_group_list", Value::List(vec![])),
+                        ("shell", s("/bin/sh")),
+                    ])),
+                ),
+                (
+                    "address_list",
+                    Value::List(vec![
+                        Value::Dict(dict(&[("addr", s(&format!("10.0.0.{}", i + 2))), ("netmask", s("255.255.255.255"))])),
+                        Value::Dict(dict(&[("addr", s(&format!("2001:db8::{}", i + 2))), ("netmask", s("ffff:ffff:ffff:ffff::"))])),
+                    ]),
+                ),
                 ("tap", Value::Dict(dict(&[("name", s(&format!("slaptap{i}")))]))),
                 ("tun", Value::None),
                 ("external_storage_list", Value::List(vec![])),
@@ -166,12 +175,9 @@ pub fn every_client_call(url: &str) {
     assert_eq!(answer, "done");
     assert_eq!(c.register_partition(COMPUTER, &child_partition).unwrap().instance_title(), Some("MyRenamedChild"));
     // a route the Python proxy lacks
-    assert!(matches!(
-        c.update_related_instance_list(COMPUTER, &partition, &["MyChild".into()]),
-        Err(SlapError::NotFound { .. })
-    ));
+    assert!(matches!(c.update_related_instance_list(COMPUTER, &partition, &["MyChild".into()]), Err(SlapError::NotFound { .. })));
 
-    // a stopped root stops its children when they are re-requested (§7.1): start it again
+    // a stopped root stops its children when they are re-requested (`slap-protocol.md` §7.1): start it again
     let mut start = req.clone();
     start.state = Some(InstanceState::Started);
     ready(c.request(&start).unwrap());

@@ -2,9 +2,7 @@
 //! expires and no key is committed), a server certificate for 127.0.0.1,
 //! client certificates, and a TLS server (rustls over a std listener) that
 //! answers a canned response or forwards each request to a plain HTTP
-//! backend (a real master). Included with `#[path]` by the tests that need
-//! it (they need rcgen and rustls as dev-dependencies).
-#![allow(dead_code)]
+//! backend (a real master).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
