@@ -71,10 +71,8 @@ impl Config {
         if !path.exists() {
             return Err(ConfigError::Missing { path: path.to_path_buf() });
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: path.to_path_buf(), message: e.to_string() })?;
-        let mut config = Config::parse(&text)
-            .map_err(|message| ConfigError::Read { path: path.to_path_buf(), message })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Read { path: path.to_path_buf(), message })?;
         config.path = Some(path.to_path_buf());
         Ok(config)
     }
@@ -151,10 +149,7 @@ impl Config {
         sections.iter().find_map(|s| self.get(s, key))
     }
     pub fn require(&self, section: &str, key: &str) -> Result<&str, ConfigError> {
-        self.get_nonempty(section, key).ok_or_else(|| ConfigError::Required {
-            section: section.to_string(),
-            key: key.to_string(),
-        })
+        self.get_nonempty(section, key).ok_or_else(|| ConfigError::Required { section: section.to_string(), key: key.to_string() })
     }
     /// A boolean option: exactly `true` or `false`, in any case, as SlapOS.
     pub fn get_bool(&self, section: &str, key: &str) -> Result<Option<bool>, ConfigError> {
@@ -179,9 +174,7 @@ impl Config {
     }
     /// All options of `section` as a map (later duplicates win).
     pub fn section_map(&self, section: &str) -> BTreeMap<String, String> {
-        self.section(section)
-            .map(|s| s.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-            .unwrap_or_default()
+        self.section(section).map(|s| s.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap_or_default()
     }
 }
 

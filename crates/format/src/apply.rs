@@ -41,7 +41,9 @@ pub fn run(cfg: &FormatConfig, mode: Mode, json: bool) -> anyhow::Result<u8> {
         }
         None => {
             match &previous {
-                Some(p) => tracing::info!("Loading previous computer data from {} ({} partitions)", cfg.computer_xml.display(), p.partitions.len()),
+                Some(p) => {
+                    tracing::info!("Loading previous computer data from {} ({} partitions)", cfg.computer_xml.display(), p.partitions.len())
+                }
                 None => tracing::warn!("Creating new computer data with id {}", cfg.computer_id),
             }
             (cfg.clone(), previous.clone())
@@ -90,7 +92,11 @@ pub fn run(cfg: &FormatConfig, mode: Mode, json: bool) -> anyhow::Result<u8> {
                 return Ok(1);
             }
             if plan.state.partitions.len() != previous.as_ref().map(|p| p.partitions.len()).unwrap_or(0) {
-                println!("partition_amount is {}, the state file has {} partitions", cfg.partition_amount, previous.as_ref().map(|p| p.partitions.len()).unwrap_or(0));
+                println!(
+                    "partition_amount is {}, the state file has {} partitions",
+                    cfg.partition_amount,
+                    previous.as_ref().map(|p| p.partitions.len()).unwrap_or(0)
+                );
             }
             for w in &plan.warnings {
                 println!("warning: {w}");
@@ -148,7 +154,8 @@ fn lock(computer_xml: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
         Ok(l) => Ok(l),
         Err((file, _)) => {
             tracing::warn!("another slapos node format holds {}: waiting for it", path.display());
-            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| anyhow!("cannot lock {}: {e}", path.display()))
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| anyhow!("cannot lock {}: {e}", path.display()))
         }
     }
 }
@@ -266,7 +273,8 @@ fn apply(cfg: &FormatConfig, plan: &Plan) -> anyhow::Result<u8> {
             }
             Step::WriteResource { path } => {
                 let p = plan.state.partitions.iter().find(|p| p.path.join(".slapos-resource") == *path).expect("planned");
-                write_atomic(path, &to_json(&p.to_value(&plan.state.software_user), 4)).with_context(|| format!("cannot write {}", path.display()))
+                write_atomic(path, &to_json(&p.to_value(&plan.state.software_user), 4))
+                    .with_context(|| format!("cannot write {}", path.display()))
             }
             _ => unreachable!("network steps are applied together"),
         };

@@ -208,7 +208,10 @@ mod tests {
         let taps = cfg("create_tun = true\ncreate_bridge = true\ntap_gateway_interface = eth1\n").unwrap();
         assert!(taps.create_tun && taps.create_bridge && taps.tap_gateway_interface == "eth1");
         assert!(cfg("create_bridge = maybe").unwrap_err().to_string().contains("'create_bridge'"));
-        assert_eq!(cfg("alter_user = yes").unwrap_err().to_string(), "Option 'alter_user' needs to be \"True\" or \"False\", wrong value: 'yes'");
+        assert_eq!(
+            cfg("alter_user = yes").unwrap_err().to_string(),
+            "Option 'alter_user' needs to be \"True\" or \"False\", wrong value: 'yes'"
+        );
         assert!(cfg("ipv4_local_network = 10.0.0.0/33").unwrap_err().to_string().contains("'10.0.0.0/33'"));
         assert!(matches!(cfg("bridge_name = br0"), Err(FormatConfigError::Removed("bridge_name"))));
         assert!(cfg("key_file = /nonexistent/key").unwrap_err().to_string().contains("/nonexistent/key"));

@@ -56,12 +56,17 @@ pub fn parse(text: &str, shown: &str, cfg: &FormatConfig) -> Result<ComputerStat
     // (SlapOS falls back to `slapsoft`, and its own -o never writes the key,
     // so a -o/-i round trip silently changed the software user: we keep the
     // configured one)
-    let software_user = ini.get_nonempty("computer", "software_user").map(|u| u.trim().to_string()).unwrap_or_else(|| cfg.software_user.clone());
+    let software_user =
+        ini.get_nonempty("computer", "software_user").map(|u| u.trim().to_string()).unwrap_or_else(|| cfg.software_user.clone());
     let mut partitions = Vec::new();
     for i in 0..cfg.partition_amount {
         let section = format!("partition_{i}");
         let get = |key: &'static str| {
-            ini.get(&section, key).map(str::trim).ok_or_else(|| DefinitionError::Missing { path: shown.to_string(), section: section.clone(), key })
+            ini.get(&section, key).map(str::trim).ok_or_else(|| DefinitionError::Missing {
+                path: shown.to_string(),
+                section: section.clone(),
+                key,
+            })
         };
         let mut addresses = Vec::new();
         for item in get("address")?.split_whitespace() {
@@ -159,7 +164,10 @@ mod tests {
     #[test]
     fn reads_slapos_definitions_and_writes_them_back() {
         let st = parse(DEFINITION, "def.cfg", &cfg("")).unwrap();
-        assert_eq!((st.address.as_deref(), st.netmask.as_deref(), st.software_user.as_str()), (Some("fd00:e2e::1"), Some("ffff:ffff:ffff:ffff::"), "soft"));
+        assert_eq!(
+            (st.address.as_deref(), st.netmask.as_deref(), st.software_user.as_str()),
+            (Some("fd00:e2e::1"), Some("ffff:ffff:ffff:ffff::"), "soft")
+        );
         let p0 = &st.partitions[0];
         assert_eq!((p0.reference.as_str(), p0.user.as_str(), p0.tap.name.as_str()), ("part0", "u0", "tap0"));
         assert_eq!(p0.path, Path::new("/srv/slapgrid/part0"));

@@ -138,10 +138,7 @@ impl PartitionState {
             None => Value::Dict(BTreeMap::new()),
         };
         let mut fields = vec![
-            (
-                "address_list",
-                Value::List(self.addresses.iter().map(|(a, m)| dict(vec![("addr", s(a)), ("netmask", s(m))])).collect()),
-            ),
+            ("address_list", Value::List(self.addresses.iter().map(|(a, m)| dict(vec![("addr", s(a)), ("netmask", s(m))])).collect())),
             ("external_storage_list", Value::List(vec![])),
             ("ipv6_range", range),
             ("path", s(self.path.display().to_string())),
@@ -211,10 +208,8 @@ impl ComputerState {
             // SlapOS: a partition without a tap gets one named after it
             let tap = pd.get("tap").and_then(Value::as_dict).map(LinkState::from_dict).unwrap_or_else(|| LinkState::named(&reference));
             let tun = pd.get("tun").and_then(Value::as_dict).map(LinkState::from_dict);
-            let capability_list = pd
-                .get("capability_list")
-                .and_then(Value::as_seq)
-                .map(|l| l.iter().filter_map(Value::as_str).map(str::to_string).collect());
+            let capability_list =
+                pd.get("capability_list").and_then(Value::as_seq).map(|l| l.iter().filter_map(Value::as_str).map(str::to_string).collect());
             let addresses = pd
                 .get("address_list")
                 .and_then(Value::as_seq)
@@ -223,9 +218,10 @@ impl ComputerState {
                 .filter_map(|a| a.as_dict())
                 .filter_map(|a| Some((text(a, "addr")?, text(a, "netmask")?)))
                 .collect();
-            let ipv6_range = pd.get("ipv6_range").and_then(Value::as_dict).and_then(|r| {
-                Some((text(r, "addr")?, r.get("prefixlen").and_then(Value::as_int).map(|i| i as u8)?))
-            });
+            let ipv6_range = pd
+                .get("ipv6_range")
+                .and_then(Value::as_dict)
+                .and_then(|r| Some((text(r, "addr")?, r.get("prefixlen").and_then(Value::as_int).map(|i| i as u8)?)));
             partitions.push(PartitionState {
                 path: text(pd, "path").map(PathBuf::from).unwrap_or_default(),
                 reference,
@@ -273,11 +269,7 @@ impl ComputerState {
 fn os_type() -> String {
     let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let field = |k: &str| {
-        release
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .map(|v| v.trim_matches('"').to_string())
-            .unwrap_or_default()
+        release.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).map(|v| v.trim_matches('"').to_string()).unwrap_or_default()
     };
     let value = serde_json::json!([python_platform(), field("ID"), field("VERSION_ID"), field("NAME")]);
     slap::pyjson::dumps(&value, &slap::pyjson::Options::DEFAULT)
@@ -384,11 +376,13 @@ pub fn save_xml(path: &Path, xml: &str) -> std::io::Result<bool> {
     if let Some(old) = old {
         let now = chrono::Local::now();
         let archive = PathBuf::from(format!("{}.zip", path.display()));
-        let name = format!("{}{}", path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), now.format(".%Y%m%d-%H:%M"));
+        let name =
+            format!("{}{}", path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), now.format(".%Y%m%d-%H:%M"));
         if let Err(e) = archive_append(&archive, &name, &old, &now) {
             let broken = PathBuf::from(format!("{}{}", archive.display(), now.format("_broken_%Y%m%d-%H:%M")));
             tracing::warn!("cannot add to {} ({e}): moving it to {} and starting a new one", archive.display(), broken.display());
-            let retry = std::fs::rename(&archive, &broken).map_err(|e| e.to_string()).and_then(|_| archive_append(&archive, &name, &old, &now));
+            let retry =
+                std::fs::rename(&archive, &broken).map_err(|e| e.to_string()).and_then(|_| archive_append(&archive, &name, &old, &now));
             if let Err(e) = retry {
                 tracing::warn!("Can't backup {}: {e}", path.display());
             }
@@ -585,7 +579,17 @@ mod tests {
         let addresses: Vec<serde_json::Value> = p.addresses.iter().map(|(a, m)| serde_json::json!({"addr": a, "netmask": m})).collect();
         assert_eq!(
             read,
-            serde_json::json!([st.address, st.netmask, p.reference, p.path, p.user, addresses, "fd00:e2e:0:0:4001::/80", p.tap.ipv6_addr, p.tun.as_ref().unwrap().ipv4_network])
+            serde_json::json!([
+                st.address,
+                st.netmask,
+                p.reference,
+                p.path,
+                p.user,
+                addresses,
+                "fd00:e2e:0:0:4001::/80",
+                p.tap.ipv6_addr,
+                p.tun.as_ref().unwrap().ipv4_network
+            ])
         );
     }
 
@@ -623,7 +627,11 @@ mod tests {
         std::fs::write(&zip_path, "not a zip").unwrap();
         assert!(save_xml(&xml, "<v4/>").unwrap());
         assert_eq!(entries().iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["<v3/>"]);
-        let broken: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("slapos.xml.zip_broken_")).collect();
+        let broken: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("slapos.xml.zip_broken_"))
+            .collect();
         assert_eq!(broken.len(), 1);
     }
 }

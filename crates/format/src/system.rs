@@ -98,14 +98,7 @@ pub fn user(name: &str) -> Option<UserInfo> {
     let u = nix::unistd::User::from_name(name).ok().flatten()?;
     let group = nix::unistd::Group::from_gid(u.gid).ok().flatten().map(|g| g.name).unwrap_or_default();
     let groups = read_group_memberships(name);
-    Some(UserInfo {
-        uid: u.uid.as_raw(),
-        gid: u.gid.as_raw(),
-        home: u.dir,
-        shell: u.shell.display().to_string(),
-        group,
-        groups,
-    })
+    Some(UserInfo { uid: u.uid.as_raw(), gid: u.gid.as_raw(), home: u.dir, shell: u.shell.display().to_string(), group, groups })
 }
 
 fn read_group_memberships(user: &str) -> Vec<String> {
@@ -240,7 +233,13 @@ fn route_of(header: &RouteHeader, attributes: &[RouteAttribute], names: &BTreeMa
 /// routes, paths and resource files. `network`: also every address and the
 /// routes (what altering the network needs); `interfaces`: read the
 /// interfaces even without `network` (the computer address).
-pub fn observe(users: &[String], interfaces: &[String], paths: &[PathBuf], resources: &[PathBuf], network: bool) -> Result<Observed, SystemError> {
+pub fn observe(
+    users: &[String],
+    interfaces: &[String],
+    paths: &[PathBuf],
+    resources: &[PathBuf],
+    network: bool,
+) -> Result<Observed, SystemError> {
     let mut o = Observed::default();
     for u in users {
         if let Some(info) = user(u) {
@@ -336,7 +335,11 @@ pub fn create_tuntap(name: &str, tap: bool, uid: u32) -> Result<(), SystemError>
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(failed(what(), format!("an interface name has 1 to {} characters", libc::IFNAMSIZ - 1)));
     }
-    let file = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(|e| failed(what(), format!("/dev/net/tun: {e}")))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| failed(what(), format!("/dev/net/tun: {e}")))?;
     // SAFETY: ifreq is plain old data; all zeroes is a valid value
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
@@ -387,7 +390,13 @@ pub fn apply_network(changes: &[NetworkChange]) -> Result<(), (usize, SystemErro
                     NetworkChange::Master { interface, master } => {
                         let i = index_of(&handle, &mut indexes, interface).await?;
                         let m = index_of(&handle, &mut indexes, master).await?;
-                        handle.link().set(i).controller(m).execute().await.map_err(|e| failed(format!("attaching {interface} to {master}"), e))
+                        handle
+                            .link()
+                            .set(i)
+                            .controller(m)
+                            .execute()
+                            .await
+                            .map_err(|e| failed(format!("attaching {interface} to {master}"), e))
                     }
                     NetworkChange::Up { interface } => {
                         let i = index_of(&handle, &mut indexes, interface).await?;
@@ -437,14 +446,7 @@ pub fn apply_network(changes: &[NetworkChange]) -> Result<(), (usize, SystemErro
 
 async fn add_local_route_with(handle: &rtnetlink::Handle, lo: u32, network: Ipv6Addr, prefix: u8) -> Result<(), SystemError> {
     {
-        let req = handle
-            .route()
-            .add()
-            .v6()
-            .destination_prefix(network, prefix)
-            .kind(RouteType::Local)
-            .table_id(255)
-            .output_interface(lo);
+        let req = handle.route().add().v6().destination_prefix(network, prefix).kind(RouteType::Local).table_id(255).output_interface(lo);
         match req.execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
@@ -477,7 +479,8 @@ pub fn run(program: &str, args: &[&str]) -> Result<(), SystemError> {
 }
 
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), SystemError> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| failed(format!("chmod {mode:o} {}", path.display()), e))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| failed(format!("chmod {mode:o} {}", path.display()), e))
 }
 
 pub fn set_owner(path: &Path, uid: u32, gid: u32) -> Result<(), SystemError> {

@@ -133,10 +133,14 @@ impl NodeConfig {
         };
         let root_check = match get("root_check") {
             None => true,
-            Some(v) => slapos_config::parse_bool(v)
-                .ok_or(NodeConfigError::Invalid { key: "root_check", what: "True or False", value: v.into() })?,
+            Some(v) => slapos_config::parse_bool(v).ok_or(NodeConfigError::Invalid {
+                key: "root_check",
+                what: "True or False",
+                value: v.into(),
+            })?,
         };
-        let pid = |key: &str, default: &str| text(key).or_else(|| text("pidfile")).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+        let pid =
+            |key: &str, default: &str| text(key).or_else(|| text("pidfile")).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
         Ok(NodeConfig {
             computer_id,
             master_url,
@@ -175,7 +179,10 @@ mod tests {
 
     #[test]
     fn slapos_section_then_the_0_4_slapgrid_section_then_the_command_line() {
-        let c = Config::parse("[slapgrid]\ncomputer_id = OLD\nmaster_url = http://m\nsoftware_root = /opt/slapgrid\ninstance_root = /srv/slapgrid\n").unwrap();
+        let c = Config::parse(
+            "[slapgrid]\ncomputer_id = OLD\nmaster_url = http://m\nsoftware_root = /opt/slapgrid\ninstance_root = /srv/slapgrid\n",
+        )
+        .unwrap();
         let n = NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap();
         assert_eq!(n.computer_id, "OLD");
         assert_eq!((n.maximum_periodicity, n.promise_timeout, n.buildout.as_str()), (86400, Duration::from_secs(20), "buildout"));
@@ -203,7 +210,10 @@ mod tests {
         assert_eq!(human_to_bytes("10 MB"), Some(10 << 20));
         assert_eq!(human_to_bytes("0"), Some(0));
         assert_eq!(human_to_bytes("lots"), None);
-        let c = Config::parse("[slapos]\ncomputer_id = C\nmaster_url = m\nsoftware_root = s\ninstance_root = i\ninstance_min_free_space = 2G\n").unwrap();
+        let c = Config::parse(
+            "[slapos]\ncomputer_id = C\nmaster_url = m\nsoftware_root = s\ninstance_root = i\ninstance_min_free_space = 2G\n",
+        )
+        .unwrap();
         let n = NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap();
         assert_eq!((n.software_min_free_space, n.instance_min_free_space), (1000 << 20, 2 << 30));
     }
@@ -215,7 +225,9 @@ mod tests {
             NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap_err().to_string(),
             "Missing mandatory parameters: master_url, software_root, instance_root"
         );
-        let c = Config::parse("[slapos]\ncomputer_id = C\nmaster_url = m\nsoftware_root = s\ninstance_root = i\nmaximum_periodicity = often\n").unwrap();
+        let c =
+            Config::parse("[slapos]\ncomputer_id = C\nmaster_url = m\nsoftware_root = s\ninstance_root = i\nmaximum_periodicity = often\n")
+                .unwrap();
         assert!(NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap_err().to_string().contains("'often'"));
         let c = Config::parse("[slapos]\ncomputer_id = C\nmaster_url = m\nsoftware_root = s\ninstance_root = i\nkey_file = k\n").unwrap();
         assert!(matches!(NodeConfig::from_config(&c, &NodeOverrides::default()), Err(NodeConfigError::Inconsistent(_))));

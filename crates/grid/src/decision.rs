@@ -30,13 +30,7 @@ pub enum Decision {
 /// `stored_timestamp`: the content of `.timestamp`, `age`: how long ago it
 /// was written; `periodicity`: seconds (0: always process, negative: never
 /// expire).
-pub fn decide(
-    p: &ComputerPartition,
-    stored_timestamp: Option<&str>,
-    age: Option<Duration>,
-    periodicity: i64,
-    force: bool,
-) -> Decision {
+pub fn decide(p: &ComputerPartition, stored_timestamp: Option<&str>, age: Option<Duration>, periodicity: i64, force: bool) -> Decision {
     if let Some(s) = p.unknown_requested_state() {
         return Decision::UnknownState(s.to_string());
     }
@@ -90,10 +84,16 @@ mod tests {
         let day = Duration::from_secs(3600);
         let p = busy(Started, Some("1795542339.7344759"));
         assert_eq!(decide(&p, Some("1795542339.7344759"), Some(day), 86400, false), Decision::UpToDate { state: Started });
-        assert!(matches!(decide(&p, Some("1795542339.7344759"), Some(day), 60, false), Decision::Process { reason: "periodicity expired", .. }));
+        assert!(matches!(
+            decide(&p, Some("1795542339.7344759"), Some(day), 60, false),
+            Decision::Process { reason: "periodicity expired", .. }
+        ));
         assert_eq!(decide(&p, Some("1795542339.7344759"), Some(day * 100), -1, false), Decision::UpToDate { state: Started });
         assert!(matches!(decide(&p, Some("1795542339.7344759"), Some(day), 0, false), Decision::Process { .. }));
-        assert!(matches!(decide(&p, Some("1795540000.0"), Some(day), 86400, false), Decision::Process { reason: "the master's timestamp changed", .. }));
+        assert!(matches!(
+            decide(&p, Some("1795540000.0"), Some(day), 86400, false),
+            Decision::Process { reason: "the master's timestamp changed", .. }
+        ));
         assert!(matches!(decide(&p, None, None, 86400, false), Decision::Process { reason: "never deployed", .. }));
         assert!(matches!(decide(&p, Some("1795542339.7344759"), Some(day), 86400, true), Decision::Process { reason: "forced", .. }));
         assert!(matches!(decide(&busy(Stopped, None), None, None, 86400, false), Decision::Process { state: Stopped, .. }));

@@ -281,7 +281,8 @@ impl Dir {
         // unpredictable: a name planted in advance cannot make every write fail
         tmp.push(format!(".tmp{}-{}-{:08x}", std::process::id(), TMP.fetch_add(1, Ordering::Relaxed), rand::random::<u32>()));
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&dir.fd, tmp.as_os_str(), flags, Mode::from_raw_mode(mode & 0o600)).map_err(|e| named(&self.display(rel), e))?;
+        let fd = rustix::fs::openat(&dir.fd, tmp.as_os_str(), flags, Mode::from_raw_mode(mode & 0o600))
+            .map_err(|e| named(&self.display(rel), e))?;
         let result = (|| {
             if let Some((uid, gid)) = owner {
                 rustix::fs::fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
@@ -424,7 +425,9 @@ impl Dir {
         match rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Err(rustix::io::Errno::NOENT) => Ok(()),
             Err(e) => Err(named(&path, e)),
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => remove_entry(&dir.fd, name, true, 0).map_err(|e| named(&path, e)),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                remove_entry(&dir.fd, name, true, 0).map_err(|e| named(&path, e))
+            }
             Ok(_) => remove_entry(&dir.fd, name, false, 0).map_err(|e| named(&path, e)),
         }
     }

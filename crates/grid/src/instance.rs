@@ -17,10 +17,10 @@ use slap::model::{ComputerPartition, InstanceState};
 
 use crate::decision::{decide, software_path, Decision};
 use crate::fsafe::{self, Dir, Kind};
+use crate::names::{self, NameError, PartitionId, ProgramName, SoftwareUrl};
 use crate::node::{self, Node};
 use crate::process::{run_as_owner, shebang};
 use crate::promise::{self, PromiseFailure};
-use crate::names::{self, NameError, PartitionId, ProgramName, SoftwareUrl};
 use crate::templates::{self, ProgramOwner, TailParams, TemplateError};
 
 /// Whether a directory of the partition `pp` has entries (links not
@@ -290,7 +290,11 @@ impl Run<'_> {
                         let status = p.access_status();
                         if status.is_none() || status.is_some_and(|s| s.starts_with("#error")) {
                             if let Err(e) = self.node.client.partition_started(&cfg.computer_id, id) {
-                                return if e.is_unreachable() { Outcome::MasterDown(e.to_string()) } else { Outcome::Failed(e.to_string()) };
+                                return if e.is_unreachable() {
+                                    Outcome::MasterDown(e.to_string())
+                                } else {
+                                    Outcome::Failed(e.to_string())
+                                };
                             }
                         }
                         Outcome::UpToDate
@@ -435,7 +439,14 @@ impl Run<'_> {
     }
 
     /// The instance buildout (`node.md` §5.3).
-    fn install(&self, p: &ComputerPartition, pp: &Path, sp: Option<&Path>, owner: &Owner, log: &PartitionLog) -> Result<(), PartitionError> {
+    fn install(
+        &self,
+        p: &ComputerPartition,
+        pp: &Path,
+        sp: Option<&Path>,
+        owner: &Owner,
+        log: &PartitionLog,
+    ) -> Result<(), PartitionError> {
         let cfg = &self.node.cfg;
         let id = p.partition_id.as_str();
         crate::node::check_free_space(pp, cfg.instance_min_free_space, "instance_min_free_space").map_err(PartitionError::Other)?;
@@ -450,9 +461,7 @@ impl Run<'_> {
         let url = p.software_release_url().unwrap_or_default();
         let sp = sp.ok_or_else(|| PartitionError::Other(format!("Computer Partition {id} has no software release")))?;
         let Ok(sd) = Dir::open_nofollow(sp) else {
-            return Err(PartitionError::Other(format!(
-                "Software Release {url} is not present on system.\nCannot deploy instance."
-            )));
+            return Err(PartitionError::Other(format!("Software Release {url} is not present on system.\nCannot deploy instance.")));
         };
         // software_release -> <sp>, replaced (never followed) when it points elsewhere
         let link = Path::new("software_release");
@@ -467,7 +476,10 @@ impl Run<'_> {
             Err(_) => pd.symlink(sp, link, give_to(owner))?,
         }
         let profile_name = ["instance.cfg", "template.cfg"].into_iter().find(|f| sd.exists(Path::new(f))).ok_or_else(|| {
-            PartitionError::Other(format!("Software Release {url} is not correctly installed. Missing file: {}", sp.join("instance.cfg").display()))
+            PartitionError::Other(format!(
+                "Software Release {url} is not correctly installed. Missing file: {}",
+                sp.join("instance.cfg").display()
+            ))
         })?;
         let profile = sd.read_to_string(Path::new(profile_name), fsafe::LARGE)?;
         let (key_file, cert_file) = match &cfg.certificate_repository_path {
@@ -499,9 +511,7 @@ impl Run<'_> {
         let deadline = cfg.partition_timeout.unwrap_or(self.opts.default_deadline);
         let env = [("SLAPGRID_INSTANCE_ROOT", cfg.instance_root.to_str().unwrap_or_default())];
         let on_line = |l: &str| log.output(l);
-        let fail = |out: String| {
-            PartitionError::Other(format!("Failed to run buildout profile in directory '{}':\n{out}\n", pp.display()))
-        };
+        let fail = |out: String| PartitionError::Other(format!("Failed to run buildout profile in directory '{}':\n{out}\n", pp.display()));
         let buildout = if bootstraps.len() > 1 {
             return Err(PartitionError::Other(format!("More than one bootstrap candidate found in {}", bin.display())));
         } else if let Some(b) = bootstraps.first() {

@@ -209,7 +209,10 @@ mod tests {
         let mut child = std::process::Command::new("/bin/sh").args(["-c", "sleep 5; true", "slapos"]).spawn().unwrap();
         // (wait for the exec: before it, the command line is not yet the shell's)
         for _ in 0..200 {
-            if std::fs::read(format!("/proc/{}/cmdline", child.id())).map(|c| String::from_utf8_lossy(&c).contains("sleep 5")).unwrap_or(false) {
+            if std::fs::read(format!("/proc/{}/cmdline", child.id()))
+                .map(|c| String::from_utf8_lossy(&c).contains("sleep 5"))
+                .unwrap_or(false)
+            {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));

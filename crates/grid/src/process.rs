@@ -235,7 +235,13 @@ pub fn run_as_owner_of(
     if timed_out {
         output.push_str(&format!("Timeout: {program} was killed after {} seconds\n", timeout.unwrap_or_default().as_secs()));
     }
-    Ok(RunOutput { success: status.success() && !timed_out, code: if timed_out { None } else { status.code() }, output, stderr: stderr_text, timed_out })
+    Ok(RunOutput {
+        success: status.success() && !timed_out,
+        code: if timed_out { None } else { status.code() },
+        output,
+        stderr: stderr_text,
+        timed_out,
+    })
 }
 
 /// The interpreter line of a script (`#!/path/python3 -S` → `["/path/python3", "-S"]`).
@@ -301,8 +307,15 @@ mod tests {
     fn a_run_past_its_timeout_is_killed_with_its_children() {
         let d = owned_dir();
         let t = Instant::now();
-        let out = run_as_owner("/bin/sh", &["-c".into(), "echo start; sleep 30 & sleep 30".into()], d.path(), &[], Some(Duration::from_millis(300)), |_| {})
-            .unwrap();
+        let out = run_as_owner(
+            "/bin/sh",
+            &["-c".into(), "echo start; sleep 30 & sleep 30".into()],
+            d.path(),
+            &[],
+            Some(Duration::from_millis(300)),
+            |_| {},
+        )
+        .unwrap();
         assert!(out.timed_out && !out.success);
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert!(out.output.starts_with("start\n") && out.output.contains("killed after"), "{}", out.output);
@@ -315,8 +328,15 @@ mod tests {
         // a descriptor without close-on-exec, as a parent process could leave us
         let f = std::fs::File::open("/dev/null").unwrap();
         let fd = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD(50)).unwrap();
-        let out = run_as_owner("/bin/sh", &["-c".into(), format!("[ -e /proc/self/fd/{fd} ] && echo leaked || echo closed")], d.path(), &[], None, |_| {})
-            .unwrap();
+        let out = run_as_owner(
+            "/bin/sh",
+            &["-c".into(), format!("[ -e /proc/self/fd/{fd} ] && echo leaked || echo closed")],
+            d.path(),
+            &[],
+            None,
+            |_| {},
+        )
+        .unwrap();
         nix::unistd::close(fd).unwrap();
         assert_eq!(out.output.trim(), "closed");
     }

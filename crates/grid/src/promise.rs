@@ -344,10 +344,7 @@ pub fn run_all(
 /// the partition's plugin file, never imported by root.
 fn find_runpromises(python: &str, sys_path: &[String], pp: &Path) -> Option<PathBuf> {
     let found = sys_path.iter().find_map(|d| {
-        ["slapos/grid/promise/runpromises.py", "grid/promise/runpromises.py"]
-            .iter()
-            .map(|rel| Path::new(d).join(rel))
-            .find(|r| r.is_file())
+        ["slapos/grid/promise/runpromises.py", "grid/promise/runpromises.py"].iter().map(|rel| Path::new(d).join(rel)).find(|r| r.is_file())
     });
     if found.is_some() {
         return found;
@@ -377,9 +374,9 @@ fn run_with_python(
 ) -> Result<(), PromiseFailure> {
     let id = p.partition_id.as_str();
     let sp = crate::decision::software_path(&node.cfg.software_root, p.software_release_url().unwrap_or_default());
-    let python = crate::process::shebang(&sp.join("bin/buildout"))
-        .and_then(|v| v.into_iter().next())
-        .ok_or_else(|| PromiseFailure::Error(format!("plugin promises need the software's Python: {} has none", sp.join("bin/buildout").display())))?;
+    let python = crate::process::shebang(&sp.join("bin/buildout")).and_then(|v| v.into_iter().next()).ok_or_else(|| {
+        PromiseFailure::Error(format!("plugin promises need the software's Python: {} has none", sp.join("bin/buildout").display()))
+    })?;
     let plugin_name = plugins[0].file_name().map(|n| Path::new("etc/plugin").join(n)).unwrap_or_default();
     let source = Dir::open_nofollow(pp).and_then(|pd| pd.read_to_string(&plugin_name, fsafe::LARGE)).unwrap_or_default();
     let runner = find_runpromises(&python, &plugin_sys_path(&source), pp).ok_or_else(|| {

@@ -106,7 +106,9 @@ pub fn partition_movements(xml: &str, partition_id: &str) -> Option<Vec<String>>
         let end = after.find("</movement>")? + "</movement>".len();
         let m = &after[..end];
         let m = match (m.find("<reference>"), m.find("</reference>")) {
-            (Some(a), Some(b)) if a < b => format!("{}<reference>{}</reference>{}", &m[..a], xml_escape(partition_id), &m[b + "</reference>".len()..]),
+            (Some(a), Some(b)) if a < b => {
+                format!("{}<reference>{}</reference>{}", &m[..a], xml_escape(partition_id), &m[b + "</reference>".len()..])
+            }
             _ => m.to_string(),
         };
         out.push(m);
@@ -129,7 +131,8 @@ fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
     let Ok(pd) = Dir::open_nofollow(&pp) else { return Vec::new() };
     if let Ok(es) = pd.entries(Path::new("etc/report")) {
         // the scripts run as the partition's user: links are theirs to follow
-        let scripts: Vec<_> = es.into_iter().filter(|(_, k)| matches!(k, Kind::File | Kind::Symlink)).map(|(n, _)| report_dir.join(n)).collect();
+        let scripts: Vec<_> =
+            es.into_iter().filter(|(_, k)| matches!(k, Kind::File | Kind::Symlink)).map(|(n, _)| report_dir.join(n)).collect();
         if !scripts.is_empty() {
             if let Ok(owner) = Owner::of(&pp) {
                 let to = nix::unistd::geteuid().is_root().then_some((owner.uid, owner.gid));
@@ -148,8 +151,8 @@ fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
             let (program, args) = (script.display().to_string(), [target.display().to_string()]);
             let timeout = Some(std::time::Duration::from_secs(600));
             let ok = run_as_owner_of(&pp, &program, &args, &report_dir, &[], timeout, |l| tracing::info!("[{id}] {l}"))
-            .map(|o| o.success)
-            .unwrap_or(false);
+                .map(|o| o.success)
+                .unwrap_or(false);
             if !ok {
                 let name = script.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let _ = node.client.partition_error(&cfg.computer_id, id, &format!("Script '{name}' failed."), None);
@@ -219,7 +222,9 @@ fn destroy_partition(node: &Node, p: &ComputerPartition) -> Result<(), String> {
     }
     let destroy = pp.join("sbin/destroy");
     // run as the partition's user: a link is theirs to follow
-    let has_destroy = Dir::open_nofollow(&pp).and_then(|pd| pd.metadata(Path::new("sbin/destroy"))).is_ok_and(|m| matches!(m.kind, Kind::File | Kind::Symlink));
+    let has_destroy = Dir::open_nofollow(&pp)
+        .and_then(|pd| pd.metadata(Path::new("sbin/destroy")))
+        .is_ok_and(|m| matches!(m.kind, Kind::File | Kind::Symlink));
     if has_destroy {
         let out = run_as_owner(&destroy.display().to_string(), &[], &pp, &[], Some(std::time::Duration::from_secs(3600)), |l| {
             tracing::info!("[{id}] {l}")
@@ -279,13 +284,7 @@ pub fn run(node: &Node) -> u8 {
         }
         let u = usage_of_uid(owner.uid);
         if u.processes > 0 {
-            tracing::info!(
-                "{}: {} processes, {:.2} s CPU, {:.1} MiB resident",
-                p.partition_id,
-                u.processes,
-                u.cpu_seconds,
-                u.memory_mib
-            );
+            tracing::info!("{}: {} processes, {:.2} s CPU, {:.1} MiB resident", p.partition_id, u.processes, u.cpu_seconds, u.memory_mib);
             usages.push((p.partition_id.clone(), u));
         }
     }

@@ -8,8 +8,8 @@ use slap::client::SlapError;
 use slap::model::SoftwareState;
 
 use crate::decision::software_path;
-use crate::names::SoftwareUrl;
 use crate::fsafe::{self, Dir, Kind};
+use crate::names::SoftwareUrl;
 use crate::node::{self, Node};
 use crate::process::{run_as_owner, shebang};
 use crate::progress::Progress;
@@ -140,10 +140,7 @@ pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Resu
             .map_err(|e| SoftwareError::Other(e.to_string()))?;
         sd.write(Path::new("buildout.cfg"), text.as_bytes(), 0o644, owner)?;
     }
-    let mut args = vec![
-        format!("buildout:extends-cache={}", extends_cache.display()),
-        format!("buildout:directory={}", sp.display()),
-    ];
+    let mut args = vec![format!("buildout:extends-cache={}", extends_cache.display()), format!("buildout:directory={}", sp.display())];
     if !force {
         args.push("-N".into());
     }

@@ -283,10 +283,8 @@ impl Supervisor {
         stream.set_read_timeout(timeout)?;
         stream.set_write_timeout(timeout)?;
         let body = encode_call(method, params);
-        let request = format!(
-            "POST /RPC2 HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        let request =
+            format!("POST /RPC2 HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         stream.write_all(request.as_bytes()).map_err(unreachable)?;
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).map_err(unreachable)?;
@@ -442,8 +440,7 @@ impl Supervisor {
     /// Every process: (group:name, state name).
     pub fn processes(&self) -> Result<Vec<(String, String)>, SupervisorError> {
         let v = self.call("supervisor.getAllProcessInfo", &[])?;
-        Ok(v
-            .as_array()
+        Ok(v.as_array()
             .iter()
             .map(|p| {
                 let s = |k| p.get(k).and_then(XValue::as_str).unwrap_or_default().to_string();

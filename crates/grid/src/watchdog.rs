@@ -162,7 +162,10 @@ mod tests {
             master_ca_file: None,
         };
         let payload = "processname:x groupname:y from_state:RUNNING expected:0 pid:1";
-        let input = format!("ver:3.0 server:supervisor serial:1 pool:watchdog poolserial:1 eventname:PROCESS_STATE_EXITED len:{}\n{payload}", payload.len());
+        let input = format!(
+            "ver:3.0 server:supervisor serial:1 pool:watchdog poolserial:1 eventname:PROCESS_STATE_EXITED len:{}\n{payload}",
+            payload.len()
+        );
         let mut out = Vec::new();
         run(&c, &mut std::io::Cursor::new(input), &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "READY\nRESULT 2\nOKREADY\n");

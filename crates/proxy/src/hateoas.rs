@@ -65,7 +65,9 @@ type SharedEntry = (std::collections::BTreeMap<String, Value>, PartitionRow, Opt
 fn shared_entry(tx: &mut dyn Tx, reference: &str) -> Result<Option<SharedEntry>, MasterError> {
     let Some(slave) = tx.slaves()?.into_iter().find(|s| s.reference == reference) else { return Ok(None) };
     let Some(host_ref) = &slave.hosted_by else { return Ok(None) };
-    let Some(host) = tx.partitions(None)?.into_iter().find(|p| &p.reference == host_ref && p.computer_reference == slave.computer_reference) else {
+    let Some(host) =
+        tx.partitions(None)?.into_iter().find(|p| &p.reference == host_ref && p.computer_reference == slave.computer_reference)
+    else {
         return Ok(None);
     };
     let list = host.slave_instance_list.as_deref().and_then(|t| marshal::decode(t).ok());
@@ -146,9 +148,7 @@ fn search(tx: &mut dyn Tx, query: &str) -> Result<Option<Vec<J>>, MasterError> {
 }
 
 fn service_document(kw: &Map<String, J>) -> J {
-    let field = |key: &str, ty: &str, name: &str| {
-        json!({"type": ty, "key": format!("field_{key}"), "default": kw.get(name).cloned().unwrap_or(J::Null)})
-    };
+    let field = |key: &str, ty: &str, name: &str| json!({"type": ty, "key": format!("field_{key}"), "default": kw.get(name).cloned().unwrap_or(J::Null)});
     let mut view = Map::new();
     view.insert("form_id".into(), json!({"type": "StringField", "key": "form_id", "default": "InstanceTree_viewAsHateoas"}));
     view.insert("my_reference".into(), field("my_reference", "StringField", "reference"));
@@ -172,9 +172,7 @@ async fn in_tx<R: Send + 'static>(
     f: impl FnOnce(&mut dyn Tx) -> Result<R, MasterError> + Send + 'static,
 ) -> Result<R, MasterError> {
     let app = app.clone();
-    tokio::task::spawn_blocking(move || app.store.read(f))
-        .await
-        .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
+    tokio::task::spawn_blocking(move || app.store.read(f)).await.map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
 }
 
 async fn root(State(app): State<Shared>, headers: HeaderMap, uri: Uri) -> Response {

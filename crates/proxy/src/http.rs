@@ -70,11 +70,7 @@ impl Fields {
                 return Err(MasterError::BadRequest(format!("more than {} fields in the request", limits.max_fields)));
             }
             if v.len() > limits.max_field_size && !FREE_TEXT_FIELDS.contains(&k.as_ref()) {
-                return Err(MasterError::TooLarge(format!(
-                    "field '{}' is larger than {} bytes",
-                    excerpt(&k, 100),
-                    limits.max_field_size
-                )));
+                return Err(MasterError::TooLarge(format!("field '{}' is larger than {} bytes", excerpt(&k, 100), limits.max_field_size)));
             }
             fields.push((k.into_owned(), v.into_owned()));
         }
@@ -117,12 +113,7 @@ async fn form<R: Send + 'static>(
     body: Bytes,
     build: impl FnOnce(&Fields) -> Result<R, MasterError> + Send + 'static,
 ) -> Result<R, MasterError> {
-    let permit = app
-        .decoders
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?;
+    let permit = app.decoders.clone().acquire_owned().await.map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?;
     let limits = app.limits;
     tokio::task::spawn_blocking(move || {
         // held until the work is done, even if the client has gone
@@ -211,9 +202,8 @@ async fn partition_status() -> Response {
 }
 
 async fn product_list(State(app): State<Shared>, uri: Uri) -> Response {
-    let r = query(&app, &uri).and_then(|q| {
-        master::product_list(&app.site, q.get("software_product_reference"), q.get("software_release_url"))
-    });
+    let r =
+        query(&app, &uri).and_then(|q| master::product_list(&app.site, q.get("software_product_reference"), q.get("software_release_url")));
     answer(r)
 }
 
@@ -306,11 +296,7 @@ async fn format_report(State(app): State<Shared>, body: Bytes) -> Response {
             v => master::parse_format_report(&v),
         })
         .await?;
-        tracing::info!(
-            "format report of {}: {} partition(s)",
-            excerpt(&computer.reference, LOGGED_VALUE),
-            partitions.len()
-        );
+        tracing::info!("format report of {}: {} partition(s)", excerpt(&computer.reference, LOGGED_VALUE), partitions.len());
         tx(&app, move |t, _| master::load_format_report(t, &computer, &partitions)).await
     };
     answer(r.await)
@@ -322,8 +308,7 @@ fn report_route(kind: &'static str, state: &'static str, word: &'static str) -> 
         let r = async {
             let (c, reference, message) = form(&app, body, move |f| {
                 let c = f.require("computer_id")?.to_string();
-                let reference =
-                    if kind == "software" { f.require("url")? } else { f.require("computer_partition_id")? };
+                let reference = if kind == "software" { f.require("url")? } else { f.require("computer_partition_id")? };
                 Ok((c, reference.to_string(), f.get("error_log").map(str::to_string)))
             })
             .await?;
@@ -364,10 +349,9 @@ async fn partition_destroyed(State(app): State<Shared>, body: Bytes) -> Response
 
 async fn bang(State(app): State<Shared>, body: Bytes) -> Response {
     let r = async {
-        let ([c, p], m) = form(&app, body, |f| {
-            Ok((required(f, ["computer_id", "computer_partition_id"])?, f.get("message").unwrap_or("").to_string()))
-        })
-        .await?;
+        let ([c, p], m) =
+            form(&app, body, |f| Ok((required(f, ["computer_id", "computer_partition_id"])?, f.get("message").unwrap_or("").to_string())))
+                .await?;
         tx(&app, move |t, _| master::bang(t, &c, &p, &m)).await
     };
     answer(r.await)
@@ -390,8 +374,7 @@ async fn use_computer(State(app): State<Shared>, body: Bytes) -> Response {
 }
 
 async fn computer_bang(State(app): State<Shared>, body: Bytes) -> Response {
-    let r =
-        form(&app, body, |f| Ok((f.require("computer_id")?.to_string(), f.get("message").unwrap_or("").to_string())));
+    let r = form(&app, body, |f| Ok((f.require("computer_id")?.to_string(), f.get("message").unwrap_or("").to_string())));
     match r.await {
         Ok((c, message)) => {
             tracing::info!("computer {} banged: {}", excerpt(&c, LOGGED_VALUE), excerpt(&message, LOGGED_VALUE));
@@ -415,11 +398,7 @@ async fn not_found() -> Response {
 /// One Werkzeug-style access line per request (`run.sh` reads them):
 /// `127.0.0.1 - - [24/Nov/2026 17:32:24] "POST /path HTTP/1.1" 200 -`.
 async fn access_log(req: Request, next: Next) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "-".into());
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_else(|| "-".into());
     let uri = req.uri().to_string();
     let line = format!("{} {} {:?}", req.method(), excerpt(&uri, LOGGED_VALUE), req.version());
     let resp = next.run(req).await;

@@ -62,9 +62,8 @@ impl ProxyConfig {
     /// defaults to `proxy.db` next to the configuration file.
     pub fn from_config(config: &Config) -> anyhow::Result<ProxyConfig> {
         let get = |key: &str| config.get_nonempty("slapos", key).or_else(|| config.get_nonempty("slapproxy", key));
-        let computer_id = get("computer_id")
-            .ok_or_else(|| anyhow::anyhow!("computer_id is not set in [slapos] of {}", describe(config)))?
-            .to_string();
+        let computer_id =
+            get("computer_id").ok_or_else(|| anyhow::anyhow!("computer_id is not set in [slapos] of {}", describe(config)))?.to_string();
         let host = get("host").unwrap_or("127.0.0.1").to_string();
         let port = match get("port") {
             Some(p) => p.parse().map_err(|_| anyhow::anyhow!("[slapproxy] port must be a port number, wrong value: '{p}'"))?,
@@ -72,11 +71,7 @@ impl ProxyConfig {
         };
         let database = match get("database_uri") {
             Some(d) => PathBuf::from(d),
-            None => config
-                .path()
-                .and_then(Path::parent)
-                .map(|d| d.join("proxy.db"))
-                .unwrap_or_else(|| PathBuf::from("proxy.db")),
+            None => config.path().and_then(Path::parent).map(|d| d.join("proxy.db")).unwrap_or_else(|| PathBuf::from("proxy.db")),
         };
         let mut software_products = BTreeMap::new();
         if let Some(list) = get("software_product_list") {
@@ -150,16 +145,10 @@ async fn termination() {
 /// `slapos proxy start`: serves until SIGTERM/SIGINT.
 pub fn run(config: &ProxyConfig) -> anyhow::Result<()> {
     let app = open_app(config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(16)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(16).enable_all().build()?;
     runtime.block_on(async {
         let addr = format!("{}:{}", config.host, config.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr()?;
         let shown = if local.is_ipv6() { format!("[{}]:{}", local.ip(), local.port()) } else { local.to_string() };
         tracing::info!(

@@ -54,11 +54,7 @@ pub struct Connections {
 
 impl Default for Connections {
     fn default() -> Connections {
-        Connections {
-            max_connections: 512,
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-        }
+        Connections { max_connections: 512, header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60) }
     }
 }
 

@@ -70,9 +70,7 @@ fn opt(v: &Option<String>) -> Value {
 }
 
 fn ip_list(addresses: &[AddressRow]) -> Value {
-    Value::List(
-        addresses.iter().map(|a| Value::Tuple(vec![Value::str(&a.interface), Value::str(&a.address)])).collect(),
-    )
+    Value::List(addresses.iter().map(|a| Value::Tuple(vec![Value::str(&a.interface), Value::str(&a.address)])).collect())
 }
 
 /// A partition as the node sees it (Python's `partitiondict2partition`).
@@ -374,10 +372,7 @@ fn frontend_bypass(req: &InstanceRequest) -> Option<Value> {
                 }
             })
             .unwrap_or_default();
-        let conn = BTreeMap::from([
-            ("secure_access".to_string(), Value::str(&url)),
-            ("domain".to_string(), Value::str(netloc)),
-        ]);
+        let conn = BTreeMap::from([("secure_access".to_string(), Value::str(&url)), ("domain".to_string(), Value::str(netloc))]);
         return Some(fake_frontend(&format!("Fake frontend for {url}"), conn));
     }
     if req.software_release == KVM_FRONTEND && req.software_type == "frontend" {
@@ -681,10 +676,7 @@ pub fn partition_destroyed(tx: &mut dyn Tx, computer_id: &str, partition_id: &st
                 }
                 let mut titles: Vec<String> = children.into_iter().map(|c| c.partition_reference.unwrap_or_default()).collect();
                 titles.sort();
-                return Ok(Answer::Text(format!(
-                    "Not destroying yet because this partition has child partitions: {}",
-                    titles.join(", ")
-                )));
+                return Ok(Answer::Text(format!("Not destroying yet because this partition has child partitions: {}", titles.join(", "))));
             }
         }
     }
@@ -759,7 +751,8 @@ mod tests {
 
     #[test]
     fn format_report_errors_name_the_field() {
-        let v = marshal::decode("<marshal><dictionary id=\"i2\"><string>reference</string><string>C</string></dictionary></marshal>").unwrap();
+        let v =
+            marshal::decode("<marshal><dictionary id=\"i2\"><string>reference</string><string>C</string></dictionary></marshal>").unwrap();
         let e = parse_format_report(&v).unwrap_err().to_string();
         assert!(e.contains("'address' is missing"), "{e}");
         let e = parse_format_report(&Value::str("x")).unwrap_err().to_string();

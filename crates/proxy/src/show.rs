@@ -19,11 +19,8 @@ pub fn snapshot(store: &impl Store) -> Result<J, StoreError> {
                 .find(|r| r.kind == kind && r.computer_reference == computer && r.reference == reference)
                 .map(|r| json!({"state": r.state, "message": r.message, "time": r.time}))
         };
-        let computers: Vec<J> = tx
-            .computers()?
-            .into_iter()
-            .map(|c| json!({"reference": c.reference, "address": c.address, "netmask": c.netmask}))
-            .collect();
+        let computers: Vec<J> =
+            tx.computers()?.into_iter().map(|c| json!({"reference": c.reference, "address": c.address, "netmask": c.netmask})).collect();
         let software: Vec<J> = tx
             .software_releases(None)?
             .into_iter()

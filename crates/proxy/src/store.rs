@@ -351,11 +351,7 @@ impl Store for SqliteStore {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         // IMMEDIATE: take the write lock up front, so that concurrent writers
         // wait (busy timeout) instead of failing with "database is locked"
-        let behavior = if self.read_only {
-            rusqlite::TransactionBehavior::Deferred
-        } else {
-            rusqlite::TransactionBehavior::Immediate
-        };
+        let behavior = if self.read_only { rusqlite::TransactionBehavior::Deferred } else { rusqlite::TransactionBehavior::Immediate };
         let tx = conn.transaction_with_behavior(behavior).map_err(StoreError::Sql)?;
         let mut stx = SqliteTx { tx: &tx, retention: self.retention };
         let result = f(&mut stx)?;
@@ -371,8 +367,7 @@ impl Store for SqliteStore {
         let mut conn = match pooled {
             Some(c) => c,
             None => {
-                let c = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                    .map_err(StoreError::Sql)?;
+                let c = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(StoreError::Sql)?;
                 c.busy_timeout(Duration::from_secs(30)).map_err(StoreError::Sql)?;
                 c
             }
@@ -456,9 +451,7 @@ impl SqliteTx<'_> {
 impl Tx for SqliteTx<'_> {
     fn computer(&mut self, reference: &str) -> Result<Option<ComputerRow>, StoreError> {
         let mut st = self.tx.prepare_cached("SELECT reference, address, netmask FROM computer WHERE reference = ?1")?;
-        Ok(st
-            .query_row([reference], |r| Ok(ComputerRow { reference: r.get(0)?, address: r.get(1)?, netmask: r.get(2)? }))
-            .optional()?)
+        Ok(st.query_row([reference], |r| Ok(ComputerRow { reference: r.get(0)?, address: r.get(1)?, netmask: r.get(2)? })).optional()?)
     }
     fn computers(&mut self) -> Result<Vec<ComputerRow>, StoreError> {
         let mut st = self.tx.prepare_cached("SELECT reference, address, netmask FROM computer ORDER BY rowid")?;
@@ -502,10 +495,9 @@ impl Tx for SqliteTx<'_> {
         reference: Option<&str>,
     ) -> Result<Option<PartitionRow>, StoreError> {
         match (software_type, reference) {
-            (None, None) => self.partition_where(
-                "WHERE software_release = ?1 AND computer_reference = ?2",
-                &[&software_release, &computer],
-            ),
+            (None, None) => {
+                self.partition_where("WHERE software_release = ?1 AND computer_reference = ?2", &[&software_release, &computer])
+            }
             (Some(t), None) => self.partition_where(
                 "WHERE software_release = ?1 AND computer_reference = ?2 AND software_type = ?3",
                 &[&software_release, &computer, &t],
@@ -521,10 +513,7 @@ impl Tx for SqliteTx<'_> {
         }
     }
     fn insert_partition_if_missing(&mut self, computer: &str, reference: &str) -> Result<(), StoreError> {
-        self.tx.execute(
-            "INSERT OR IGNORE INTO partition (reference, computer_reference) VALUES (?1, ?2)",
-            params![reference, computer],
-        )?;
+        self.tx.execute("INSERT OR IGNORE INTO partition (reference, computer_reference) VALUES (?1, ?2)", params![reference, computer])?;
         Ok(())
     }
     fn update_partition(&mut self, p: &PartitionRow) -> Result<(), StoreError> {
@@ -555,10 +544,9 @@ impl Tx for SqliteTx<'_> {
         let existing = self.partitions(Some(computer))?;
         let mut n = 0;
         for p in existing.iter().filter(|p| !keep.contains(&p.reference)) {
-            n += self.tx.execute(
-                "DELETE FROM partition WHERE reference = ?1 AND computer_reference = ?2",
-                params![p.reference, computer],
-            )?;
+            n += self
+                .tx
+                .execute("DELETE FROM partition WHERE reference = ?1 AND computer_reference = ?2", params![p.reference, computer])?;
         }
         Ok(n)
     }
@@ -581,8 +569,7 @@ impl Tx for SqliteTx<'_> {
                 v
             }
             None => {
-                let mut st =
-                    self.tx.prepare_cached("SELECT url, computer_reference, requested_state FROM software ORDER BY rowid")?;
+                let mut st = self.tx.prepare_cached("SELECT url, computer_reference, requested_state FROM software ORDER BY rowid")?;
                 let v = st.query_map([], map)?.collect::<Result<Vec<_>, _>>()?;
                 v
             }
@@ -609,9 +596,9 @@ impl Tx for SqliteTx<'_> {
         Ok(st.query_row(params![reference, computer], slave_row).optional()?)
     }
     fn slaves(&mut self) -> Result<Vec<SlaveRow>, StoreError> {
-        let mut st = self.tx.prepare_cached(
-            "SELECT reference, computer_reference, connection_xml, hosted_by, requester_id FROM slave ORDER BY rowid",
-        )?;
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT reference, computer_reference, connection_xml, hosted_by, requester_id FROM slave ORDER BY rowid")?;
         let rows = st.query_map([], slave_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -641,10 +628,7 @@ impl Tx for SqliteTx<'_> {
         for s in rows.iter().filter(|s| s.computer_reference == computer) {
             let hosted_here = s.hosted_by.as_ref().is_some_and(|h| hosts.contains(h));
             if !hosted_here {
-                self.tx.execute(
-                    "DELETE FROM slave WHERE reference = ?1 AND computer_reference = ?2",
-                    params![s.reference, computer],
-                )?;
+                self.tx.execute("DELETE FROM slave WHERE reference = ?1 AND computer_reference = ?2", params![s.reference, computer])?;
             }
         }
         Ok(())
@@ -677,9 +661,7 @@ impl Tx for SqliteTx<'_> {
             "SELECT partition_reference, computer_reference, reference, address, netmask FROM partition_network
              WHERE computer_reference = ?1 ORDER BY rowid",
         )?;
-        let rows = st
-            .query_map([computer], address_row)?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = st.query_map([computer], address_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
     fn replace_addresses(&mut self, computer: &str, rows: &[AddressRow]) -> Result<(), StoreError> {
@@ -744,8 +726,7 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
     fn usages(&mut self, limit: usize) -> Result<Vec<UsageRow>, StoreError> {
-        let mut st =
-            self.tx.prepare_cached("SELECT computer_reference, body, time FROM usage ORDER BY time DESC LIMIT ?1")?;
+        let mut st = self.tx.prepare_cached("SELECT computer_reference, body, time FROM usage ORDER BY time DESC LIMIT ?1")?;
         let rows = st
             .query_map([limit as i64], |r| Ok(UsageRow { computer_reference: r.get(0)?, body: r.get(1)?, time: r.get(2)? }))?
             .collect::<Result<Vec<_>, _>>()?;

@@ -41,8 +41,7 @@ impl ChildMaster {
     fn start(test: &str, dir: &Path, extra: &str) -> ChildMaster {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let cfg = dir.join("slapos.cfg");
-        std::fs::write(&cfg, format!("[slapos]\ncomputer_id = COMP-CONN\n\n[slapproxy]\nport = {port}\n{extra}"))
-            .unwrap();
+        std::fs::write(&cfg, format!("[slapos]\ncomputer_id = COMP-CONN\n\n[slapproxy]\nport = {port}\n{extra}")).unwrap();
         let log = dir.join("master.log");
         let child = Command::new(std::env::current_exe().unwrap())
             .args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -119,10 +118,8 @@ fn a_canary_is_answered_under_1100_idle_and_100_slow_connections() {
     let mut master = ChildMaster::start(TEST, dir.path(), "");
     assert!(canary(master.addr).0.starts_with("HTTP/1.1 200"), "{}", master.log());
 
-    let idle: Vec<TcpStream> =
-        (0..1100).filter_map(|_| TcpStream::connect_timeout(&master.addr, Duration::from_secs(1)).ok()).collect();
-    let slow: Vec<TcpStream> =
-        (0..100).filter_map(|_| TcpStream::connect_timeout(&master.addr, Duration::from_secs(1)).ok()).collect();
+    let idle: Vec<TcpStream> = (0..1100).filter_map(|_| TcpStream::connect_timeout(&master.addr, Duration::from_secs(1)).ok()).collect();
+    let slow: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect_timeout(&master.addr, Duration::from_secs(1)).ok()).collect();
     // slow loris: one header byte per connection every 50 ms, for at most 30 s
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {
@@ -196,17 +193,9 @@ fn keep_alive_request(s: &mut TcpStream) -> String {
 #[test]
 fn idle_and_slow_connections_are_closed_after_their_timeouts() {
     let dir = tempfile::tempdir().unwrap();
-    let connections = Connections {
-        header_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(3),
-        ..Connections::default()
-    };
-    let config = ProxyConfig {
-        computer_id: "COMP-T".into(),
-        database: dir.path().join("proxy.db"),
-        connections,
-        ..Default::default()
-    };
+    let connections =
+        Connections { header_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(3), ..Connections::default() };
+    let config = ProxyConfig { computer_id: "COMP-T".into(), database: dir.path().join("proxy.db"), connections, ..Default::default() };
     let master = start_background(&config).unwrap();
 
     let mut idle = TcpStream::connect(master.addr).unwrap();
@@ -253,9 +242,7 @@ fn long_request_values_are_cut_in_the_log() {
     let url = format!("http://{}", master.addr);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let ten_mb = "v".repeat(10 << 20);
-    let post = |path: &str, form: &[(&str, &str)]| {
-        agent.post(format!("{url}/{path}")).send_form(form.iter().copied()).unwrap().status()
-    };
+    let post = |path: &str, form: &[(&str, &str)]| agent.post(format!("{url}/{path}")).send_form(form.iter().copied()).unwrap().status();
     let s = post("softwareReleaseError", &[("url", "http://sr"), ("computer_id", "COMP-CONN"), ("error_log", &ten_mb)]);
     assert_eq!(s.as_u16(), 200);
     assert_eq!(post("computerBang", &[("computer_id", "COMP-CONN"), ("message", &ten_mb)]).as_u16(), 200);

@@ -21,10 +21,8 @@ fn s(v: &str) -> Value {
 
 /// A computer with one partition.
 fn format_report() -> Value {
-    let partition = Value::Dict(BTreeMap::from([
-        ("reference".to_string(), s("slappart0")),
-        ("address_list".to_string(), Value::List(vec![])),
-    ]));
+    let partition =
+        Value::Dict(BTreeMap::from([("reference".to_string(), s("slappart0")), ("address_list".to_string(), Value::List(vec![]))]));
     Value::Dict(BTreeMap::from([
         ("reference".to_string(), s(COMPUTER)),
         ("address".to_string(), s("10.0.0.1")),
@@ -34,11 +32,7 @@ fn format_report() -> Value {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build().into()
 }
 
 /// Posts a form; (status, body).
@@ -90,7 +84,8 @@ fn oversized_requests_are_refused_and_change_nothing() {
     assert!(body.contains("field 'partition_parameter_xml' is larger than 4194304 bytes"), "{body}");
 
     // a reference bomb in a field: 413 at once, nothing stored
-    let mut bomb = String::from("<marshal><dictionary id=\"i1\"><string>k</string><list id=\"i2\"><list id=\"i3\"><string>xxxxxxxxxx</string></list>");
+    let mut bomb =
+        String::from("<marshal><dictionary id=\"i1\"><string>k</string><list id=\"i2\"><list id=\"i3\"><string>xxxxxxxxxx</string></list>");
     for l in 3..12 {
         bomb.push_str(&format!("<list id=\"i{}\">{}</list>", l + 1, format!("<reference id=\"i{l}\"/>").repeat(10)));
     }
@@ -189,11 +184,7 @@ fn node_history_is_kept_within_its_retention() {
                 t.add_usage(&UsageRow { computer_reference: COMPUTER.into(), body: format!("u{i}"), time: i as f64 })?;
             }
             for i in 0..9 {
-                t.add_usage(&UsageRow {
-                    computer_reference: format!("C{i}"),
-                    body: "x".into(),
-                    time: 10.0 + i as f64,
-                })?;
+                t.add_usage(&UsageRow { computer_reference: format!("C{i}"), body: "x".into(), time: 10.0 + i as f64 })?;
             }
             Ok::<_, slapos_proxy::StoreError>(())
         })
@@ -217,8 +208,7 @@ fn slow_to_refuse(n: usize) -> String {
 #[test]
 fn heavy_decoding_does_not_hold_other_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        ProxyConfig { computer_id: COMPUTER.into(), database: dir.path().join("proxy.db"), ..Default::default() };
+    let config = ProxyConfig { computer_id: COMPUTER.into(), database: dir.path().join("proxy.db"), ..Default::default() };
     let master = start_background(&config).unwrap();
     let url = format!("{}/requestComputerPartition", master.url());
     let heavy = Arc::new(slow_to_refuse(80_000));

@@ -12,7 +12,11 @@ fn an_old_database_is_migrated_and_keeps_its_rows() {
         v1.transaction(|tx: &mut dyn Tx| -> Result<(), StoreError> {
             tx.upsert_computer(&ComputerRow { reference: "C".into(), address: Some("10.0.0.1".into()), netmask: None })?;
             tx.insert_partition_if_missing("C", "slappart0")?;
-            tx.upsert_software(&SoftwareRow { url: "http://sr".into(), computer_reference: "C".into(), requested_state: "available".into() })
+            tx.upsert_software(&SoftwareRow {
+                url: "http://sr".into(),
+                computer_reference: "C".into(),
+                requested_state: "available".into(),
+            })
         })
         .unwrap();
     }

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::marshal::{self, DecodeError, Value};
-use crate::tls::{describe_handshake_error, TlsFileError, TlsFiles};
 use crate::model::{Computer, ComputerPartition, InstanceState, ModelError, RequestedInstance, SoftwareState};
+use crate::tls::{describe_handshake_error, TlsFileError, TlsFiles};
 
 /// The version we announce in `User-Agent` (the protocol level we speak).
 pub const PROTOCOL_VERSION: &str = "1.26.1";
@@ -68,9 +68,7 @@ impl SlapError {
         match self {
             SlapError::NotFound { .. } => Some(404),
             SlapError::NotReady { .. } => Some(408),
-            SlapError::Unauthorized { status, .. } | SlapError::Server { status, .. } | SlapError::Http { status, .. } => {
-                Some(*status)
-            }
+            SlapError::Unauthorized { status, .. } | SlapError::Server { status, .. } | SlapError::Http { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -96,13 +94,7 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     pub fn new(master_url: impl Into<String>) -> ClientConfig {
-        ClientConfig {
-            master_url: master_url.into(),
-            timeout: Duration::from_secs(60),
-            key_file: None,
-            cert_file: None,
-            ca_file: None,
-        }
+        ClientConfig { master_url: master_url.into(), timeout: Duration::from_secs(60), key_file: None, cert_file: None, ca_file: None }
     }
     pub fn with_timeout(mut self, timeout: Duration) -> ClientConfig {
         self.timeout = timeout;
@@ -143,11 +135,7 @@ pub struct InstanceRequest {
 
 impl InstanceRequest {
     pub fn new(software_release: impl Into<String>, title: impl Into<String>) -> InstanceRequest {
-        InstanceRequest {
-            software_release: software_release.into(),
-            partition_reference: title.into(),
-            ..Default::default()
-        }
+        InstanceRequest { software_release: software_release.into(), partition_reference: title.into(), ..Default::default() }
     }
 }
 
@@ -241,12 +229,7 @@ impl SlapClient {
     fn finish(&self, url: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<String, SlapError> {
         let mut resp = resp.map_err(|e| self.map_transport(url, e))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_string()
-            .map_err(|e| self.map_transport(url, e))?;
+        let body = resp.body_mut().with_config().limit(1 << 30).read_to_string().map_err(|e| self.map_transport(url, e))?;
         if (200..300).contains(&status) {
             return Ok(body);
         }
@@ -279,10 +262,7 @@ impl SlapClient {
         tracing::debug!("POST {url}");
         let mut req = self.agent.post(url.as_str());
         if let Some((computer_id, partition_id)) = partition {
-            req = req.header(
-                "Authorization",
-                format!("X-SlapPartition computer_id={computer_id}, computer_partition_id={partition_id}"),
-            );
+            req = req.header("Authorization", format!("X-SlapPartition computer_id={computer_id}, computer_partition_id={partition_id}"));
         }
         let resp = req.send_form(form.iter().copied());
         self.finish(url.as_str(), resp)
@@ -367,8 +347,7 @@ impl SlapClient {
         self.post("destroyedSoftwareRelease", &[("url", url), ("computer_id", computer_id)], None).map(drop)
     }
     pub fn software_release_error(&self, url: &str, computer_id: &str, log: &str) -> Result<(), SlapError> {
-        self.post("softwareReleaseError", &[("url", url), ("computer_id", computer_id), ("error_log", log)], None)
-            .map(drop)
+        self.post("softwareReleaseError", &[("url", url), ("computer_id", computer_id), ("error_log", log)], None).map(drop)
     }
 
     /// `getSoftwareReleaseListFromSoftwareProduct`.
@@ -435,8 +414,7 @@ impl SlapClient {
     /// `registerComputerPartition`: one partition as the master sees it.
     pub fn register_partition(&self, computer_id: &str, partition_id: &str) -> Result<ComputerPartition, SlapError> {
         const M: &str = "registerComputerPartition";
-        let body =
-            self.get(M, &[("computer_reference", computer_id), ("computer_partition_reference", partition_id)])?;
+        let body = self.get(M, &[("computer_reference", computer_id), ("computer_partition_reference", partition_id)])?;
         let v = self.decode(M, &body)?;
         self.model(M, ComputerPartition::from_value(&v))
     }
@@ -527,13 +505,8 @@ impl SlapClient {
         instance_references: &[String],
     ) -> Result<(), SlapError> {
         let xml = self.encode(&Value::List(instance_references.iter().map(Value::str).collect()))?;
-        self.partition_post(
-            "updateComputerPartitionRelatedInstanceList",
-            computer_id,
-            partition_id,
-            &[("instance_reference_xml", &xml)],
-        )
-        .map(drop)
+        self.partition_post("updateComputerPartitionRelatedInstanceList", computer_id, partition_id, &[("instance_reference_xml", &xml)])
+            .map(drop)
     }
 }
 

@@ -101,8 +101,10 @@ impl HateoasClient {
         let mut c = HateoasClient { agent, root: root.clone(), search_template: String::new(), traverse_template: String::new() };
         let doc = c.get_json(&root)?;
         let link = |name: &str| doc["_links"][name]["href"].as_str().map(str::to_string);
-        c.search_template = link("raw_search").ok_or_else(|| HateoasError::Invalid { url: root.clone(), message: "no raw_search link".into() })?;
-        c.traverse_template = link("traverse").ok_or_else(|| HateoasError::Invalid { url: root.clone(), message: "no traverse link".into() })?;
+        c.search_template =
+            link("raw_search").ok_or_else(|| HateoasError::Invalid { url: root.clone(), message: "no raw_search link".into() })?;
+        c.traverse_template =
+            link("traverse").ok_or_else(|| HateoasError::Invalid { url: root.clone(), message: "no traverse link".into() })?;
         // what was asked over verified TLS is never continued in clear text
         if root.starts_with("https:") {
             for href in [&c.search_template, &c.traverse_template] {
@@ -118,19 +120,10 @@ impl HateoasClient {
     }
 
     fn get_json(&self, url: &str) -> Result<J, HateoasError> {
-        let mut resp = self
-            .agent
-            .get(url)
-            .header("Accept", "application/hal+json, application/json")
-            .call()
-            .map_err(|e| transport_error(url, e))?;
+        let mut resp =
+            self.agent.get(url).header("Accept", "application/hal+json, application/json").call().map_err(|e| transport_error(url, e))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_string()
-            .map_err(|e| transport_error(url, e))?;
+        let body = resp.body_mut().with_config().limit(1 << 30).read_to_string().map_err(|e| transport_error(url, e))?;
         if !(200..300).contains(&status) {
             return Err(HateoasError::Status { url: url.into(), status, message: error_message(&body) });
         }

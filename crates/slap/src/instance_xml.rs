@@ -351,10 +351,7 @@ mod tests {
         let params: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(r#"{"size": 2, "name": "chïld", "l": [1, {}]}"#).unwrap();
         let w = wrap_json(&params);
-        assert_eq!(
-            w["_"].as_str().unwrap(),
-            "{\n  \"size\": 2,\n  \"name\": \"ch\\u00efld\",\n  \"l\": [\n    1,\n    {}\n  ]\n}"
-        );
+        assert_eq!(w["_"].as_str().unwrap(), "{\n  \"size\": 2,\n  \"name\": \"ch\\u00efld\",\n  \"l\": [\n    1,\n    {}\n  ]\n}");
         let d = BTreeMap::from([("_".to_string(), Some(w["_"].as_str().unwrap().to_string()))]);
         assert_eq!(unwrap_json(&d).unwrap(), serde_json::Value::Object(params));
     }

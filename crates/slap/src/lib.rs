@@ -22,9 +22,8 @@ pub mod marshal;
 pub mod model;
 pub mod pyjson;
 
-
-pub use marshal::{Object, Value};
 pub use client::{ClientConfig, InstanceRequest, RequestResult, SlapClient, SlapError};
+pub use marshal::{Object, Value};
 pub use model::{Computer, ComputerPartition, InstanceState, RequestedInstance, SoftwareInstance, SoftwareRelease, SoftwareState};
 pub mod hateoas;
 pub mod tls;

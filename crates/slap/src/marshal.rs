@@ -567,9 +567,7 @@ fn reader(input: &[u8]) -> Reader<&[u8]> {
 /// SLAP masters never send them, so the common path skips their bookkeeping).
 fn has_references(input: &[u8]) -> bool {
     memchr::memmem::find_iter(input, b"reference").any(|i| {
-        i > 0
-            && matches!(input[i - 1], b'<' | b':')
-            && matches!(input.get(i + 9), Some(b' ' | b'/' | b'>' | b'\t' | b'\n' | b'\r'))
+        i > 0 && matches!(input[i - 1], b'<' | b':') && matches!(input.get(i + 9), Some(b' ' | b'/' | b'>' | b'\t' | b'\n' | b'\r'))
     })
 }
 
@@ -586,14 +584,12 @@ pub fn decode_bytes_with(input: &[u8], limits: &Limits) -> Result<Value, DecodeE
         // what back-references expand to is measured before anything is copied
         expansion::check(input, limits)?;
     }
-    let mut d =
-        Decoder { input, budget: Budget::new(input, limits), stack: Vec::new(), refs: BTreeMap::new(), track_refs };
+    let mut d = Decoder { input, budget: Budget::new(input, limits), stack: Vec::new(), refs: BTreeMap::new(), track_refs };
     let mut reader = reader(input);
     let mut result: Option<Value> = None;
     loop {
         let pos = reader.buffer_position() as usize;
-        let event =
-            reader.read_event().map_err(|e| DecodeError::at(input, reader.error_position() as usize, e.to_string()))?;
+        let event = reader.read_event().map_err(|e| DecodeError::at(input, reader.error_position() as usize, e.to_string()))?;
         if matches!(event, Event::Eof) {
             break;
         }
@@ -655,8 +651,7 @@ impl Decoder<'_> {
                 }
             }
             Event::CData(t) => {
-                let text =
-                    std::str::from_utf8(&t).map_err(|_| DecodeError::at(input, pos, "invalid UTF-8 in CDATA"))?;
+                let text = std::str::from_utf8(&t).map_err(|_| DecodeError::at(input, pos, "invalid UTF-8 in CDATA"))?;
                 add_text(input, pos, &mut self.stack, text)?;
             }
             Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) | Event::Eof => {}
@@ -733,13 +728,7 @@ mod expansion {
                 Event::Start(e) => {
                     let name = e.local_name();
                     let text = matches!(name.as_ref(), b"string" | b"unicode").then(String::new);
-                    let open = Open {
-                        id: id(input, pos, &e)?,
-                        nodes_before: budget.nodes,
-                        bytes_before: budget.bytes,
-                        height: 1,
-                        text,
-                    };
+                    let open = Open { id: id(input, pos, &e)?, nodes_before: budget.nodes, bytes_before: budget.bytes, height: 1, text };
                     if !stack.is_empty() {
                         budget.depth(pos, stack.len())?;
                         budget.count(pos, 1, 0)?;
@@ -773,11 +762,8 @@ mod expansion {
                         let len = if text.contains('&') { unescape_second_level(text).len() } else { text.len() };
                         budget.string(pos, len)?;
                     }
-                    let w = Weight {
-                        nodes: budget.nodes - open.nodes_before,
-                        bytes: budget.bytes - open.bytes_before,
-                        height: open.height,
-                    };
+                    let w =
+                        Weight { nodes: budget.nodes - open.nodes_before, bytes: budget.bytes - open.bytes_before, height: open.height };
                     if let Some(id) = open.id {
                         weights.insert(id, w);
                     }
@@ -823,9 +809,7 @@ fn attr(input: &[u8], pos: usize, e: &BytesStart, name: &str) -> Result<Option<S
     for a in e.attributes() {
         let a = a.map_err(|err| DecodeError::at(input, pos, format!("bad attribute: {err}")))?;
         if a.key.local_name().as_ref() == name.as_bytes() {
-            let v = a
-                .unescape_value()
-                .map_err(|err| DecodeError::at(input, pos, format!("bad attribute value: {err}")))?;
+            let v = a.unescape_value().map_err(|err| DecodeError::at(input, pos, format!("bad attribute value: {err}")))?;
             return Ok(Some(v.into_owned()));
         }
     }
@@ -842,8 +826,7 @@ fn open(
     track_refs: bool,
 ) -> Result<Frame, DecodeError> {
     let local = e.local_name();
-    let name = std::str::from_utf8(local.as_ref())
-        .map_err(|_| DecodeError::at(input, pos, "invalid UTF-8 in element name"))?;
+    let name = std::str::from_utf8(local.as_ref()).map_err(|_| DecodeError::at(input, pos, "invalid UTF-8 in element name"))?;
     if stack.is_empty() {
         if name != "marshal" {
             return Err(DecodeError::at(input, pos, format!("expected <marshal>, found <{}>", cut(name))));
@@ -866,10 +849,8 @@ fn open(
         "dictionary" => Frame::Dict { id: id()?, items: Vec::new() },
         "object" => Frame::Object {
             id: id()?,
-            module: attr(input, pos, e, "module")?
-                .ok_or_else(|| DecodeError::at(input, pos, "<object> without module attribute"))?,
-            class: attr(input, pos, e, "class")?
-                .ok_or_else(|| DecodeError::at(input, pos, "<object> without class attribute"))?,
+            module: attr(input, pos, e, "module")?.ok_or_else(|| DecodeError::at(input, pos, "<object> without module attribute"))?,
+            class: attr(input, pos, e, "class")?.ok_or_else(|| DecodeError::at(input, pos, "<object> without class attribute"))?,
             items: Vec::new(),
         },
         "reference" => {
@@ -935,22 +916,14 @@ fn close(
             let args = match it.next() {
                 Some(Value::Tuple(a)) => a,
                 Some(other) => {
-                    return Err(DecodeError::at(
-                        input,
-                        pos,
-                        format!("<object> arguments must be a tuple, found <{}>", other.type_name()),
-                    ))
+                    return Err(DecodeError::at(input, pos, format!("<object> arguments must be a tuple, found <{}>", other.type_name())))
                 }
                 None => Vec::new(),
             };
             let state = match it.next() {
                 Some(Value::Dict(d)) => d,
                 Some(other) => {
-                    return Err(DecodeError::at(
-                        input,
-                        pos,
-                        format!("<object> state must be a dictionary, found <{}>", other.type_name()),
-                    ))
+                    return Err(DecodeError::at(input, pos, format!("<object> state must be a dictionary, found <{}>", other.type_name())))
                 }
                 None => BTreeMap::new(),
             };
@@ -1173,10 +1146,7 @@ mod tests {
         let v = decode(&reference_bomb(3, 4, 1)).unwrap();
         let top = v.as_seq().unwrap();
         assert_eq!(top.len(), 4);
-        assert_eq!(
-            top[3].as_seq().unwrap()[2].as_seq().unwrap()[1].as_seq().unwrap()[0],
-            Value::List(vec![Value::str("x"); 3])
-        );
+        assert_eq!(top[3].as_seq().unwrap()[2].as_seq().unwrap()[1].as_seq().unwrap()[0], Value::List(vec![Value::str("x"); 3]));
     }
 
     #[test]
@@ -1193,10 +1163,7 @@ mod tests {
         assert!(decode_with(&doc(3), &limits(100, 12)).is_ok());
         assert_eq!(limit_of(decode_with(&doc(3), &limits(100, 11))), (LimitKind::TotalBytes, 11));
         // empty containers can be referenced too, and count
-        let empties = format!(
-            "<marshal><list id=\"i1\"><list id=\"i2\"/>{}</list></marshal>",
-            "<reference id=\"i2\"/>".repeat(20)
-        );
+        let empties = format!("<marshal><list id=\"i1\"><list id=\"i2\"/>{}</list></marshal>", "<reference id=\"i2\"/>".repeat(20));
         assert_eq!(limit_of(decode_with(&empties, &limits(20, 100))), (LimitKind::Nodes, 20));
         assert_eq!(decode_with(&empties, &limits(22, 100)).unwrap().as_seq().unwrap().len(), 21);
     }
@@ -1209,11 +1176,8 @@ mod tests {
         assert_eq!(limit_of(decode(&nested(100_000))), (LimitKind::Depth, 128));
         // a 100-deep list referenced 100 levels down is 200 deep
         let deep = format!("<list id=\"i2\">{}<none/>{}</list>", "<tuple>".repeat(99), "</tuple>".repeat(99));
-        let doc = format!(
-            "<marshal><tuple>{deep}{}<reference id=\"i2\"/>{}</tuple></marshal>",
-            "<tuple>".repeat(99),
-            "</tuple>".repeat(99)
-        );
+        let doc =
+            format!("<marshal><tuple>{deep}{}<reference id=\"i2\"/>{}</tuple></marshal>", "<tuple>".repeat(99), "</tuple>".repeat(99));
         assert_eq!(limit_of(decode(&doc)), (LimitKind::Depth, 128));
     }
 

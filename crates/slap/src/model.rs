@@ -54,11 +54,9 @@ impl FromStr for InstanceState {
             "started" => Ok(InstanceState::Started),
             "stopped" => Ok(InstanceState::Stopped),
             "destroyed" => Ok(InstanceState::Destroyed),
-            other => Err(ModelError::UnknownState {
-                kind: "instance",
-                value: other.to_string(),
-                expected: "started, stopped or destroyed",
-            }),
+            other => {
+                Err(ModelError::UnknownState { kind: "instance", value: other.to_string(), expected: "started, stopped or destroyed" })
+            }
         }
     }
 }
@@ -91,11 +89,9 @@ impl FromStr for SoftwareState {
         match s {
             "available" => Ok(SoftwareState::Available),
             "destroyed" => Ok(SoftwareState::Destroyed),
-            other => Err(ModelError::UnknownState {
-                kind: "software release",
-                value: other.to_string(),
-                expected: "available or destroyed",
-            }),
+            other => {
+                Err(ModelError::UnknownState { kind: "software release", value: other.to_string(), expected: "available or destroyed" })
+            }
         }
     }
 }
@@ -490,14 +486,10 @@ impl Computer {
                 None => vec![],
             }
         };
-        let software_releases = list(&mut extra, "_software_release_list")
-            .iter()
-            .map(SoftwareRelease::from_value)
-            .collect::<Result<Vec<_>, _>>()?;
-        let partitions = list(&mut extra, "_computer_partition_list")
-            .iter()
-            .map(ComputerPartition::from_value)
-            .collect::<Result<Vec<_>, _>>()?;
+        let software_releases =
+            list(&mut extra, "_software_release_list").iter().map(SoftwareRelease::from_value).collect::<Result<Vec<_>, _>>()?;
+        let partitions =
+            list(&mut extra, "_computer_partition_list").iter().map(ComputerPartition::from_value).collect::<Result<Vec<_>, _>>()?;
         Ok(Computer { computer_id, software_releases, partitions, extra })
     }
 
@@ -625,8 +617,18 @@ impl RequestedInstance {
                     None => p.ip_list(),
                 };
                 Ok(RequestedInstance {
-                    computer_id: p.extra.get("slap_computer_id").and_then(Value::as_str).map(str::to_string).or(Some(p.computer_id.clone())),
-                    partition_id: p.extra.get("slap_computer_partition_id").and_then(Value::as_str).map(str::to_string).or(Some(p.partition_id.clone())),
+                    computer_id: p
+                        .extra
+                        .get("slap_computer_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .or(Some(p.computer_id.clone())),
+                    partition_id: p
+                        .extra
+                        .get("slap_computer_partition_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .or(Some(p.partition_id.clone())),
                     instance_guid: p.instance_guid.clone(),
                     requested_state: p.requested_state,
                     software_release_url: p.software_release_url().map(str::to_string),
@@ -712,7 +714,8 @@ mod tests {
 
     #[test]
     fn refuses_other_classes() {
-        let v = decode("<marshal><object id=\"i2\" module=\"os\" class=\"system\"><tuple/><dictionary id=\"i3\"/></object></marshal>").unwrap();
+        let v =
+            decode("<marshal><object id=\"i2\" module=\"os\" class=\"system\"><tuple/><dictionary id=\"i3\"/></object></marshal>").unwrap();
         assert!(matches!(Computer::from_value(&v), Err(ModelError::UnknownClass { .. })));
         let v = decode("<marshal><string>x</string></marshal>").unwrap();
         assert!(matches!(SoftwareInstance::from_value(&v), Err(ModelError::WrongType { .. })));

@@ -123,7 +123,14 @@ impl PythonFormatter {
     /// A formatter for these options (`sort_keys` is [`dumps`]'s business).
     pub fn new(options: &Options) -> PythonFormatter {
         let (item_separator, key_separator) = options.effective_separators();
-        PythonFormatter { indent: options.indent, item_separator, key_separator, ensure_ascii: options.ensure_ascii, level: 0, has_value: false }
+        PythonFormatter {
+            indent: options.indent,
+            item_separator,
+            key_separator,
+            ensure_ascii: options.ensure_ascii,
+            level: 0,
+            has_value: false,
+        }
     }
 
     /// A new line at the current level, when indenting.

@@ -39,18 +39,10 @@ pub struct TlsFiles {
 pub enum TlsFileError {
     /// The file cannot be read.
     #[error("cannot read {what} {path}: {source}")]
-    Unreadable {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Unreadable { what: &'static str, path: PathBuf, source: std::io::Error },
     /// The file is not PEM, or a PEM section is broken.
     #[error("{what} {path} is not valid PEM: {message}")]
-    InvalidPem {
-        what: &'static str,
-        path: PathBuf,
-        message: String,
-    },
+    InvalidPem { what: &'static str, path: PathBuf, message: String },
     /// The file holds no `CERTIFICATE` section.
     #[error("no certificate in {what} {path}")]
     NoCertificate { what: &'static str, path: PathBuf },
@@ -62,11 +54,7 @@ pub enum TlsFileError {
     Version1 { path: PathBuf },
     /// A certificate that does not parse as X.509.
     #[error("{what} {path} holds an invalid certificate: {message}")]
-    InvalidCertificate {
-        what: &'static str,
-        path: PathBuf,
-        message: String,
-    },
+    InvalidCertificate { what: &'static str, path: PathBuf, message: String },
     /// A key of a kind we cannot sign with.
     #[error("key file {path} holds a key that cannot be used: {message}")]
     UnusableKey { path: PathBuf, message: String },
@@ -82,35 +70,19 @@ const CA: &str = "CA file (master_ca_file)";
 const CERT: &str = "certificate file";
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|source| TlsFileError::Unreadable {
-        what,
-        path: path.into(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| TlsFileError::Unreadable { what, path: path.into(), source })
 }
 
 fn pem_error(path: &Path, what: &'static str, e: pem::Error) -> TlsFileError {
-    TlsFileError::InvalidPem {
-        what,
-        path: path.into(),
-        message: e.to_string(),
-    }
+    TlsFileError::InvalidPem { what, path: path.into(), message: e.to_string() }
 }
 
 /// Every `CERTIFICATE` section of a PEM file; at least one.
-fn certificates(
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+fn certificates(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
     let bytes = read(path, what)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, what, e))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>().map_err(|e| pem_error(path, what, e))?;
     if certs.is_empty() {
-        return Err(TlsFileError::NoCertificate {
-            what,
-            path: path.into(),
-        });
+        return Err(TlsFileError::NoCertificate { what, path: path.into() });
     }
     Ok(certs)
 }
@@ -133,23 +105,12 @@ pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError
 /// them: the first certificate parses as an X.509 v3 end-entity
 /// certificate, the key is of a supported kind and matches it. Returns the
 /// chain and the key file's bytes.
-pub fn load_identity(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, Vec<u8>), TlsFileError> {
+pub fn load_identity(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, Vec<u8>), TlsFileError> {
     let chain = certificates(cert, CERT)?;
     match webpki::EndEntityCert::try_from(&chain[0]) {
         Ok(_) => {}
-        Err(webpki::Error::UnsupportedCertVersion) => {
-            return Err(TlsFileError::Version1 { path: cert.into() })
-        }
-        Err(e) => {
-            return Err(TlsFileError::InvalidCertificate {
-                what: CERT,
-                path: cert.into(),
-                message: format!("{e:?}"),
-            })
-        }
+        Err(webpki::Error::UnsupportedCertVersion) => return Err(TlsFileError::Version1 { path: cert.into() }),
+        Err(e) => return Err(TlsFileError::InvalidCertificate { what: CERT, path: cert.into(), message: format!("{e:?}") }),
     }
     let key_pem = read(key, "key file")?;
     let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
@@ -159,14 +120,8 @@ pub fn load_identity(
     let provider = rustls::crypto::ring::default_provider();
     match rustls::sign::CertifiedKey::from_der(chain.clone(), private, &provider) {
         Ok(_) => Ok((chain, key_pem)),
-        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsFileError::KeyMismatch {
-            cert: cert.into(),
-            key: key.into(),
-        }),
-        Err(e) => Err(TlsFileError::UnusableKey {
-            path: key.into(),
-            message: e.to_string(),
-        }),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsFileError::KeyMismatch { cert: cert.into(), key: key.into() }),
+        Err(e) => Err(TlsFileError::UnusableKey { path: key.into(), message: e.to_string() }),
     }
 }
 
@@ -178,26 +133,17 @@ impl TlsFiles {
         match (&self.cert_file, &self.key_file) {
             (Some(cert), Some(key)) => {
                 let (chain, key_pem) = load_identity(cert, key)?;
-                let chain: Vec<Certificate<'static>> = chain
-                    .iter()
-                    .map(|c| Certificate::from_der(c).to_owned())
-                    .collect();
+                let chain: Vec<Certificate<'static>> = chain.iter().map(|c| Certificate::from_der(c).to_owned()).collect();
                 // the same first key section that was checked above
                 let private =
-                    PrivateKey::from_pem(&key_pem).map_err(|e| TlsFileError::UnusableKey {
-                        path: key.clone(),
-                        message: e.to_string(),
-                    })?;
+                    PrivateKey::from_pem(&key_pem).map_err(|e| TlsFileError::UnusableKey { path: key.clone(), message: e.to_string() })?;
                 tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, private)));
             }
             (None, None) => {}
             _ => return Err(TlsFileError::Incomplete),
         }
         if let Some(ca) = &self.ca_file {
-            let roots = load_ca(ca)?
-                .iter()
-                .map(|c| Certificate::from_der(c).to_owned())
-                .collect();
+            let roots = load_ca(ca)?.iter().map(|c| Certificate::from_der(c).to_owned()).collect();
             tls = tls.root_certs(RootCerts::Specific(Arc::new(roots)));
         }
         Ok(tls.build())
@@ -209,9 +155,7 @@ impl TlsFiles {
 fn rustls_error(e: &ureq::Error) -> Option<&rustls::Error> {
     match e {
         ureq::Error::Rustls(r) => Some(r),
-        ureq::Error::Io(io) => io
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        ureq::Error::Io(io) => io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
         _ => None,
     }
 }
@@ -232,16 +176,12 @@ pub fn describe_handshake_error(e: &ureq::Error) -> Option<String> {
                 "the master's certificate is not valid for the host name of master_url".into()
             }
             C::Expired | C::ExpiredContext { .. } => "the master's certificate has expired".into(),
-            C::NotValidYet | C::NotValidYetContext { .. } => {
-                "the master's certificate is not valid yet".into()
-            }
+            C::NotValidYet | C::NotValidYetContext { .. } => "the master's certificate is not valid yet".into(),
             C::BadSignature => "the master's certificate has a bad signature".into(),
             other => format!("the master's certificate was refused: {other:?}"),
         },
         rustls::Error::AlertReceived(alert) => {
-            format!(
-                "the master refused the TLS handshake ({alert:?}): check cert_file and key_file"
-            )
+            format!("the master refused the TLS handshake ({alert:?}): check cert_file and key_file")
         }
         other => format!("TLS handshake failed: {other}"),
     })

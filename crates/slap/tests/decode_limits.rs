@@ -47,12 +47,7 @@ fn child(spec: &str) {
         Ok(_) => "decoded".to_string(),
         Err(e) => format!("{:?}", e.kind),
     };
-    println!(
-        "result bytes={} before_kb={before} after_kb={} ms={} kind={kind}",
-        doc.len(),
-        vm_hwm_kb(),
-        elapsed.as_millis()
-    );
+    println!("result bytes={} before_kb={before} after_kb={} ms={} kind={kind}", doc.len(), vm_hwm_kb(), elapsed.as_millis());
 }
 
 /// Runs `test` of this binary as a child decoding the bomb `spec`; its line.
@@ -65,10 +60,7 @@ fn run_child(test: &str, spec: &str) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "the child failed: {text}{}", String::from_utf8_lossy(&out.stderr));
     // the harness may print `test … ... ` on the same line first
-    let line = text
-        .lines()
-        .find_map(|l| l.find("result bytes=").map(|i| &l[i..]))
-        .unwrap_or_else(|| panic!("no result line: {text}"));
+    let line = text.lines().find_map(|l| l.find("result bytes=").map(|i| &l[i..])).unwrap_or_else(|| panic!("no result line: {text}"));
     eprintln!("{line}");
     line.to_string()
 }

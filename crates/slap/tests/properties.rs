@@ -37,13 +37,14 @@ fn value() -> impl Strategy<Value = Value> {
             proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Tuple),
             proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Set),
             proptest::collection::btree_map(text(), inner.clone(), 0..5).prop_map(Value::Dict),
-            (proptest::collection::vec(inner.clone(), 0..3), proptest::collection::btree_map(text(), inner, 0..4))
-                .prop_map(|(args, state)| Value::Object(Box::new(Object {
+            (proptest::collection::vec(inner.clone(), 0..3), proptest::collection::btree_map(text(), inner, 0..4)).prop_map(
+                |(args, state)| Value::Object(Box::new(Object {
                     module: "slapos.slap.slap".into(),
                     class: "ComputerPartition".into(),
                     args,
                     state,
-                }))),
+                }))
+            ),
         ]
     })
 }

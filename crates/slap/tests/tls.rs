@@ -36,10 +36,7 @@ fn tls_error(e: SlapError) -> String {
 #[test]
 fn the_master_is_verified_with_master_ca_file() {
     let pki = Pki::new("slaptest");
-    let server = serve(
-        pki.server_config(&["127.0.0.1"], false),
-        Backend::Canned(200, "done"),
-    );
+    let server = serve(pki.server_config(&["127.0.0.1"], false), Backend::Canned(200, "done"));
     let c = SlapClient::new(config(&server.url, Some(&pki.ca_file), None)).unwrap();
     c.partition_started("C", "p").unwrap();
     assert_eq!(server.answered.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -48,41 +45,20 @@ fn the_master_is_verified_with_master_ca_file() {
 #[test]
 fn without_master_ca_file_a_private_ca_is_refused_with_a_clear_error() {
     let pki = Pki::new("slaptest");
-    let server = serve(
-        pki.server_config(&["127.0.0.1"], false),
-        Backend::Canned(200, "done"),
-    );
-    let e = SlapClient::new(config(&server.url, None, None))
-        .unwrap()
-        .partition_started("C", "p")
-        .unwrap_err();
+    let server = serve(pki.server_config(&["127.0.0.1"], false), Backend::Canned(200, "done"));
+    let e = SlapClient::new(config(&server.url, None, None)).unwrap().partition_started("C", "p").unwrap_err();
     assert!(e.is_unreachable(), "{e:?}");
     let text = e.to_string();
-    assert!(
-        text.contains(&server.url)
-            && text.contains("not signed by a trusted CA")
-            && text.contains("master_ca_file"),
-        "{text}"
-    );
+    assert!(text.contains(&server.url) && text.contains("not signed by a trusted CA") && text.contains("master_ca_file"), "{text}");
     assert!(!text.contains('\n'), "one line: {text}");
-    assert_eq!(
-        server.answered.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "nothing was sent"
-    );
+    assert_eq!(server.answered.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing was sent");
 }
 
 #[test]
 fn a_master_signed_by_another_ca_is_refused() {
     let (pki, other) = (Pki::new("slaptest"), Pki::new("other"));
-    let server = serve(
-        pki.server_config(&["127.0.0.1"], false),
-        Backend::Canned(200, "done"),
-    );
-    let e = SlapClient::new(config(&server.url, Some(&other.ca_file), None))
-        .unwrap()
-        .partition_started("C", "p")
-        .unwrap_err();
+    let server = serve(pki.server_config(&["127.0.0.1"], false), Backend::Canned(200, "done"));
+    let e = SlapClient::new(config(&server.url, Some(&other.ca_file), None)).unwrap().partition_started("C", "p").unwrap_err();
     assert!(tls_error(e).contains("not signed by a trusted CA"));
     assert_eq!(server.answered.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
@@ -90,38 +66,20 @@ fn a_master_signed_by_another_ca_is_refused() {
 #[test]
 fn a_certificate_for_another_host_is_refused() {
     let pki = Pki::new("slaptest");
-    let server = serve(
-        pki.server_config(&["master.example.com"], false),
-        Backend::Canned(200, "done"),
-    );
-    let e = SlapClient::new(config(&server.url, Some(&pki.ca_file), None))
-        .unwrap()
-        .partition_started("C", "p")
-        .unwrap_err();
+    let server = serve(pki.server_config(&["master.example.com"], false), Backend::Canned(200, "done"));
+    let e = SlapClient::new(config(&server.url, Some(&pki.ca_file), None)).unwrap().partition_started("C", "p").unwrap_err();
     assert!(tls_error(e).contains("not valid for the host name"));
 }
 
 #[test]
 fn the_client_certificate_is_presented_when_the_master_requires_one() {
     let pki = Pki::new("slaptest");
-    let server = serve(
-        pki.server_config(&["127.0.0.1"], true),
-        Backend::Canned(200, "done"),
-    );
+    let server = serve(pki.server_config(&["127.0.0.1"], true), Backend::Canned(200, "done"));
     let (cert, key) = pki.client("slaptest-client");
-    SlapClient::new(config(&server.url, Some(&pki.ca_file), Some((&cert, &key))))
-        .unwrap()
-        .partition_started("C", "p")
-        .unwrap();
-    let e = SlapClient::new(config(&server.url, Some(&pki.ca_file), None))
-        .unwrap()
-        .partition_started("C", "p")
-        .unwrap_err();
+    SlapClient::new(config(&server.url, Some(&pki.ca_file), Some((&cert, &key)))).unwrap().partition_started("C", "p").unwrap();
+    let e = SlapClient::new(config(&server.url, Some(&pki.ca_file), None)).unwrap().partition_started("C", "p").unwrap_err();
     assert!(!e.to_string().contains("panicked"), "{e}");
-    assert!(
-        e.is_unreachable(),
-        "refused without a client certificate: {e:?}"
-    );
+    assert!(e.is_unreachable(), "refused without a client certificate: {e:?}");
     assert_eq!(server.answered.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
@@ -129,11 +87,7 @@ fn the_client_certificate_is_presented_when_the_master_requires_one() {
 fn refused(cfg: ClientConfig, file: &Path, what: &str) -> TlsFileError {
     let e = SlapClient::new(cfg).expect_err(what);
     let text = e.to_string();
-    assert!(
-        text.contains(&file.display().to_string()),
-        "{what}: names {}: {text}",
-        file.display()
-    );
+    assert!(text.contains(&file.display().to_string()), "{what}: names {}: {text}", file.display());
     assert!(!text.contains('\n'), "{what}: one line: {text}");
     match e {
         SlapError::Certificate(e) => e,
@@ -155,56 +109,21 @@ fn unusable_certificate_and_key_files_are_one_line_errors_naming_the_file() {
     let url = "https://127.0.0.1:1/";
     let (v1, v1_key) = (Path::new(V1_CERT), Path::new(V1_KEY));
 
-    let e = refused(
-        config(url, None, Some((v1, v1_key))),
-        v1,
-        "X.509 v1 client certificate",
-    );
+    let e = refused(config(url, None, Some((v1, v1_key))), v1, "X.509 v1 client certificate");
     assert!(matches!(e, TlsFileError::Version1 { .. }), "{e:?}");
     assert!(e.to_string().contains("v1"), "{e}");
-    let e = refused(
-        config(url, None, Some((&cert, &other_key))),
-        &other_key,
-        "another certificate's key",
-    );
+    let e = refused(config(url, None, Some((&cert, &other_key))), &other_key, "another certificate's key");
     assert!(matches!(e, TlsFileError::KeyMismatch { .. }), "{e:?}");
     let missing = dir.join("missing.crt");
-    assert!(matches!(
-        refused(
-            config(url, None, Some((&missing, &key))),
-            &missing,
-            "missing"
-        ),
-        TlsFileError::Unreadable { .. }
-    ));
+    assert!(matches!(refused(config(url, None, Some((&missing, &key))), &missing, "missing"), TlsFileError::Unreadable { .. }));
     let text = file("text.crt", "not a certificate\n");
-    assert!(matches!(
-        refused(config(url, None, Some((&text, &key))), &text, "no PEM"),
-        TlsFileError::NoCertificate { .. }
-    ));
+    assert!(matches!(refused(config(url, None, Some((&text, &key))), &text, "no PEM"), TlsFileError::NoCertificate { .. }));
     let broken = file("broken.crt", "-----BEGIN CERTIFICATE-----\nMIIB\n");
-    assert!(matches!(
-        refused(config(url, None, Some((&broken, &key))), &broken, "cut PEM"),
-        TlsFileError::InvalidPem { .. }
-    ));
-    let garbage = file(
-        "garbage.crt",
-        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-    );
-    let e = refused(
-        config(url, None, Some((&garbage, &key))),
-        &garbage,
-        "not DER",
-    );
-    assert!(
-        matches!(e, TlsFileError::InvalidCertificate { .. }),
-        "{e:?}"
-    );
-    let e = refused(
-        config(url, None, Some((&cert, &cert))),
-        &cert,
-        "a certificate as key",
-    );
+    assert!(matches!(refused(config(url, None, Some((&broken, &key))), &broken, "cut PEM"), TlsFileError::InvalidPem { .. }));
+    let garbage = file("garbage.crt", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    let e = refused(config(url, None, Some((&garbage, &key))), &garbage, "not DER");
+    assert!(matches!(e, TlsFileError::InvalidCertificate { .. }), "{e:?}");
+    let e = refused(config(url, None, Some((&cert, &cert))), &cert, "a certificate as key");
     assert!(matches!(e, TlsFileError::NoKey { .. }), "{e:?}");
     let e = refused(config(url, Some(&garbage), None), &garbage, "CA file");
     assert!(e.to_string().contains("master_ca_file"), "{e}");
@@ -213,76 +132,35 @@ fn unusable_certificate_and_key_files_are_one_line_errors_naming_the_file() {
 
     let mut only_cert = config(url, None, None);
     only_cert.cert_file = Some(cert.clone());
-    assert!(matches!(
-        SlapClient::new(only_cert),
-        Err(SlapError::Certificate(TlsFileError::Incomplete))
-    ));
+    assert!(matches!(SlapClient::new(only_cert), Err(SlapError::Certificate(TlsFileError::Incomplete))));
 }
 
 #[test]
 fn hateoas_uses_the_same_tls_files() {
     const ENTRY: &str = r#"{"_links": {"raw_search": {"href": "https://127.0.0.1/s?q={query}"}, "traverse": {"href": "https://127.0.0.1/t?r={relative_url}"}}}"#;
     let pki = Pki::new("slaptest");
-    let server = serve(
-        pki.server_config(&["127.0.0.1"], true),
-        Backend::Canned(200, ENTRY),
-    );
+    let server = serve(pki.server_config(&["127.0.0.1"], true), Backend::Canned(200, ENTRY));
     let (cert, key) = pki.client("slaptest-client");
-    let files = TlsFiles {
-        ca_file: Some(pki.ca_file.clone()),
-        cert_file: Some(cert.clone()),
-        key_file: Some(key.clone()),
-    };
-    HateoasClient::connect(
-        &format!("{}/hateoas/", server.url),
-        &files,
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    let no_ca = TlsFiles {
-        ca_file: None,
-        ..files.clone()
-    };
-    match HateoasClient::connect(
-        &format!("{}/hateoas/", server.url),
-        &no_ca,
-        Duration::from_secs(10),
-    ) {
+    let files = TlsFiles { ca_file: Some(pki.ca_file.clone()), cert_file: Some(cert.clone()), key_file: Some(key.clone()) };
+    HateoasClient::connect(&format!("{}/hateoas/", server.url), &files, Duration::from_secs(10)).unwrap();
+    let no_ca = TlsFiles { ca_file: None, ..files.clone() };
+    match HateoasClient::connect(&format!("{}/hateoas/", server.url), &no_ca, Duration::from_secs(10)) {
         Err(HateoasError::Tls { message, .. }) => {
             assert!(message.contains("master_ca_file"), "{message}")
         }
         other => panic!("{:?}", other.err()),
     }
     // links that leave TLS are refused
-    const PLAIN: &str = r#"{"_links": {"raw_search": {"href": "http://127.0.0.1/s?q={query}"}, "traverse": {"href": "https://127.0.0.1/t"}}}"#;
-    let plain = serve(
-        pki.server_config(&["127.0.0.1"], false),
-        Backend::Canned(200, PLAIN),
-    );
-    match HateoasClient::connect(
-        &format!("{}/hateoas/", plain.url),
-        &files,
-        Duration::from_secs(10),
-    ) {
+    const PLAIN: &str =
+        r#"{"_links": {"raw_search": {"href": "http://127.0.0.1/s?q={query}"}, "traverse": {"href": "https://127.0.0.1/t"}}}"#;
+    let plain = serve(pki.server_config(&["127.0.0.1"], false), Backend::Canned(200, PLAIN));
+    match HateoasClient::connect(&format!("{}/hateoas/", plain.url), &files, Duration::from_secs(10)) {
         Err(HateoasError::Invalid { message, .. }) => {
             assert!(message.contains("not HTTPS"), "{message}")
         }
         other => panic!("{:?}", other.err()),
     }
-    let v1 = TlsFiles {
-        cert_file: Some(V1_CERT.into()),
-        key_file: Some(V1_KEY.into()),
-        ..files
-    };
-    let e = HateoasClient::connect(
-        &format!("{}/hateoas/", server.url),
-        &v1,
-        Duration::from_secs(10),
-    )
-    .err()
-    .unwrap();
-    assert!(
-        matches!(e, HateoasError::Certificate(TlsFileError::Version1 { .. })),
-        "{e:?}"
-    );
+    let v1 = TlsFiles { cert_file: Some(V1_CERT.into()), key_file: Some(V1_KEY.into()), ..files };
+    let e = HateoasClient::connect(&format!("{}/hateoas/", server.url), &v1, Duration::from_secs(10)).err().unwrap();
+    assert!(matches!(e, HateoasError::Certificate(TlsFileError::Version1 { .. })), "{e:?}");
 }

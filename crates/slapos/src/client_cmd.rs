@@ -172,9 +172,7 @@ impl ClientSettings {
 pub fn parse_key_values(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
-        let (k, v) = item
-            .split_once('=')
-            .ok_or_else(|| anyhow!("malformed {what} '{item}': expected KEY=VALUE"))?;
+        let (k, v) = item.split_once('=').ok_or_else(|| anyhow!("malformed {what} '{item}': expected KEY=VALUE"))?;
         if k.is_empty() {
             bail!("malformed {what} '{item}': empty key");
         }
@@ -188,9 +186,8 @@ pub fn parse_key_values(items: &[String], what: &str) -> anyhow::Result<BTreeMap
 /// Reads a JSON parameters file; errors say where.
 pub fn read_parameters_file(path: &Path) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read parameters file {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        anyhow!("invalid JSON in {} at line {}, column {}: {e}", path.display(), e.line(), e.column())
-    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("invalid JSON in {} at line {}, column {}: {e}", path.display(), e.line(), e.column()))?;
     match v {
         serde_json::Value::Object(m) => Ok(m),
         other => bail!("{}: the parameters must be a JSON object, not {}", path.display(), json_kind(&other)),
@@ -233,9 +230,7 @@ fn declared_serialisation(software_url: &str) -> Option<String> {
     }
     let schema = format!("{path}.json");
     match std::fs::read_to_string(&schema) {
-        Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["serialisation"].as_str().map(str::to_string)),
+        Ok(text) => serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["serialisation"].as_str().map(str::to_string)),
         Err(_) => {
             tracing::warn!("no parameter schema at {schema}: parameters are sent as given");
             None
@@ -281,11 +276,16 @@ fn print_parameters(v: &serde_json::Value) {
     let rows = match v.as_object() {
         Some(m) => m
             .iter()
-            .map(|(k, v)| vec![k.clone(), match v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => String::new(),
-                other => other.to_string(),
-            }])
+            .map(|(k, v)| {
+                vec![
+                    k.clone(),
+                    match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => String::new(),
+                        other => other.to_string(),
+                    },
+                ]
+            })
             .collect(),
         None => vec![vec!["".into(), v.to_string()]],
     };
@@ -335,7 +335,10 @@ fn request(args: RequestArgs, settings: &ClientSettings) -> anyhow::Result<u8> {
             } else {
                 tracing::info!("Instance requested. State is: {state}.");
                 if conn.as_object().is_some_and(|m| m.is_empty()) {
-                    outln!("Instance {} ({state}) has no connection parameters yet: run this command again once the node has deployed it.", args.reference);
+                    outln!(
+                        "Instance {} ({state}) has no connection parameters yet: run this command again once the node has deployed it.",
+                        args.reference
+                    );
                 } else {
                     outln!("Connection parameters of instance {} ({state}):", args.reference);
                     print_parameters(&conn);
@@ -370,7 +373,13 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                     services.iter().map(|s| (s.title.clone(), json!(s.software_release))).collect();
                 outln!("{}", serde_json::to_string_pretty(&m)?);
             } else {
-                outln!("{}", table(&["service", "software release"], services.iter().map(|s| vec![s.title.clone(), optional(&s.software_release)]).collect()));
+                outln!(
+                    "{}",
+                    table(
+                        &["service", "software release"],
+                        services.iter().map(|s| vec![s.title.clone(), optional(&s.software_release)]).collect()
+                    )
+                );
             }
             Ok(0)
         }
@@ -401,10 +410,17 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                     vec!["requested state".into(), optional(&info.requested_state)],
                 ];
                 if let Some(s) = &info.reported_state {
-                    let at = info.reported_at.and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0)).map(|d| d.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+                    let at = info
+                        .reported_at
+                        .and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0))
+                        .map(|d| d.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_default();
                     rows.push(vec!["last report".into(), format!("{s} at {at}")]);
                     if let Some(m) = info.reported_message.as_deref().filter(|m| !m.is_empty()) {
-                        rows.push(vec!["report message".into(), m.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")]);
+                        rows.push(vec![
+                            "report message".into(),
+                            m.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
+                        ]);
                     }
                 }
                 outln!("Service {}\n{}", info.title, table(&["", ""], rows));
@@ -420,7 +436,10 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
             if a.json {
                 outln!("{}", serde_json::to_string_pretty(&computers)?);
             } else {
-                outln!("{}", table(&["computer", "title"], computers.iter().map(|c| vec![c.reference.clone(), optional(&c.title)]).collect()));
+                outln!(
+                    "{}",
+                    table(&["computer", "title"], computers.iter().map(|c| vec![c.reference.clone(), optional(&c.title)]).collect())
+                );
             }
             Ok(0)
         }

@@ -192,9 +192,7 @@ pub fn engine(settings: Arc<ClientSettings>) -> anyhow::Result<Engine> {
     engine.register_fn("request", move |name: &str, sr: &str, params: Map, options: Map| do_request(name, sr, params, options));
     for (verb, state) in [("supply", SoftwareState::Available), ("remove", SoftwareState::Destroyed)] {
         let client = client.clone();
-        engine.register_fn(verb, move |sr: &str, computer: &str| -> R<String> {
-            client.supply(sr, computer, state).or_else(err)
-        });
+        engine.register_fn(verb, move |sr: &str, computer: &str| -> R<String> { client.supply(sr, computer, state).or_else(err) });
     }
     {
         let client = client.clone();
@@ -220,7 +218,10 @@ pub fn engine(settings: Arc<ClientSettings>) -> anyhow::Result<Engine> {
                     x.insert("id".into(), Dynamic::from(p.partition_id.clone()));
                     x.insert("state".into(), Dynamic::from(p.requested_state.map(|s| s.to_string()).unwrap_or_default()));
                     x.insert("instance".into(), p.instance_title().map(|t| Dynamic::from(t.to_string())).unwrap_or(Dynamic::UNIT));
-                    x.insert("software_release".into(), p.software_release_url().map(|t| Dynamic::from(t.to_string())).unwrap_or(Dynamic::UNIT));
+                    x.insert(
+                        "software_release".into(),
+                        p.software_release_url().map(|t| Dynamic::from(t.to_string())).unwrap_or(Dynamic::UNIT),
+                    );
                     x.insert("free".into(), Dynamic::from(p.is_free()));
                     Dynamic::from(x)
                 })
@@ -297,10 +298,10 @@ fn run_script(engine: &Engine, code: &str, source: &str) -> anyhow::Result<u8> {
 /// True when `code` only lacks its end (an unclosed block or string).
 fn incomplete(engine: &Engine, code: &str) -> bool {
     match engine.compile(code) {
-        Err(e) => matches!(
-            e.err_type(),
-            rhai::ParseErrorType::MissingToken(..) | rhai::ParseErrorType::UnknownOperator(_)
-        ) && e.position().line().is_none_or(|l| l >= code.lines().count()),
+        Err(e) => {
+            matches!(e.err_type(), rhai::ParseErrorType::MissingToken(..) | rhai::ParseErrorType::UnknownOperator(_))
+                && e.position().line().is_none_or(|l| l >= code.lines().count())
+        }
         Ok(_) => false,
     }
 }

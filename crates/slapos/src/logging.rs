@@ -65,10 +65,7 @@ pub fn init(global: &Global) -> anyhow::Result<()> {
         .with_target("slapos_config", level)
         // its notes on kernel attributes it does not know are not ours to show
         .with_target("netlink_packet_route", LevelFilter::ERROR);
-    let console = tracing_subscriber::fmt::layer()
-        .event_format(ConsoleFormat)
-        .with_writer(std::io::stderr)
-        .with_filter(targets.clone());
+    let console = tracing_subscriber::fmt::layer().event_format(ConsoleFormat).with_writer(std::io::stderr).with_filter(targets.clone());
     let file = match &global.log_file {
         Some(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -172,7 +172,8 @@ pub struct BootArgs {
 pub fn boot(args: BootArgs, global: &Global) -> anyhow::Result<u8> {
     let path = node_config_path(global.cfg.as_deref());
     let config = Config::load(&path)?;
-    let base = config.get_first(&["slapformat"], "partition_base_name").map(str::trim).filter(|v| !v.is_empty()).unwrap_or("slappart").to_string();
+    let base =
+        config.get_first(&["slapformat"], "partition_base_name").map(str::trim).filter(|v| !v.is_empty()).unwrap_or("slappart").to_string();
     let node = load_plain(global)?;
     let exe = std::env::current_exe()?;
     let start = std::time::Instant::now();

@@ -117,10 +117,36 @@ fn bad_input_is_refused_without_state_change_and_the_master_keeps_serving() {
         ("loadComputerConfigurationFromXML", vec![("xml", "<marshal><dictionary id=\"i2\"/></marshal>")], 400, "'reference' is missing"),
         ("loadComputerConfigurationFromXML", vec![], 400, "missing field 'xml'"),
         ("supplySupply", vec![("url", "http://sr"), ("computer_id", "COMP-BIN"), ("state", "bogus")], 400, "bogus"),
-        ("requestComputerPartition", vec![("software_release", "http://sr"), ("software_type", ""), ("partition_reference", "x"), ("state", "<marshal><string>paused</string></marshal>")], 400, "paused"),
-        ("requestComputerPartition", vec![("software_release", "http://sr"), ("software_type", ""), ("partition_reference", "x"), ("state", "<marshal><none/></marshal>"), ("partition_parameter_xml", "<marshal><list id=\"i2\"/></marshal>")], 400, "must be a dictionary"),
+        (
+            "requestComputerPartition",
+            vec![
+                ("software_release", "http://sr"),
+                ("software_type", ""),
+                ("partition_reference", "x"),
+                ("state", "<marshal><string>paused</string></marshal>"),
+            ],
+            400,
+            "paused",
+        ),
+        (
+            "requestComputerPartition",
+            vec![
+                ("software_release", "http://sr"),
+                ("software_type", ""),
+                ("partition_reference", "x"),
+                ("state", "<marshal><none/></marshal>"),
+                ("partition_parameter_xml", "<marshal><list id=\"i2\"/></marshal>"),
+            ],
+            400,
+            "must be a dictionary",
+        ),
         ("requestComputerPartition", vec![("software_release", "http://sr")], 400, "missing field"),
-        ("setComputerPartitionConnectionXml", vec![("computer_id", "COMP-BIN"), ("computer_partition_id", "slappart0"), ("connection_xml", "<marshal><bogus/></marshal>")], 400, "unknown element"),
+        (
+            "setComputerPartitionConnectionXml",
+            vec![("computer_id", "COMP-BIN"), ("computer_partition_id", "slappart0"), ("connection_xml", "<marshal><bogus/></marshal>")],
+            400,
+            "unknown element",
+        ),
     ];
     for (route, form, status, message) in cases {
         let (s, body) = post(&a, &url(route), &form).unwrap();
@@ -214,12 +240,27 @@ fn proxy_show_prints_tables_and_json() {
     let u = |p: &str| format!("{}/{p}", m.url);
     post(&a, &u("loadComputerConfigurationFromXML"), &[("xml", &format_report(2))]).unwrap();
     post(&a, &u("supplySupply"), &[("url", "http://sr/software.cfg"), ("computer_id", "COMP-BIN"), ("state", "available")]).unwrap();
-    post(&a, &u("softwareReleaseError"), &[("url", "http://sr/software.cfg"), ("computer_id", "COMP-BIN"), ("error_log", "line 1\nbuildout failed")]).unwrap();
-    let (s, _) = post(&a, &u("requestComputerPartition"), &[
-        ("software_release", "http://sr/software.cfg"), ("software_type", "default"), ("partition_reference", "Shown"),
-        ("partition_parameter_xml", "<marshal><dictionary id=\"i2\"><string>greeting</string><string>hi</string></dictionary></marshal>"),
-        ("state", "<marshal><none/></marshal>"),
-    ]).unwrap();
+    post(
+        &a,
+        &u("softwareReleaseError"),
+        &[("url", "http://sr/software.cfg"), ("computer_id", "COMP-BIN"), ("error_log", "line 1\nbuildout failed")],
+    )
+    .unwrap();
+    let (s, _) = post(
+        &a,
+        &u("requestComputerPartition"),
+        &[
+            ("software_release", "http://sr/software.cfg"),
+            ("software_type", "default"),
+            ("partition_reference", "Shown"),
+            (
+                "partition_parameter_xml",
+                "<marshal><dictionary id=\"i2\"><string>greeting</string><string>hi</string></dictionary></marshal>",
+            ),
+            ("state", "<marshal><none/></marshal>"),
+        ],
+    )
+    .unwrap();
     assert_eq!(s, 200);
     post(&a, &u("startedComputerPartition"), &[("computer_id", "COMP-BIN"), ("computer_partition_id", "slappart0")]).unwrap();
     let out = Command::new(BIN).args(["proxy", "show", "--cfg"]).arg(dir.path().join("slapos.cfg")).output().unwrap();

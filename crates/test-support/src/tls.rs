@@ -10,10 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A CA and the files of its certificates, in a temporary directory.
@@ -39,52 +36,24 @@ impl Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca_cert = params.self_signed(&ca_key).unwrap();
         let ca_file = write(dir.path(), &format!("{name}-ca.pem"), &ca_cert.pem());
-        Pki {
-            dir,
-            ca_file,
-            ca_cert,
-            ca_key,
-        }
+        Pki { dir, ca_file, ca_cert, ca_key }
     }
 
-    fn issue(
-        &self,
-        names: &[&str],
-        purpose: ExtendedKeyUsagePurpose,
-    ) -> (rcgen::Certificate, KeyPair) {
+    fn issue(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            names.first().copied().unwrap_or("client"),
-        );
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("client"));
         params.extended_key_usages = vec![purpose];
-        (
-            params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap(),
-            key,
-        )
+        (params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap(), key)
     }
 
     /// A client certificate and key signed by this CA: `(cert_file, key_file)`.
     pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
         let (cert, key) = self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth);
-        (
-            write(self.dir.path(), &format!("{name}.crt"), &cert.pem()),
-            write(
-                self.dir.path(),
-                &format!("{name}.key"),
-                &key.serialize_pem(),
-            ),
-        )
+        (write(self.dir.path(), &format!("{name}.crt"), &cert.pem()), write(self.dir.path(), &format!("{name}.key"), &key.serialize_pem()))
     }
 
     /// A rustls server configuration with a certificate for `names`, that
@@ -92,28 +61,17 @@ impl Pki {
     pub fn server_config(&self, names: &[&str], client_auth: bool) -> Arc<rustls::ServerConfig> {
         let (cert, key) = self.issue(names, ExtendedKeyUsagePurpose::ServerAuth);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
         let builder = if client_auth {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(self.ca_cert.der().clone()).unwrap();
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
         };
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Arc::new(
-            builder
-                .with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key)
-                .unwrap(),
-        )
+        Arc::new(builder.with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key).unwrap())
     }
 }
 
@@ -177,11 +135,7 @@ fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
     loop {
         if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
+            let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
             if data.len() >= end + 4 + len {
                 return Some(data);
             }
@@ -196,15 +150,9 @@ fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
 /// `message` (request or answer) with its `Connection` header replaced by
 /// `Connection: close`, and `extra` header lines added.
 fn closing(message: &[u8], extra: &[&str]) -> Vec<u8> {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(message.len());
+    let end = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(message.len());
     let head = String::from_utf8_lossy(&message[..end]);
-    let mut lines: Vec<&str> = head
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-        .collect();
+    let mut lines: Vec<&str> = head.split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
     lines.push("Connection: close");
     lines.extend_from_slice(extra);
     let mut out = lines.join("\r\n").into_bytes();
@@ -218,8 +166,7 @@ fn closing(message: &[u8], extra: &[&str]) -> Vec<u8> {
 /// `X-Forwarded-Proto: https`, as a TLS-terminating proxy says it.
 fn forward(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut out = TcpStream::connect(addr).unwrap();
-    out.write_all(&closing(request, &["X-Forwarded-Proto: https"]))
-        .unwrap();
+    out.write_all(&closing(request, &["X-Forwarded-Proto: https"])).unwrap();
     let mut answer = Vec::new();
     out.read_to_end(&mut answer).unwrap();
     closing(&answer, &[])

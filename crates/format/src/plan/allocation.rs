@@ -61,7 +61,8 @@ pub(super) fn context<'a>(cfg: &'a FormatConfig, previous: Option<&ComputerState
     let network = cfg.alter_network && !cfg.local;
     let ipv6_iface = cfg.ipv6_interface.clone().or_else(|| cfg.interface_name.clone());
     let new_bridge = new_bridge(cfg, obs, network, ipv6_iface.as_deref())?;
-    let bridge = cfg.interface_name.clone().filter(|n| new_bridge.as_deref() == Some(n.as_str()) || obs.interfaces.get(n).is_some_and(|i| i.bridge));
+    let bridge =
+        cfg.interface_name.clone().filter(|n| new_bridge.as_deref() == Some(n.as_str()) || obs.interfaces.get(n).is_some_and(|i| i.bridge));
     // the computer address: the interface's base IPv6
     let preferred = previous.and_then(|p| p.address.as_deref());
     let base = match (&ipv6_iface, network || obs.interfaces.contains_key(ipv6_iface.as_deref().unwrap_or(""))) {
@@ -168,7 +169,13 @@ type Ipv6Allocation = ((String, String), Option<(String, u8)>);
 
 /// Partition `i`'s IPv6 derived from the base (SlapOS: a random last group
 /// when it is taken, with the default shift only) and its routed range.
-fn ipv6(ctx: &Context, i: usize, reference: &str, taken: &mut BTreeSet<IpAddr>, picker: &mut Picker) -> Result<Option<Ipv6Allocation>, PlanError> {
+fn ipv6(
+    ctx: &Context,
+    i: usize,
+    reference: &str,
+    taken: &mut BTreeSet<IpAddr>,
+    picker: &mut Picker,
+) -> Result<Option<Ipv6Allocation>, PlanError> {
     let cfg = ctx.cfg;
     let Some((b, p)) = ctx.base.filter(|_| !cfg.local) else { return Ok(None) };
     let mut ip = addressing::partition_ipv6(b, p, i);
@@ -178,10 +185,8 @@ fn ipv6(ctx: &Context, i: usize, reference: &str, taken: &mut BTreeSet<IpAddr>, 
             return Err(PlanError::Collision { address: IpAddr::V6(ip), partition: reference.to_string() });
         }
         let computed = ip;
-        ip = (0..10).map(|_| Ipv6Addr::from((u128::from(b) & !0xffff) | picker.field())).find(|a| free(*a)).ok_or_else(|| PlanError::AddressGeneration {
-            what: "the IPv6 address",
-            partition: reference.to_string(),
-            address: computed.to_string(),
+        ip = (0..10).map(|_| Ipv6Addr::from((u128::from(b) & !0xffff) | picker.field())).find(|a| free(*a)).ok_or_else(|| {
+            PlanError::AddressGeneration { what: "the IPv6 address", partition: reference.to_string(), address: computed.to_string() }
         })?;
     }
     taken.insert(IpAddr::V6(ip));

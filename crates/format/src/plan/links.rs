@@ -14,7 +14,12 @@ use crate::system::Observed;
 type TapGateway = (Vec<Ipv4Addr>, Ipv4Addr, u8);
 
 /// Fills in the addresses of every partition's tap (`create_tap`) and tun.
-pub(super) fn address(ctx: &Context, state: &mut ComputerState, taken: &mut BTreeSet<IpAddr>, picker: &mut Picker) -> Result<(), PlanError> {
+pub(super) fn address(
+    ctx: &Context,
+    state: &mut ComputerState,
+    taken: &mut BTreeSet<IpAddr>,
+    picker: &mut Picker,
+) -> Result<(), PlanError> {
     let cfg = ctx.cfg;
     // the partitions' routed ranges, which a tap's range must not overlap
     let mut ranges: BTreeSet<(u128, u8)> = BTreeSet::new();
@@ -57,8 +62,11 @@ fn tap_gateway_addresses(obs: &Observed, name: &str, wanted: usize) -> Result<Ta
     let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
     let network = u32::from(addr) & mask;
     let size = 1u64 << (32 - prefix as u32);
-    let list: Vec<Ipv4Addr> =
-        (0..size.min(wanted as u64 + 2)).map(|o| Ipv4Addr::from(network + o as u32)).filter(|a| u32::from(*a) != network && *a != addr).take(wanted).collect();
+    let list: Vec<Ipv4Addr> = (0..size.min(wanted as u64 + 2))
+        .map(|o| Ipv4Addr::from(network + o as u32))
+        .filter(|a| u32::from(*a) != network && *a != addr)
+        .take(wanted)
+        .collect();
     if list.len() < wanted {
         return Err(PlanError::TapGatewayTooSmall { wanted, address: addr, prefix });
     }
@@ -146,10 +154,10 @@ fn new_tap_ipv6(
     let net = u128::from(b) & mask128(pl);
     let len16 = pl.saturating_add(16).min(128);
     let ones = if len16 >= 128 { 0 } else { u128::MAX >> len16 };
-    let random = (0..10)
-        .map(|_| Ipv6Addr::from(net | (picker.field() << (128 - len16 as u32)) | ones))
-        .find(|a| free(*a, len16))
-        .ok_or_else(|| PlanError::AddressGeneration { what: "the tap IPv6 range", partition: p.reference.clone(), address: addr.to_string() })?;
+    let random =
+        (0..10).map(|_| Ipv6Addr::from(net | (picker.field() << (128 - len16 as u32)) | ones)).find(|a| free(*a, len16)).ok_or_else(
+            || PlanError::AddressGeneration { what: "the tap IPv6 range", partition: p.reference.clone(), address: addr.to_string() },
+        )?;
     Ok((random, len))
 }
 

@@ -34,20 +34,57 @@ pub enum TunTapMode {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
-    CreateGroup { name: String },
-    CreateUser { name: String, home: PathBuf, group: String, groups: Vec<String> },
-    ModifyUser { name: String, home: PathBuf, group: String, groups: Vec<String> },
-    LockPassword { name: String },
-    CreateDirectory { path: PathBuf, mode: u32 },
-    SetMode { path: PathBuf, mode: u32 },
-    SetOwner { path: PathBuf, user: String },
-    Sysctl { key: String, value: String },
+    CreateGroup {
+        name: String,
+    },
+    CreateUser {
+        name: String,
+        home: PathBuf,
+        group: String,
+        groups: Vec<String>,
+    },
+    ModifyUser {
+        name: String,
+        home: PathBuf,
+        group: String,
+        groups: Vec<String>,
+    },
+    LockPassword {
+        name: String,
+    },
+    CreateDirectory {
+        path: PathBuf,
+        mode: u32,
+    },
+    SetMode {
+        path: PathBuf,
+        mode: u32,
+    },
+    SetOwner {
+        path: PathBuf,
+        user: String,
+    },
+    Sysctl {
+        key: String,
+        value: String,
+    },
     /// `interface_name` as a new bridge (`create_bridge`).
-    CreateBridge { name: String },
+    CreateBridge {
+        name: String,
+    },
     /// A persistent tun/tap owned by `user` (root when that user does not exist).
-    CreateTunTap { name: String, mode: TunTapMode, user: String },
-    SetMaster { interface: String, master: String },
-    SetUp { interface: String },
+    CreateTunTap {
+        name: String,
+        mode: TunTapMode,
+        user: String,
+    },
+    SetMaster {
+        interface: String,
+        master: String,
+    },
+    SetUp {
+        interface: String,
+    },
     AddAddress {
         interface: String,
         address: IpAddr,
@@ -55,9 +92,19 @@ pub enum Step {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         noprefixroute: bool,
     },
-    AddRoute { destination: IpAddr, prefix: u8, interface: String, via: Option<IpAddr> },
-    AddLocalRoute { network: Ipv6Addr, prefix: u8 },
-    WriteResource { path: PathBuf },
+    AddRoute {
+        destination: IpAddr,
+        prefix: u8,
+        interface: String,
+        via: Option<IpAddr>,
+    },
+    AddLocalRoute {
+        network: Ipv6Addr,
+        prefix: u8,
+    },
+    WriteResource {
+        path: PathBuf,
+    },
 }
 
 impl Step {
@@ -79,9 +126,10 @@ impl Step {
     pub fn device(&self) -> Option<&str> {
         match self {
             Step::CreateBridge { name } | Step::CreateTunTap { name, .. } => Some(name),
-            Step::SetMaster { interface, .. } | Step::SetUp { interface } | Step::AddAddress { interface, .. } | Step::AddRoute { interface, .. } => {
-                Some(interface)
-            }
+            Step::SetMaster { interface, .. }
+            | Step::SetUp { interface }
+            | Step::AddAddress { interface, .. }
+            | Step::AddRoute { interface, .. } => Some(interface),
             _ => None,
         }
     }

@@ -63,9 +63,18 @@ fn partition_addresses(ctx: &Context, state: &ComputerState, steps: &mut Vec<Ste
 /// user, root when that user does not exist, as SlapOS), a tap attached to
 /// the bridge, up. An existing one is never recreated; another owner is
 /// reported, not changed; another kind of interface is an error.
-fn device(ctx: &Context, p: &PartitionState, name: &str, mode: TunTapMode, steps: &mut Vec<Step>, warnings: &mut Vec<String>) -> Result<(), PlanError> {
+fn device(
+    ctx: &Context,
+    p: &PartitionState,
+    name: &str,
+    mode: TunTapMode,
+    steps: &mut Vec<Step>,
+    warnings: &mut Vec<String>,
+) -> Result<(), PlanError> {
     let attach = |steps: &mut Vec<Step>, master: Option<&str>| match (mode, &ctx.bridge) {
-        (TunTapMode::Tap, Some(b)) if master != Some(b.as_str()) => steps.push(Step::SetMaster { interface: name.to_string(), master: b.clone() }),
+        (TunTapMode::Tap, Some(b)) if master != Some(b.as_str()) => {
+            steps.push(Step::SetMaster { interface: name.to_string(), master: b.clone() })
+        }
         _ => {}
     };
     match ctx.obs.interfaces.get(name) {

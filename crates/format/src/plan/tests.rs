@@ -40,7 +40,10 @@ fn after(mut o: Observed, plan: &Plan) -> Observed {
             }
             Step::CreateUser { name, home, group, groups } => {
                 uid += 1;
-                o.users.insert(name.clone(), UserInfo { uid, gid: uid, home: home.clone(), shell: "/bin/sh".into(), group: group.clone(), groups: groups.clone() });
+                o.users.insert(
+                    name.clone(),
+                    UserInfo { uid, gid: uid, home: home.clone(), shell: "/bin/sh".into(), group: group.clone(), groups: groups.clone() },
+                );
             }
             Step::CreateDirectory { path, mode } | Step::SetMode { path, mode } => {
                 o.paths.entry(path.clone()).or_insert(PathInfo { mode: *mode, uid: 0, gid: 0 }).mode = *mode;
@@ -122,7 +125,10 @@ fn bad_networks_are_named_before_anything_changes() {
     let cfg = config("");
     let mut obs = fresh_node();
     obs.interfaces.clear();
-    assert_eq!(plan(&cfg, None, &obs, "root", &mut Picker::new(1)).unwrap_err().to_string(), "interface 'br0' (interface_name) does not exist; set [slapformat] create_bridge = true to let format create it as a bridge");
+    assert_eq!(
+        plan(&cfg, None, &obs, "root", &mut Picker::new(1)).unwrap_err().to_string(),
+        "interface 'br0' (interface_name) does not exist; set [slapformat] create_bridge = true to let format create it as a bridge"
+    );
     let mut obs = fresh_node();
     obs.interfaces.get_mut("br0").unwrap().addresses.retain(|(a, _, _)| a.to_string().starts_with("fe80"));
     assert!(plan(&cfg, None, &obs, "root", &mut Picker::new(1)).unwrap_err().to_string().contains("global IPv6"));
@@ -133,7 +139,8 @@ fn bad_networks_are_named_before_anything_changes() {
 #[test]
 fn local_mode_changes_no_user_and_no_network() {
     let text = "[slapos]\ncomputer_id = C\nmaster_url = http://m\ninstance_root = /tmp/i\nsoftware_root = /tmp/s\ncomputer_xml = /tmp/x.xml\npartition_amount = 2\n";
-    let cfg = FormatConfig::from_config(&slapos_config::Config::parse(text).unwrap(), &Overrides { local: true, ..Default::default() }).unwrap();
+    let cfg =
+        FormatConfig::from_config(&slapos_config::Config::parse(text).unwrap(), &Overrides { local: true, ..Default::default() }).unwrap();
     let p = plan(&cfg, None, &Observed::default(), "alice", &mut Picker::new(1)).unwrap();
     for s in &p.steps {
         assert!(matches!(s, Step::CreateDirectory { .. } | Step::WriteResource { .. }), "{s}");
@@ -193,7 +200,10 @@ fn taps_are_created_owned_attached_addressed_and_routed_then_kept() {
     lost.interfaces.remove("ttap1");
     lost.routes.retain(|r| r.interface != "ttap1");
     let p3 = plan(&cfg, Some(&p.state), &lost, "root", &mut Picker::new(7)).unwrap();
-    assert_has(&texts(&p3), &["ip tuntap add dev ttap1 mode tap user tuser1", "ip addr add fd00:e2e::8002:ffff:ffff:ffff/80 dev ttap1 noprefixroute"]);
+    assert_has(
+        &texts(&p3),
+        &["ip tuntap add dev ttap1 mode tap user tuser1", "ip addr add fd00:e2e::8002:ffff:ffff:ffff/80 dev ttap1 noprefixroute"],
+    );
     assert!(texts(&p3).iter().all(|t| !t.contains("ttap0") && !t.contains("ttap2")), "{:#?}", p3.steps);
     assert_eq!(p3.state, p.state);
     // another owner is reported, never changed; a detached tap is attached again
@@ -278,7 +288,10 @@ fn a_missing_interface_is_created_as_a_bridge_only_when_asked() {
     let obs = fresh_node();
     let p = plan(&cfg, None, &obs, "root", &mut Picker::new(1)).unwrap();
     let text = texts(&p);
-    assert_eq!(&text[text.iter().position(|t| t.starts_with("ip link add")).unwrap()..][..2], ["ip link add br1 type bridge", "ip link set br1 up"]);
+    assert_eq!(
+        &text[text.iter().position(|t| t.starts_with("ip link add")).unwrap()..][..2],
+        ["ip link add br1 type bridge", "ip link set br1 up"]
+    );
     assert_has(&text, &["ip link set slaptap0 master br1", "ip addr add fd00:e2e::2/64 dev br0"]);
     assert_eq!(text.iter().filter(|t| t.starts_with("ip addr add 10.0.") && t.ends_with("dev br1")).count(), 2, "{text:#?}");
     let p2 = plan(&cfg, Some(&p.state), &after(obs, &p), "root", &mut Picker::new(2)).unwrap();
@@ -328,6 +341,8 @@ fn a_defined_computer_keeps_its_address_without_an_interface() {
     let p = plan(&cfg, Some(&defined), &Observed::default(), "root", &mut Picker::new(1)).unwrap();
     assert_eq!((p.state.address.as_deref(), p.state.netmask.as_deref()), (Some("fd00:1::1"), Some("ffff:ffff:ffff:ffff::")));
     assert_eq!(p.state.partitions, defined.partitions, "the definition is used as it is");
-    assert_has(&texts(&p), &["useradd -d /srv/slapgrid/dpart1 -g duser1 -s /bin/sh -r -G tsoft duser1", "mkdir -m 750 /srv/slapgrid/dpart0"]);
+    assert_has(
+        &texts(&p),
+        &["useradd -d /srv/slapgrid/dpart1 -g duser1 -s /bin/sh -r -G tsoft duser1", "mkdir -m 750 /srv/slapgrid/dpart0"],
+    );
 }
-

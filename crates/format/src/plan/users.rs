@@ -68,7 +68,12 @@ mod tests {
             obs.users.insert("tuser0".into(), user(home, shell, group, &groups));
             assert_eq!(
                 steps(&cfg, &obs, &state),
-                vec![Step::ModifyUser { name: "tuser0".into(), home: "/srv/slapgrid/slappart0".into(), group: "tuser0".into(), groups: vec!["tsoft".into()] }],
+                vec![Step::ModifyUser {
+                    name: "tuser0".into(),
+                    home: "/srv/slapgrid/slappart0".into(),
+                    group: "tuser0".into(),
+                    groups: vec!["tsoft".into()]
+                }],
                 "{home} {shell} {group} {groups:?}"
             );
         }

@@ -209,7 +209,8 @@ fn chown_tree_keeps_links_and_their_targets() {
     let t = &p.tenant;
     std::os::unix::fs::symlink(&p.victim_dir, t.join("a/to-outside")).unwrap();
     std::fs::hard_link(&p.victim, t.join("a/hard")).unwrap();
-    let (uid, gid) = if nix::unistd::geteuid().is_root() { (65534, 65534) } else { (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()) };
+    let (uid, gid) =
+        if nix::unistd::geteuid().is_root() { (65534, 65534) } else { (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()) };
     let victim_owner = |p: &Path| {
         let m = std::fs::metadata(p).unwrap();
         (m.uid(), m.gid())
