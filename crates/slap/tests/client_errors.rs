@@ -12,13 +12,16 @@ use test_support::canned;
 
 const WERKZEUG_404: &str = "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n<p>No free computer partition found for: NoRoom</p>\n";
 
+/// Tells whether an error is of the kind expected for a status.
+type ErrorCheck = fn(&SlapError) -> bool;
+
 fn client(url: &str) -> SlapClient {
     SlapClient::new(ClientConfig::new(url).with_timeout(Duration::from_secs(10))).unwrap()
 }
 
 #[test]
 fn statuses_map_to_typed_errors_with_the_message() {
-    let cases: [(u16, fn(&SlapError) -> bool); 7] = [
+    let cases: [(u16, ErrorCheck); 7] = [
         (404, |e| matches!(e, SlapError::NotFound { .. })),
         (408, |e| matches!(e, SlapError::NotReady { .. })),
         (500, |e| matches!(e, SlapError::Server { status: 500, .. })),
