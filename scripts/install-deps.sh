@@ -1,6 +1,7 @@
 #!/bin/bash
 # Installs what building and testing slapos-rs needs on a Debian machine:
-# system packages (apt) and a Rust toolchain when none is there.
+# system packages (apt) and a Rust toolchain when none is there (the lint
+# tools are installed by scripts/lint.sh, which alone needs them).
 # Idempotent. The packages are installed as root: directly when run as root,
 # through sudo otherwise (a clear message when there is no sudo); the Rust
 # toolchain is the invoking user's (rustup in ~/.cargo).
