@@ -4,7 +4,8 @@
 //! `key = value` or `key: value`, `#`/`;` comment lines, values continued on
 //! indented lines (joined with `\n`), option names case-insensitive (lowered),
 //! section names case-sensitive. This crate gives the same view, keeps the
-//! file's section order (`[multimaster/<url>]` sections are ordered), and
+//! file's order of sections and options (as Python's ordered `configparser`;
+//! `[multimaster/<url>]` sections are ordered), and
 //! offers the typed getters every part needs (booleans exactly `true`/`false`
 //! in any case, integers) with errors that name the option and the value.
 //!
@@ -78,37 +79,31 @@ impl Config {
     }
 
     /// Parses configuration text (Python `configparser` rules, no interpolation).
+    ///
+    /// Sections and options keep their file order, as Python's ordered
+    /// `configparser` does: the configparser crate's `indexmap` mode stores
+    /// them in insertion order. Options before the first `[section]` are
+    /// refused, as Python's `MissingSectionHeaderError`.
     pub fn parse(text: &str) -> Result<Config, String> {
-        // Section order and duplicate detection are ours; the line grammar
-        // (continuations, separators, comments) is the configparser crate's.
         let mut ini = configparser::ini::Ini::new_cs();
         ini.set_multiline(true);
         ini.set_comment_symbols(&['#', ';']);
+        // a name no `[header]` can spell, so that options outside any section show
+        ini.set_default_section(NO_SECTION);
         let map = ini.read(text.to_string())?;
-        let mut order: Vec<String> = Vec::new();
-        for line in text.lines() {
-            let t = line.trim();
-            if let Some(rest) = t.strip_prefix('[') {
-                if let Some(name) = rest.strip_suffix(']') {
-                    let name = name.trim().to_string();
-                    if !order.contains(&name) {
-                        order.push(name);
-                    }
+        if map.contains_key(NO_SECTION) {
+            return Err("options before the first [section] header".to_string());
+        }
+        let sections = map
+            .into_iter()
+            .map(|(name, values)| {
+                let mut section = Section::default();
+                for (k, v) in values {
+                    section.set(&k, v.unwrap_or_default());
                 }
-            }
-        }
-        let mut sections = Vec::new();
-        for name in order {
-            let Some(values) = map.get(&name) else { continue };
-            let mut section = Section::default();
-            // keep file order of the options
-            let mut keys: Vec<(&String, &Option<String>)> = values.iter().collect();
-            keys.sort_by_key(|(k, _)| position_of_key(text, &name, k));
-            for (k, v) in keys {
-                section.set(k, v.clone().unwrap_or_default());
-            }
-            sections.push((name, section));
-        }
+                (name, section)
+            })
+            .collect();
         Ok(Config { path: None, sections })
     }
 
@@ -178,25 +173,6 @@ impl Config {
     }
 }
 
-fn position_of_key(text: &str, section: &str, key: &str) -> usize {
-    let mut in_section = false;
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if t.starts_with('[') && t.ends_with(']') {
-            in_section = t[1..t.len() - 1].trim() == section;
-            continue;
-        }
-        if in_section && !line.starts_with([' ', '\t']) {
-            if let Some(pos) = t.find(['=', ':']) {
-                if t[..pos].trim().eq_ignore_ascii_case(key) {
-                    return i;
-                }
-            }
-        }
-    }
-    usize::MAX
-}
-
 /// `~` and `~/rest` → under `$HOME` (as `os.path.expanduser`); any other
 /// path, or no `$HOME`, is kept as written.
 pub fn expand_user(path: &str) -> PathBuf {
@@ -216,6 +192,10 @@ pub fn parse_bool(value: &str) -> Option<bool> {
         _ => None,
     }
 }
+
+/// The section that options before any `[header]` fall in (a name that
+/// contains a newline, so that no header line can name it).
+const NO_SECTION: &str = "\n(no section)";
 
 /// Default location of the node/master configuration.
 pub const DEFAULT_NODE_CONFIG: &str = "/etc/opt/slapos/slapos.cfg";
@@ -279,6 +259,22 @@ key = k
         assert_eq!(c.get("slapformat", "missing"), None);
         let names: Vec<&str> = c.sections().map(|(n, _)| n).collect();
         assert_eq!(names, ["slapos", "slapformat", "multimaster/https://b", "multimaster/http://a"]);
+    }
+
+    #[test]
+    fn options_keep_file_order() {
+        let c = Config::parse("[s]\nzeta = 1\nalpha = 2\n  continued\nMid: 3\nkey_b =\n[t]\nb = 1\na = 2\n").unwrap();
+        let keys: Vec<&str> = c.section("s").unwrap().iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["zeta", "alpha", "mid", "key_b"], "file order, not sorted, names lowered");
+        assert_eq!(c.get("s", "alpha"), Some("2\ncontinued"));
+        let keys: Vec<&str> = c.section("t").unwrap().iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["b", "a"]);
+    }
+
+    #[test]
+    fn options_outside_a_section_are_refused() {
+        assert!(Config::parse("computer_id = C\n[slapos]\n").unwrap_err().contains("[section]"));
+        assert!(Config::parse("# only a comment\n\n[slapos]\na = 1\n").is_ok());
     }
 
     #[test]
