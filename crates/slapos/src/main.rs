@@ -48,8 +48,36 @@ pub struct Global {
     #[arg(long, global = true)]
     pub debug: bool,
     /// Also write the log to this file.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", visible_aliases = ["logfile", "log_file"])]
     pub log_file: Option<PathBuf>,
+    /// Colored log output in the console: auto (the default, as SlapOS:
+    /// colors on a terminal, stripped if redirected), always or never.
+    #[arg(
+        long,
+        global = true,
+        value_name = "WHEN",
+        value_enum,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "auto",
+        default_missing_value = "auto"
+    )]
+    pub log_color: ColorWhen,
+    /// No timestamp in console log lines. Timestamps are shown by default;
+    /// this flag removes them, as SlapOS 1.26.1's `--log-time` does.
+    #[arg(long = "log-time", global = true)]
+    pub log_time_off: bool,
+}
+
+/// When console log lines are colored (`--log-color`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorWhen {
+    /// When stderr is a terminal.
+    Auto,
+    /// Always, even when redirected.
+    Always,
+    /// Never.
+    Never,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +94,31 @@ pub enum Command {
     /// Interactive console bound to the master (Rhai scripting); runs a
     /// script with FILE or -c CODE.
     Console(console_cmd::ConsoleArgs),
+    /// Print a shell completion script (`source <(slapos complete)` in bash).
+    Complete(CompleteArgs),
+}
+
+/// `slapos complete`: as SlapOS's (cliff's) `complete`, `--shell` defaults to bash.
+#[derive(Debug, clap::Args)]
+pub struct CompleteArgs {
+    /// Shell to complete for.
+    #[arg(long, value_enum, default_value = "bash")]
+    pub shell: clap_complete::Shell,
+    /// Command name to complete (when `slapos` is installed under another name).
+    #[arg(long, value_name = "COMMAND_NAME", default_value = "slapos")]
+    pub name: String,
+}
+
+/// Writes the completion script of the whole command line to stdout.
+fn complete(args: CompleteArgs) -> anyhow::Result<u8> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    // (generated in memory: clap_complete panics when its writer fails)
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, args.name, &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!("cannot write the completion script: {e}")),
+        _ => Ok(0),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +201,7 @@ fn main() -> ExitCode {
         },
         Command::Client(cmd) => client_cmd::run(cmd, &cli.global),
         Command::Console(args) => console_cmd::run(args, &cli.global),
+        Command::Complete(args) => complete(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
