@@ -12,6 +12,8 @@
 //! The file search order of the `slapos` command lives here too, so that the
 //! master, the node and the client commands agree on it.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -19,16 +21,48 @@ use std::path::{Path, PathBuf};
 /// Errors reading or interpreting a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The configuration file does not exist.
     #[error("configuration file {path} does not exist")]
-    Missing { path: PathBuf },
+    Missing {
+        /// The file looked for.
+        path: PathBuf,
+    },
+    /// The file cannot be read or parsed.
     #[error("cannot read configuration file {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A boolean option that is neither `true` nor `false`.
     #[error("option '{key}' of section [{section}] needs to be \"True\" or \"False\", wrong value: '{value}'")]
-    Bool { section: String, key: String, value: String },
+    Bool {
+        /// The section.
+        section: String,
+        /// The option.
+        key: String,
+        /// The value found.
+        value: String,
+    },
+    /// An integer option that does not parse.
     #[error("option '{key}' of section [{section}] must be an integer, wrong value: '{value}'")]
-    Int { section: String, key: String, value: String },
+    Int {
+        /// The section.
+        section: String,
+        /// The option.
+        key: String,
+        /// The value found.
+        value: String,
+    },
+    /// A mandatory option is absent or empty.
     #[error("parameter '{key}' is not defined (section [{section}])")]
-    Required { section: String, key: String },
+    Required {
+        /// The section.
+        section: String,
+        /// The option.
+        key: String,
+    },
 }
 
 /// One `[section]`: option name (lower case) → value, in file order.
@@ -38,10 +72,12 @@ pub struct Section {
 }
 
 impl Section {
+    /// The value of `key` (any case); None when absent.
     pub fn get(&self, key: &str) -> Option<&str> {
         let key = key.to_ascii_lowercase();
         self.entries.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
     }
+    /// Sets `key` (lowered) to `value`, in place when present, else at the end.
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         let key = key.to_ascii_lowercase();
         let value = value.into();
@@ -50,9 +86,11 @@ impl Section {
             None => self.entries.push((key, value)),
         }
     }
+    /// The options in file order, names lowered.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
+    /// Whether the section has no option.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -107,12 +145,15 @@ impl Config {
         Ok(Config { path: None, sections })
     }
 
+    /// The file the configuration was read from (None when parsed from text).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
+    /// The section `name` (case-sensitive, as SlapOS).
     pub fn section(&self, name: &str) -> Option<&Section> {
         self.sections.iter().find(|(n, _)| n == name).map(|(_, s)| s)
     }
+    /// The section `name`, added at the end when missing.
     pub fn section_mut(&mut self, name: &str) -> &mut Section {
         if let Some(i) = self.sections.iter().position(|(n, _)| n == name) {
             return &mut self.sections[i].1;
@@ -120,9 +161,11 @@ impl Config {
         self.sections.push((name.to_string(), Section::default()));
         &mut self.sections.last_mut().unwrap().1
     }
+    /// Whether the section `name` exists.
     pub fn has_section(&self, name: &str) -> bool {
         self.section(name).is_some()
     }
+    /// The sections in file order.
     pub fn sections(&self) -> impl Iterator<Item = (&str, &Section)> {
         self.sections.iter().map(|(n, s)| (n.as_str(), s))
     }
@@ -143,6 +186,7 @@ impl Config {
     pub fn get_first(&self, sections: &[&str], key: &str) -> Option<&str> {
         sections.iter().find_map(|s| self.get(s, key))
     }
+    /// The non-empty value of a mandatory option; the error names it.
     pub fn require(&self, section: &str, key: &str) -> Result<&str, ConfigError> {
         self.get_nonempty(section, key).ok_or_else(|| ConfigError::Required { section: section.to_string(), key: key.to_string() })
     }
@@ -157,6 +201,7 @@ impl Config {
             }),
         }
     }
+    /// An integer option; the error names the option and the value.
     pub fn get_int(&self, section: &str, key: &str) -> Result<Option<i64>, ConfigError> {
         match self.get_nonempty(section, key) {
             None => Ok(None),

@@ -17,12 +17,30 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// Errors of address derivation; each names what does not fit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressingError {
+    /// The node's IPv6 prefix is too long to carve partition addresses or ranges from it.
     #[error("the IPv6 prefix /{prefix} leaves no room for {what} (prefix + ipv6_prefixshift {shift} must be at most 128)")]
-    PrefixTooLong { prefix: u8, shift: u8, what: &'static str },
+    PrefixTooLong {
+        /// Prefix length of the interface's IPv6.
+        prefix: u8,
+        /// `ipv6_prefixshift`.
+        shift: u8,
+        /// What needed the room (addresses, ranges).
+        what: &'static str,
+    },
+    /// `ipv6_prefixshift` leaves too few subnets for the partitions.
     #[error("ipv6_prefixshift {shift} is too small for {partitions} partitions: 2^shift must be at least 4 × partition_amount")]
-    ShiftTooSmall { shift: u8, partitions: usize },
+    ShiftTooSmall {
+        /// `ipv6_prefixshift`.
+        shift: u8,
+        /// `partition_amount`.
+        partitions: usize,
+    },
+    /// More partitions than tun networks fit in 172.16.0.0/12.
     #[error("{partitions} partitions do not fit in 172.16.0.0/12 for tuns")]
-    TooManyTuns { partitions: usize },
+    TooManyTuns {
+        /// `partition_amount`.
+        partitions: usize,
+    },
 }
 
 fn mask128(prefix: u8) -> u128 {

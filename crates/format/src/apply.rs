@@ -18,6 +18,7 @@ use crate::system;
 /// What to do with the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Change the system, save the state and report to the master.
     Apply,
     /// Print the plan, change nothing.
     DryRun,

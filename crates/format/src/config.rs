@@ -10,48 +10,93 @@ use slapos_config::Config;
 /// An invalid or missing option, named with its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatConfigError {
+    /// A required option (`computer_id`, `master_url`, …) is absent.
     #[error("Parameter '{0}' is not defined.")]
     Missing(&'static str),
+    /// A boolean option that is neither `true` nor `false`.
     #[error("Option '{key}' needs to be \"True\" or \"False\", wrong value: '{value}'")]
-    Bool { key: &'static str, value: String },
+    Bool {
+        /// The option.
+        key: &'static str,
+        /// The value found.
+        value: String,
+    },
+    /// An option whose value does not parse.
     #[error("option '{key}' must be {what}, wrong value: '{value}'")]
-    Invalid { key: &'static str, what: &'static str, value: String },
+    Invalid {
+        /// The option.
+        key: &'static str,
+        /// What the value should be.
+        what: &'static str,
+        /// The value found.
+        value: String,
+    },
+    /// An option SlapOS no longer knows (e.g. `bridge_name`).
     #[error("option '{0}' was removed from SlapOS (a bridge is no longer managed by format): remove it from the configuration")]
     Removed(&'static str),
+    /// A `key_file`/`cert_file` that does not exist.
     #[error("{key} file {path} does not exist")]
-    MissingFile { key: &'static str, path: String },
+    MissingFile {
+        /// The option.
+        key: &'static str,
+        /// The missing file.
+        path: String,
+    },
 }
 
 /// Command-line values that override the file (`None`: not given).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// `--computer_xml`: where the state file is written.
     pub computer_xml: Option<PathBuf>,
+    /// `--computer_json`: also write the state as JSON here.
     pub computer_json: Option<PathBuf>,
+    /// `--alter_user`: create and modify partition users.
     pub alter_user: Option<bool>,
+    /// `--alter_network`: change interfaces, addresses and routes.
     pub alter_network: Option<bool>,
+    /// `-i`: read partitions and addresses from this definition file.
     pub input_definition_file: Option<PathBuf>,
+    /// `-o`: write the computer definition to this file.
     pub output_definition_file: Option<PathBuf>,
+    /// `--local`: local mode (no root, loopback addresses, invoking user).
     pub local: bool,
 }
 
 /// Everything format needs to know.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FormatConfig {
+    /// `[slapos] computer_id`: the computer's reference at the master.
     pub computer_id: String,
+    /// `[slapos] master_url`: where the state is reported.
     pub master_url: String,
+    /// `[slapos] instance_root`: parent directory of the partitions.
     pub instance_root: PathBuf,
+    /// `[slapos] software_root`: where software releases are built.
     pub software_root: PathBuf,
+    /// `[slapformat] computer_xml`: the state file (`.slapos.xml`).
     pub computer_xml: PathBuf,
+    /// `[slapformat] computer_json`: the state also as JSON, if set.
     pub computer_json: Option<PathBuf>,
+    /// `[slapformat] partition_amount`: how many partitions the node has.
     pub partition_amount: usize,
+    /// `[slapformat] partition_base_name`: partition directory prefix (`slappart`).
     pub partition_base_name: String,
+    /// `[slapformat] user_base_name`: partition user prefix (`slapuser`).
     pub user_base_name: String,
+    /// `[slapformat] tap_base_name`: tap name prefix (`slaptap`).
     pub tap_base_name: String,
+    /// `[slapformat] software_user`: owner of the software releases (`slapsoft`).
     pub software_user: String,
+    /// `[slapformat] interface_name`: the interface that gets the partitions' IPv4 and IPv6.
     pub interface_name: Option<String>,
+    /// `[slapformat] ipv6_interface`: the interface holding the node's global IPv6, when not `interface_name`.
     pub ipv6_interface: Option<String>,
+    /// `[slapformat] ipv4_local_network`: the private IPv4 network partitions get addresses from.
     pub ipv4_local_network: Option<(Ipv4Addr, u8)>,
+    /// `[slapformat] partition_has_ipv6_range`: give each partition a routed IPv6 range.
     pub partition_has_ipv6_range: bool,
+    /// `[slapformat] ipv6_prefixshift`: bits between the node's prefix and a partition's range.
     pub ipv6_prefixshift: u8,
     /// One tap per partition (`tap_base_name` + index), owned by the
     /// partition user, attached to `interface_name` when it is a bridge.
@@ -71,13 +116,18 @@ pub struct FormatConfig {
     pub input_definition_file: Option<PathBuf>,
     /// `-o`: write the computer definition to this file.
     pub output_definition_file: Option<PathBuf>,
+    /// `alter_user`: create and modify partition users and groups.
     pub alter_user: bool,
+    /// `alter_network`: change interfaces, addresses and routes.
     pub alter_network: bool,
     /// Local mode: partitions owned by the invoking user, loopback
     /// addresses, no user or network change, no root needed.
     pub local: bool,
+    /// `[slapformat] root_check`: refuse to run without root (outside local mode).
     pub root_check: bool,
+    /// `[slapos] key_file`: the node's key for the master.
     pub key_file: Option<PathBuf>,
+    /// `[slapos] cert_file`: the node's certificate for the master.
     pub cert_file: Option<PathBuf>,
 }
 
@@ -90,6 +140,7 @@ fn parse_cidr4(value: &str) -> Option<(Ipv4Addr, u8)> {
 }
 
 impl FormatConfig {
+    /// Reads `[slapos]`/`[slapformat]` of `config` with the command-line `o` on top, validated.
     pub fn from_config(config: &Config, o: &Overrides) -> Result<FormatConfig, FormatConfigError> {
         // [slapos] wins over [slapformat] (SlapOS loads [slapformat] first)
         let get = |key: &str| config.get("slapos", key).or_else(|| config.get("slapformat", key)).map(str::trim);

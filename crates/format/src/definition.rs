@@ -21,12 +21,38 @@ use crate::state::{ComputerState, LinkState, PartitionState};
 /// A definition file that cannot be used; names the file, section and key.
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {
+    /// The file cannot be read or parsed.
     #[error("definition file {path}: {message}")]
-    Read { path: String, message: String },
+    Read {
+        /// The definition file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// A partition section lacks a required key.
     #[error("definition file {path}: [{section}] has no '{key}'")]
-    Missing { path: String, section: String, key: &'static str },
+    Missing {
+        /// The definition file.
+        path: String,
+        /// The `[partition_N]` section.
+        section: String,
+        /// The missing key.
+        key: &'static str,
+    },
+    /// A key whose value is malformed.
     #[error("definition file {path}: [{section}] {key} = '{value}' is not {what}")]
-    Invalid { path: String, section: String, key: &'static str, value: String, what: &'static str },
+    Invalid {
+        /// The definition file.
+        path: String,
+        /// The section.
+        section: String,
+        /// The key.
+        key: &'static str,
+        /// The value found.
+        value: String,
+        /// What the value should be.
+        what: &'static str,
+    },
 }
 
 /// Reads the definition of `cfg.partition_amount` partitions.

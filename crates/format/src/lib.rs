@@ -12,6 +12,8 @@
 //! dictionary: state files, resources, report), [`system`] (observe and
 //! change the machine: commands, netlink), [`plan`], [`apply`].
 
+#![warn(missing_docs)]
+
 pub mod addressing;
 pub mod apply;
 pub mod config;

@@ -12,14 +12,23 @@ use slap::marshal::{self, Value};
 /// empty when unused (`ipv4_network` of a tun is `addr/dotted-mask`, sic).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LinkState {
+    /// The device's name (`slaptap0`, `slaptun0`).
     pub name: String,
+    /// Its IPv4 address.
     pub ipv4_addr: String,
+    /// The IPv4 netmask, dotted.
     pub ipv4_netmask: String,
+    /// The IPv4 gateway.
     pub ipv4_gateway: String,
+    /// The IPv4 network.
     pub ipv4_network: String,
+    /// Its IPv6 address.
     pub ipv6_addr: String,
+    /// The IPv6 netmask.
     pub ipv6_netmask: String,
+    /// The IPv6 gateway.
     pub ipv6_gateway: String,
+    /// The IPv6 network.
     pub ipv6_network: String,
 }
 
@@ -43,6 +52,7 @@ impl LinkState {
         ]
     }
 
+    /// As the dictionary SlapOS stores (keys sorted, as Python's marshal writes them).
     pub fn to_value(&self) -> Value {
         dict(self.fields().into_iter().map(|(k, v)| (k, s(v))).collect())
     }
@@ -67,9 +77,13 @@ impl LinkState {
 /// One partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
+    /// The partition's reference (`slappart0`).
     pub reference: String,
+    /// Its directory under the instance root.
     pub path: PathBuf,
+    /// The user owning it.
     pub user: String,
+    /// Its tap (only a name when the node has no taps).
     pub tap: LinkState,
     /// `None` when the node has no tuns (SlapOS writes `None`).
     pub tun: Option<LinkState>,
@@ -84,19 +98,33 @@ pub struct PartitionState {
 /// The computer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComputerState {
+    /// The computer's reference (`computer_id`).
     pub reference: String,
+    /// The node's IPv6 address (on `interface_name`/`ipv6_interface`).
     pub address: Option<String>,
+    /// Its netmask.
     pub netmask: Option<String>,
+    /// Parent directory of the partitions.
     pub instance_root: PathBuf,
+    /// Where software releases are built.
     pub software_root: PathBuf,
+    /// Owner of the software releases.
     pub software_user: String,
+    /// `interface_name` when the state was written.
     pub interface_name: Option<String>,
+    /// `ipv6_interface` when the state was written.
     pub ipv6_interface: Option<String>,
+    /// `ipv4_local_network` when the state was written.
     pub ipv4_local_network: Option<String>,
+    /// `ipv6_prefixshift` when the state was written.
     pub ipv6_prefixshift: u8,
+    /// Whether partitions have IPv6 ranges.
     pub partition_has_ipv6_range: bool,
+    /// `tap_gateway_interface` (empty: none).
     pub tap_gateway_interface: String,
+    /// Whether taps have IPv6.
     pub tap_ipv6: bool,
+    /// The partitions, in index order.
     pub partitions: Vec<PartitionState>,
 }
 
@@ -104,7 +132,9 @@ pub struct ComputerState {
 #[derive(Debug, thiserror::Error)]
 #[error("state file {path}: {message}")]
 pub struct StateError {
+    /// The state file.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub message: String,
 }
 

@@ -17,10 +17,15 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, Rou
 /// A user as the system knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserInfo {
+    /// Its uid.
     pub uid: u32,
+    /// Its primary gid.
     pub gid: u32,
+    /// Its home directory.
     pub home: PathBuf,
+    /// Its login shell.
     pub shell: String,
+    /// Its primary group's name.
     pub group: String,
     /// Supplementary groups.
     pub groups: Vec<String>,
@@ -29,7 +34,9 @@ pub struct UserInfo {
 /// An interface and its addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Interface {
+    /// The interface's name.
     pub name: String,
+    /// Its kernel index.
     pub index: u32,
     /// `(address, prefix length, tentative)`.
     pub addresses: Vec<(IpAddr, u8, bool)>,
@@ -48,24 +55,33 @@ pub struct Interface {
 /// A route of the main table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
+    /// The destination network.
     pub destination: IpAddr,
+    /// Its prefix length.
     pub prefix: u8,
+    /// The outgoing interface.
     pub interface: String,
+    /// The gateway, if any.
     pub via: Option<IpAddr>,
 }
 
 /// A path's owner and mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathInfo {
+    /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
+    /// Owner uid.
     pub uid: u32,
+    /// Owner gid.
     pub gid: u32,
 }
 
 /// What the planner needs to know of the machine.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
+    /// The users the plan cares about, by name.
     pub users: BTreeMap<String, UserInfo>,
+    /// The groups that exist among those the plan cares about.
     pub groups: BTreeSet<String>,
     /// Interfaces by name (all of them).
     pub interfaces: BTreeMap<String, Interface>,
@@ -75,7 +91,9 @@ pub struct Observed {
     pub all_addresses: BTreeSet<IpAddr>,
     /// IPv6 routes of the `local` table: `(network, prefix length)`.
     pub local_routes: BTreeSet<(Ipv6Addr, u8)>,
+    /// Whether `net.ipv6.ip_nonlocal_bind` is on.
     pub nonlocal_bind: bool,
+    /// Owner and mode of the paths the plan cares about.
     pub paths: BTreeMap<PathBuf, PathInfo>,
     /// Current content of the `.slapos-resource` files.
     pub resources: BTreeMap<PathBuf, String>,
@@ -84,8 +102,15 @@ pub struct Observed {
 /// A system call that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
+    /// A call failed.
     #[error("{what}: {message}")]
-    Failed { what: String, message: String },
+    Failed {
+        /// What was attempted.
+        what: String,
+        /// The system's error.
+        message: String,
+    },
+    /// A named interface is gone.
     #[error("network interface '{0}' does not exist")]
     NoInterface(String),
 }
@@ -94,6 +119,7 @@ fn failed(what: impl Into<String>, message: impl ToString) -> SystemError {
     SystemError::Failed { what: what.into(), message: message.to_string() }
 }
 
+/// The user `name` as the system's user database knows it (with its groups from `/etc/group`), if it exists.
 pub fn user(name: &str) -> Option<UserInfo> {
     let u = nix::unistd::User::from_name(name).ok().flatten()?;
     let group = nix::unistd::Group::from_gid(u.gid).ok().flatten().map(|g| g.name).unwrap_or_default();
@@ -112,10 +138,12 @@ fn read_group_memberships(user: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the group `name` exists.
 pub fn group_exists(name: &str) -> bool {
     nix::unistd::Group::from_name(name).ok().flatten().is_some()
 }
 
+/// Mode and owner of `path` (not following a final symlink), if it exists.
 pub fn path_info(path: &Path) -> Option<PathInfo> {
     let m = std::fs::symlink_metadata(path).ok()?;
     Some(PathInfo { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() })
@@ -306,24 +334,78 @@ pub fn observe(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkChange {
     /// `ip link add N type bridge`.
-    Bridge { name: String },
+    Bridge {
+        /// The bridge.
+        name: String,
+    },
     /// `ip tuntap add dev N mode tap|tun user U`: a persistent tun/tap owned by `uid`.
-    TunTap { name: String, tap: bool, uid: u32 },
+    TunTap {
+        /// The device.
+        name: String,
+        /// A tap (else a tun).
+        tap: bool,
+        /// The owner.
+        uid: u32,
+    },
     /// `ip link set I master M`.
-    Master { interface: String, master: String },
+    Master {
+        /// The attached interface.
+        interface: String,
+        /// The bridge.
+        master: String,
+    },
     /// `ip link set I up`.
-    Up { interface: String },
+    Up {
+        /// The interface.
+        interface: String,
+    },
     /// `ip addr add A/P dev I [noprefixroute]`.
-    Address { interface: String, addr: IpAddr, prefix: u8, noprefixroute: bool },
+    Address {
+        /// The interface.
+        interface: String,
+        /// The address.
+        addr: IpAddr,
+        /// Its prefix length.
+        prefix: u8,
+        /// No prefix route.
+        noprefixroute: bool,
+    },
     /// `ip route add D/P dev I [via G]` (main table).
-    Route { destination: IpAddr, prefix: u8, interface: String, via: Option<IpAddr> },
+    Route {
+        /// The destination network.
+        destination: IpAddr,
+        /// Its prefix length.
+        prefix: u8,
+        /// The outgoing interface.
+        interface: String,
+        /// The gateway, if any.
+        via: Option<IpAddr>,
+    },
     /// `ip -6 route add local N/P dev lo`: the partition's range is routed here.
-    LocalRoute { network: Ipv6Addr, prefix: u8 },
+    LocalRoute {
+        /// The partition's IPv6 range.
+        network: Ipv6Addr,
+        /// Its prefix length.
+        prefix: u8,
+    },
 }
 
-nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
-nix::ioctl_write_int_bad!(tun_set_owner, libc::TUNSETOWNER);
-nix::ioctl_write_int_bad!(tun_set_persist, libc::TUNSETPERSIST);
+nix::ioctl_write_ptr_bad!(
+    /// `TUNSETIFF`: attach the open `/dev/net/tun` to a named tun/tap (created if needed).
+    tun_set_iff,
+    libc::TUNSETIFF,
+    libc::ifreq
+);
+nix::ioctl_write_int_bad!(
+    /// `TUNSETOWNER`: the uid allowed to use the device.
+    tun_set_owner,
+    libc::TUNSETOWNER
+);
+nix::ioctl_write_int_bad!(
+    /// `TUNSETPERSIST`: keep the device once the file descriptor is closed.
+    tun_set_persist,
+    libc::TUNSETPERSIST
+);
 
 /// Creates a persistent tun or tap owned by `uid`, as `ip tuntap add` does:
 /// `TUNSETIFF` (`IFF_TAP` or `IFF_TUN`, with `IFF_NO_PI`), `TUNSETOWNER`,
@@ -478,11 +560,13 @@ pub fn run(program: &str, args: &[&str]) -> Result<(), SystemError> {
     }
 }
 
+/// Sets `path`'s permission bits.
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), SystemError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| failed(format!("chmod {mode:o} {}", path.display()), e))
 }
 
+/// Gives `path` to `uid`:`gid`.
 pub fn set_owner(path: &Path, uid: u32, gid: u32) -> Result<(), SystemError> {
     nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
         .map_err(|e| failed(format!("chown {uid}:{gid} {}", path.display()), e))

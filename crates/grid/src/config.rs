@@ -9,10 +9,20 @@ use slapos_config::Config;
 /// A missing or invalid option.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeConfigError {
+    /// Mandatory options are missing (their names, comma-separated).
     #[error("Missing mandatory parameters: {0}")]
     Missing(String),
+    /// An option whose value does not parse.
     #[error("option '{key}' must be {what}, wrong value: '{value}'")]
-    Invalid { key: &'static str, what: &'static str, value: String },
+    Invalid {
+        /// The option.
+        key: &'static str,
+        /// What the value should be.
+        what: &'static str,
+        /// The value found.
+        value: String,
+    },
+    /// Options that contradict each other.
     #[error("{0}")]
     Inconsistent(String),
 }
@@ -20,12 +30,19 @@ pub enum NodeConfigError {
 /// Command-line values that override the file (the 0.4 options too).
 #[derive(Debug, Clone, Default)]
 pub struct NodeOverrides {
+    /// `--computer_id`.
     pub computer_id: Option<String>,
+    /// `--master_url`.
     pub master_url: Option<String>,
+    /// `--software_root`.
     pub software_root: Option<PathBuf>,
+    /// `--instance_root`.
     pub instance_root: Option<PathBuf>,
+    /// `--buildout`: the buildout that bootstraps software releases.
     pub buildout: Option<String>,
+    /// `--maximum-periodicity`, in seconds.
     pub maximum_periodicity: Option<i64>,
+    /// `--promise-timeout`, in seconds.
     pub promise_timeout: Option<u64>,
     /// `--master_ca_file`.
     pub master_ca_file: Option<PathBuf>,
@@ -34,30 +51,46 @@ pub struct NodeOverrides {
 /// Everything the node commands read from slapos.cfg.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
+    /// `[slapos] computer_id`: the computer's reference at the master.
     pub computer_id: String,
+    /// `[slapos] master_url`: the master the node obeys.
     pub master_url: String,
+    /// `[slapos] software_root`: where software releases are built.
     pub software_root: PathBuf,
+    /// `[slapos] instance_root`: parent directory of the partitions.
     pub instance_root: PathBuf,
+    /// `[slapos] key_file`: the node's key for the master.
     pub key_file: Option<PathBuf>,
+    /// `[slapos] cert_file`: the node's certificate for the master.
     pub cert_file: Option<PathBuf>,
     /// `master_ca_file`: the CA certificates (PEM) that verify the master;
     /// None for the web PKI roots.
     pub master_ca_file: Option<PathBuf>,
+    /// `[slapos] certificate_repository_path`: where partitions' certificates are kept.
     pub certificate_repository_path: Option<PathBuf>,
     /// The buildout to bootstrap with (default: `buildout` on PATH).
     pub buildout: String,
     /// Seconds after which an up-to-date partition is reprocessed anyway.
     pub maximum_periodicity: i64,
+    /// `[slapos] promise_timeout`: deadline of one promise (20 s).
     pub promise_timeout: Duration,
     /// Timeout of an instance buildout.
     pub partition_timeout: Option<Duration>,
+    /// `[slapos] pidfile_software`: lock of `node software`.
     pub pidfile_software: PathBuf,
+    /// `[slapos] pidfile_instance`: lock of `node instance`.
     pub pidfile_instance: PathBuf,
+    /// `[slapos] pidfile_report`: lock of `node report`.
     pub pidfile_report: PathBuf,
+    /// `[slapos] shared_part_list`: newline-separated shared parts directories given to buildout.
     pub shared_part_list: String,
+    /// `[slapos] build_time_part_list`: shared parts usable only while building.
     pub build_time_part_list: String,
+    /// `[slapos] instance_storage_home`: extra storage given to partitions (empty: none).
     pub instance_storage_home: String,
+    /// `[slapos] ipv4_global_network`: the global IPv4 network given to instances (empty: none).
     pub ipv4_global_network: String,
+    /// `[slapos] root_check`: refuse to run without root.
     pub root_check: bool,
     /// `maximal_delay`: a random sleep of 1..N seconds before a run
     /// (skipped with `--now`); 0 by default.
@@ -66,6 +99,7 @@ pub struct NodeConfig {
     /// before an instance buildout (`software_min_free_space`,
     /// `instance_min_free_space`, default `1000M`).
     pub software_min_free_space: u64,
+    /// `instance_min_free_space`, in bytes.
     pub instance_min_free_space: u64,
 }
 
@@ -90,6 +124,7 @@ pub fn human_to_bytes(text: &str) -> Option<u64> {
 }
 
 impl NodeConfig {
+    /// Reads `[slapos]` (else the 0.4 `[slapgrid]`) of `config` with the command-line `o` on top, validated.
     pub fn from_config(config: &Config, o: &NodeOverrides) -> Result<NodeConfig, NodeConfigError> {
         // [slapos], else the 0.4 [slapgrid] section
         let get = |key: &str| config.get_first(&["slapos", "slapgrid"], key).map(str::trim).filter(|v| !v.is_empty());

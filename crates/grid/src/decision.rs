@@ -19,9 +19,17 @@ pub enum Decision {
     Free,
     /// Nothing changed since the last successful run: for a started
     /// partition, only the promise anomaly check and the `started` report.
-    UpToDate { state: InstanceState },
+    UpToDate {
+        /// The requested state.
+        state: InstanceState,
+    },
     /// Run the instance buildout and bring the partition to `state`.
-    Process { state: InstanceState, reason: &'static str },
+    Process {
+        /// The requested state.
+        state: InstanceState,
+        /// Why it is processed (logged).
+        reason: &'static str,
+    },
     /// The master asks for a state we do not know: an error for this
     /// partition, not a crash.
     UnknownState(String),

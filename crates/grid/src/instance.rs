@@ -48,6 +48,7 @@ const START_GRACE: Duration = Duration::from_secs(5);
 pub struct InstanceOptions {
     /// `--only-cp`: partition ids; empty means all.
     pub only: Vec<String>,
+    /// `--force`: process partitions even when up to date.
     pub force: bool,
     /// `--force-stop`: stop services even of started partitions.
     pub force_stop: bool,
@@ -63,10 +64,15 @@ pub struct InstanceOptions {
 /// How one partition went.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
+    /// Not processed (not in `--only-cp`, or free).
     Skipped,
+    /// Up to date: nothing done but the promise check and the report.
     UpToDate,
+    /// Processed and brought to its requested state.
     Done,
+    /// Processing failed (the message is reported to the master).
     Failed(String),
+    /// Processed, but a promise fails (its message).
     PromiseFailed(String),
     /// The master could not be reached: switch to offline processing.
     MasterDown(String),
@@ -76,13 +82,18 @@ pub enum Outcome {
 /// names).
 #[derive(Debug, Clone)]
 pub struct Owner {
+    /// The owner's uid.
     pub uid: u32,
+    /// The owner's gid.
     pub gid: u32,
+    /// The owner's user name (the uid as text when it has none).
     pub name: String,
+    /// The owner's home (the partition directory when it has none).
     pub home: String,
 }
 
 impl Owner {
+    /// The owner of the directory `path`.
     pub fn of(path: &Path) -> std::io::Result<Owner> {
         let m = Dir::open_nofollow(path)?.own_metadata()?;
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid)).ok().flatten();
@@ -142,14 +153,17 @@ impl PartitionLog {
             let _ = writeln!(f, "[{now}] {level:<8} slapos.grid {msg}");
         }
     }
+    /// Logs an info line to the console and the partition's log.
     pub fn info(&self, msg: &str) {
         tracing::info!("{msg}");
         self.write("INFO", msg);
     }
+    /// Logs a warning to the console and the partition's log.
     pub fn warn(&self, msg: &str) {
         tracing::warn!("{msg}");
         self.write("WARNING", msg);
     }
+    /// Logs an error to the console and the partition's log.
     pub fn error(&self, msg: &str) {
         tracing::error!("{msg}");
         self.write("ERROR", msg);

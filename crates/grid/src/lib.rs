@@ -8,6 +8,8 @@
 //! ([`watchdog`]). The decisions are pure ([`decision`], [`templates`],
 //! [`config`], [`names`]: the grammar of every outside name); the effects are thin ([`process`], [`supervisor`]).
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod decision;
 pub mod fsafe;

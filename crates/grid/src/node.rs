@@ -13,27 +13,49 @@ use crate::supervisor::Supervisor;
 
 /// slapgrid's exit codes.
 pub const SUCCESS: u8 = 0;
+/// A run failed.
 pub const FAIL: u8 = 1;
+/// A promise failed.
 pub const PROMISE_FAIL: u8 = 2;
+/// The master was unreachable: offline mode, services kept running.
 pub const OFFLINE_SUCCESS: u8 = 3;
+/// Another run holds the pid-file lock.
 pub const ALREADY_RUNNING: u8 = 10;
 
 #[derive(Debug, thiserror::Error)]
+/// Why a node run cannot start or proceed.
 pub enum NodeError {
+    /// Another run holds the pid-file lock.
     #[error("another slapos process is already running (pid {pid}, pid file {path})")]
-    AlreadyRunning { pid: i32, path: PathBuf },
+    AlreadyRunning {
+        /// Its process id.
+        pid: i32,
+        /// The pid file.
+        path: PathBuf,
+    },
+    /// The pid file cannot be written.
     #[error("cannot write the pid file {path}: {source}")]
-    PidFile { path: PathBuf, source: std::io::Error },
+    PidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The node's directories or supervisord cannot be set up.
     #[error("{0}")]
     Structure(String),
+    /// The master refused or did not answer.
     #[error(transparent)]
     Master(#[from] SlapError),
 }
 
 /// The node: configuration, master, supervisord.
 pub struct Node {
+    /// The node's configuration.
     pub cfg: NodeConfig,
+    /// The client of the master.
     pub client: SlapClient,
+    /// The node's supervisord.
     pub supervisor: Supervisor,
 }
 
@@ -63,6 +85,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 impl Node {
+    /// Sets up the node from `cfg`: the master's client, the supervisord configuration and its directories.
     pub fn new(cfg: NodeConfig) -> Result<Node, NodeError> {
         let mut cc = ClientConfig::new(cfg.master_url.clone()).with_timeout(Duration::from_secs(60));
         cc.key_file = cfg.key_file.clone();
@@ -156,6 +179,7 @@ pub struct PidLock {
 }
 
 impl PidLock {
+    /// Takes the lock at `path`: refused while the pid it holds is alive, a stale pid is replaced.
     pub fn acquire(path: &Path) -> Result<PidLock, NodeError> {
         if let Ok(text) = std::fs::read_to_string(path) {
             if let Ok(pid) = text.trim().parse::<i32>() {

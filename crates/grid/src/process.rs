@@ -24,7 +24,9 @@ const DROPPED: &[&str] =
 /// What a run gave.
 #[derive(Debug, Clone)]
 pub struct RunOutput {
+    /// Exited with code 0.
     pub success: bool,
+    /// The exit code (`None`: killed by a signal or at the deadline).
     pub code: Option<i32>,
     /// Merged stdout and stderr.
     pub output: String,

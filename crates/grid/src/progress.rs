@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Shows a running program on a terminal: a spinner with its last output line (plain log lines when not on a terminal).
 pub struct Progress {
     bar: Option<ProgressBar>,
     prefix: String,
@@ -39,6 +40,7 @@ impl Progress {
         }
     }
 
+    /// Removes the spinner.
     pub fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();

@@ -17,10 +17,15 @@ use crate::fsafe::{self, Dir, Kind};
 pub struct PromiseResult {
     /// File name (legacy) or module name (plugin).
     pub title: String,
+    /// The name shown in reports (the title, as slapgrid).
     pub name: String,
+    /// The promise's file.
     pub path: PathBuf,
+    /// Seconds it took.
     pub execution_time: f64,
+    /// It failed (non-zero exit, exception or timeout).
     pub failed: bool,
+    /// Its output, or why it failed (the tail, at most a few thousand characters).
     pub message: String,
     /// `YYYY-MM-DDTHH:MM:SS+0000`.
     pub date: String,

@@ -23,6 +23,7 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Resident memory in MiB.
     pub memory_mib: f64,
+    /// Number of live processes.
     pub processes: u32,
 }
 

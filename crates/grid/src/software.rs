@@ -36,12 +36,17 @@ impl SoftwareOptions {
 /// What to do with one release (pure, from the master's state and the disk).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SoftwareAction {
+    /// Not selected (`--only-sr`): left alone.
     Skip,
+    /// Build it (not completed yet, or `--force`).
     Install,
+    /// Completed: nothing to do.
     UpToDate,
+    /// The master destroyed it: remove it.
     Destroy,
 }
 
+/// What to do with one release: its `state` at the master, whether it is `completed` on disk, `selected` by `--only-sr`, and `--force`.
 pub fn software_action(state: SoftwareState, completed: bool, selected: bool, force: bool) -> SoftwareAction {
     match (selected, state) {
         (false, _) => SoftwareAction::Skip,
@@ -54,8 +59,15 @@ pub fn software_action(state: SoftwareState, completed: bool, selected: bool, fo
 /// Why building a release failed: the text reported to the master.
 #[derive(Debug, thiserror::Error)]
 pub enum SoftwareError {
+    /// The buildout failed.
     #[error("Failed to run buildout profile in directory '{path}':\n{output}\n")]
-    Buildout { path: String, output: String },
+    Buildout {
+        /// The software's directory.
+        path: String,
+        /// The tail of buildout's output.
+        output: String,
+    },
+    /// Any other failure (bootstrap, disk space, I/O).
     #[error("{0}")]
     Other(String),
 }

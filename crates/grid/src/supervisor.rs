@@ -22,27 +22,49 @@ use crate::templates;
 
 /// supervisord fault codes we act on.
 pub const BAD_NAME: i64 = 10;
+/// The server is shutting down.
 pub const SHUTDOWN_STATE: i64 = 6;
+/// The group is already added (`addProcessGroup`).
 pub const ALREADY_ADDED: i64 = 90;
+/// The group still runs (`removeProcessGroup`).
 pub const STILL_RUNNING: i64 = 91;
+/// The process is not running (`stopProcess`).
 pub const NOT_RUNNING: i64 = 70;
+/// The process is already started (`startProcess`).
 pub const ALREADY_STARTED: i64 = 60;
 
 #[derive(Debug, thiserror::Error)]
+/// Talking to the node's supervisord went wrong.
 pub enum SupervisorError {
+    /// The socket does not answer.
     #[error("supervisord does not answer on {socket}: {source}")]
-    Unreachable { socket: PathBuf, source: std::io::Error },
+    Unreachable {
+        /// The socket.
+        socket: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// supervisord answered with an XML-RPC fault.
     #[error("supervisord fault {code}: {message}")]
-    Fault { code: i64, message: String },
+    Fault {
+        /// The fault code (see the constants).
+        code: i64,
+        /// The fault string.
+        message: String,
+    },
+    /// The answer is not the XML-RPC expected.
     #[error("unexpected answer from supervisord: {0}")]
     Protocol(String),
+    /// supervisord could not be started.
     #[error("Failed to launch supervisord: {0}")]
     Launch(String),
+    /// Reading or writing its files failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 impl SupervisorError {
+    /// The XML-RPC fault code, if this is a fault.
     pub fn fault_code(&self) -> Option<i64> {
         match self {
             SupervisorError::Fault { code, .. } => Some(*code),
@@ -54,34 +76,45 @@ impl SupervisorError {
 /// An XML-RPC value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum XValue {
+    /// A string.
     Str(String),
+    /// An integer.
     Int(i64),
+    /// A boolean.
     Bool(bool),
+    /// A double.
     Double(f64),
+    /// An array.
     Array(Vec<XValue>),
+    /// A struct.
     Struct(BTreeMap<String, XValue>),
+    /// Nil (supervisord's extension).
     Nil,
 }
 
 impl XValue {
+    /// The string, if this is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             XValue::Str(s) => Some(s),
             _ => None,
         }
     }
+    /// The integer, if this is one.
     pub fn as_int(&self) -> Option<i64> {
         match self {
             XValue::Int(i) => Some(*i),
             _ => None,
         }
     }
+    /// The elements of an array (empty for anything else).
     pub fn as_array(&self) -> &[XValue] {
         match self {
             XValue::Array(a) => a,
             _ => &[],
         }
     }
+    /// The member `key` of a struct.
     pub fn get(&self, key: &str) -> Option<&XValue> {
         match self {
             XValue::Struct(m) => m.get(key),
@@ -235,9 +268,13 @@ pub fn decode_response(xml: &str) -> Result<XValue, SupervisorError> {
 /// The node's supervisord: its files under `instance_root` and its socket.
 #[derive(Debug)]
 pub struct Supervisor {
+    /// The instance root the configuration lives under.
     pub instance_root: PathBuf,
+    /// The unix socket of its XML-RPC interface (the legacy `supervisord.socket` when present, else `sv.sock`).
     pub socket: PathBuf,
+    /// `etc/supervisord.conf`.
     pub conf: PathBuf,
+    /// `etc/supervisord.conf.d`: one file per partition.
     pub conf_dir: PathBuf,
     /// The `supervisord` program to launch.
     pub program: String,
@@ -247,6 +284,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// The supervisord of the node whose partitions are under `instance_root`, launched as `program`.
     pub fn new(instance_root: &Path, program: impl Into<String>) -> Supervisor {
         let legacy = instance_root.join("supervisord.socket");
         let socket = if legacy.exists() { legacy } else { instance_root.join("sv.sock") };

@@ -57,17 +57,27 @@ fn buildout_list<'a>(file: &'static str, field: &'static str, v: &'a str) -> Res
 /// typed; the rest is the node's configuration, checked when rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TailParams {
+    /// `[slap-connection] computer-id`.
     pub computer_id: String,
+    /// `[slap-connection] partition-id`.
     pub partition_id: PartitionId,
+    /// `[slap-connection] server-url`: the master.
     pub server_url: String,
+    /// `[slap-connection] software-release-url`.
     pub software_release_url: SoftwareUrl,
+    /// `[slap-connection] key-file`.
     pub key_file: String,
+    /// `[slap-connection] cert-file`.
     pub cert_file: String,
     /// Newline-separated directories (empty when unset).
     pub shared_part_list: String,
+    /// Newline-separated directories of shared parts usable while building.
     pub build_time_part_list: String,
+    /// started, stopped or destroyed.
     pub requested_state: InstanceState,
+    /// `[storage-configuration] storage-home` (empty when unset).
     pub storage_home: String,
+    /// `[network-information] global-ipv4-network` (empty when unset).
     pub global_ipv4_network: String,
 }
 
@@ -241,9 +251,13 @@ pub struct Program {
 /// Whose the programs are: the owner of the partition directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramOwner {
+    /// The owner's uid.
     pub uid: u32,
+    /// The owner's gid.
     pub gid: u32,
+    /// The owner's user name.
     pub user: String,
+    /// The owner's home.
     pub home: String,
 }
 

@@ -12,9 +12,13 @@ use slap::client::{ClientConfig, SlapClient};
 /// Where the watchdog reports.
 #[derive(Debug, Clone)]
 pub struct WatchdogConfig {
+    /// The master to bang.
     pub master_url: String,
+    /// The computer whose partition is banged.
     pub computer_id: String,
+    /// Parent directory of the partitions.
     pub instance_root: PathBuf,
+    /// Where partitions' certificates are, to bang as the partition.
     pub certificate_repository_path: Option<PathBuf>,
     /// The node's `master_ca_file` (verifies the master's certificate).
     pub master_ca_file: Option<PathBuf>,

@@ -266,6 +266,7 @@ async fn computer(State(app): State<Shared>, Path(reference): Path<String>) -> R
     }
 }
 
+/// The `/hateoas/` routes (the documents `slapos service|computer list|info` read).
 pub fn router() -> Router<Shared> {
     Router::new()
         .route("/hateoas", get(root))

@@ -13,6 +13,8 @@
 //! log) and [`hateoas`] on it, [`server`] (connections: cap and timeouts),
 //! [`limits`], [`show`].
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod hateoas;
 pub mod http;
@@ -39,7 +41,9 @@ pub use store::{Retention, SqliteStore, Store, StoreError};
 pub struct ProxyConfig {
     /// `[slapos] computer_id`: the computer requests go to by default.
     pub computer_id: String,
+    /// `[slapproxy] host`: the address to listen on (127.0.0.1).
     pub host: String,
+    /// `[slapproxy] port`: the port to listen on (8080).
     pub port: u16,
     /// `[slapproxy] database_uri`: the SQLite file.
     pub database: PathBuf,
@@ -164,12 +168,14 @@ pub fn run(config: &ProxyConfig) -> anyhow::Result<()> {
 
 /// A master running in the background of this process (for tests and tools).
 pub struct Background {
+    /// The address it listens on.
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Background {
+    /// Its base URL, `http://host:port`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -28,6 +28,7 @@ pub enum MasterError {
     /// partition or computer on the node's read calls); we say why.
     #[error("{0}")]
     Unknown(String),
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -35,7 +36,9 @@ pub enum MasterError {
 /// A successful answer: a plain word (`done`, `OK`, …) or a marshalled document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
+    /// A plain word (`done`, `OK`, …), sent as text.
     Text(String),
+    /// A marshalled (xml_marshaller) document.
     Marshal(String),
 }
 
@@ -165,7 +168,9 @@ pub fn register_partition(tx: &mut dyn Tx, computer_id: &str, partition_id: &str
 /// One partition of a format report: its reference and `(interface, address, netmask)`s.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportedPartition {
+    /// The partition's reference (`slappart0`).
     pub reference: String,
+    /// Its addresses: `(interface, address, netmask)`.
     pub addresses: Vec<(String, String, String)>,
 }
 
@@ -300,12 +305,19 @@ pub fn use_computer(tx: &mut dyn Tx, computer_id: &str, body: &str) -> Result<An
 /// A `requestComputerPartition` call, decoded.
 #[derive(Debug, Clone, Default)]
 pub struct InstanceRequest {
+    /// The software release URL to instantiate.
     pub software_release: String,
+    /// The software type (empty: the default one).
     pub software_type: String,
+    /// The instance title (`partition_reference` on the wire).
     pub title: String,
+    /// Instance parameters.
     pub parameters: BTreeMap<String, Value>,
+    /// The SLA filter (`computer_guid`, `instance_guid`, …).
     pub filter: BTreeMap<String, Value>,
+    /// The requested state (`started`, `stopped`, `destroyed`; `None`: started).
     pub state: Option<String>,
+    /// A shared (slave) instance, hosted by another partition.
     pub shared: bool,
     /// `X-SlapPartition` header: (computer, partition).
     pub authorization: Option<(String, String)>,

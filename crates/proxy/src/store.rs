@@ -15,21 +15,39 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database cannot be opened.
     #[error("database {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        /// The SQLite file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// A query failed.
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The database was written by a newer version.
     #[error("database {path} has schema version {found}, newer than this program's {supported}")]
-    TooNew { path: PathBuf, found: i64, supported: i64 },
+    TooNew {
+        /// The SQLite file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// Ours.
+        supported: i64,
+    },
 }
 
 /// A computer partition and the instance it hosts (if any).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PartitionRow {
+    /// The partition's reference (`slappart0`).
     pub reference: String,
+    /// The computer it belongs to.
     pub computer_reference: String,
     /// `free` or `busy`.
     pub slap_state: String,
+    /// The software release URL of its instance.
     pub software_release: Option<String>,
     /// Instance parameters (instance XML).
     pub xml: Option<String>,
@@ -37,6 +55,7 @@ pub struct PartitionRow {
     pub connection_xml: Option<String>,
     /// Shared instances hosted here (a marshalled list of dicts).
     pub slave_instance_list: Option<String>,
+    /// The software type of its instance.
     pub software_type: Option<String>,
     /// The instance title.
     pub partition_reference: Option<String>,
@@ -44,21 +63,31 @@ pub struct PartitionRow {
     pub requested_by: String,
     /// Partition that directly requested this one (`user` for a person).
     pub requester_id: String,
+    /// `started`, `stopped` or `destroyed`.
     pub requested_state: String,
+    /// When the instance last changed (the node's reprocessing trigger).
     pub timestamp: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A software release supplied to a computer.
 pub struct SoftwareRow {
+    /// The software release URL.
     pub url: String,
+    /// The computer it is supplied to.
     pub computer_reference: String,
+    /// `available` or `destroyed`.
     pub requested_state: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A computer the master knows.
 pub struct ComputerRow {
+    /// Its reference (`computer_id`).
     pub reference: String,
+    /// Its IPv6 address, from the format report.
     pub address: Option<String>,
+    /// Its netmask.
     pub netmask: Option<String>,
 }
 
@@ -67,20 +96,28 @@ pub struct ComputerRow {
 pub struct SlaveRow {
     /// `<root title>_<title>`.
     pub reference: String,
+    /// The computer of its host partition.
     pub computer_reference: String,
+    /// Published connection parameters (instance XML).
     pub connection_xml: Option<String>,
+    /// The partition hosting it.
     pub hosted_by: Option<String>,
+    /// Partition that requested it (`user` for a person).
     pub requester_id: String,
 }
 
 /// An address of a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressRow {
+    /// The partition's reference.
     pub partition_reference: String,
+    /// The computer.
     pub computer_reference: String,
     /// Interface name (tap name, or the partition reference).
     pub interface: String,
+    /// The address.
     pub address: String,
+    /// The netmask.
     pub netmask: String,
 }
 
@@ -89,20 +126,26 @@ pub struct AddressRow {
 pub struct ReportRow {
     /// `software` or `partition`.
     pub kind: String,
+    /// The computer that reported.
     pub computer_reference: String,
     /// Software release URL or partition reference.
     pub reference: String,
     /// building, available, error, destroyed, started, stopped.
     pub state: String,
+    /// The error message, for `error` reports.
     pub message: Option<String>,
+    /// When it was reported (seconds since the epoch).
     pub time: f64,
 }
 
 /// A usage report (`useComputer`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageRow {
+    /// The computer that reported.
     pub computer_reference: String,
+    /// The usage document, as sent.
     pub body: String,
+    /// When it was reported (seconds since the epoch).
     pub time: f64,
 }
 
@@ -130,15 +173,22 @@ impl Default for Retention {
 /// The operations the master needs, inside one transaction. Lists come in
 /// insertion order (which fixes the allocation order).
 pub trait Tx {
+    /// The computer `reference`.
     fn computer(&mut self, reference: &str) -> Result<Option<ComputerRow>, StoreError>;
+    /// Every computer.
     fn computers(&mut self) -> Result<Vec<ComputerRow>, StoreError>;
+    /// Inserts the computer or updates its address.
     fn upsert_computer(&mut self, row: &ComputerRow) -> Result<(), StoreError>;
 
+    /// The partition `reference` of `computer`.
     fn partition(&mut self, computer: &str, reference: &str) -> Result<Option<PartitionRow>, StoreError>;
+    /// The partitions of `computer` (every computer: `None`).
     fn partitions(&mut self, computer: Option<&str>) -> Result<Vec<PartitionRow>, StoreError>;
     /// The instance titled `title` in the tree of `requested_by`, any computer.
     fn partition_by_title(&mut self, title: &str, requested_by: &str) -> Result<Option<PartitionRow>, StoreError>;
+    /// The instances of the request tree rooted at `root_title`.
     fn partitions_requested_by(&mut self, root_title: &str) -> Result<Vec<PartitionRow>, StoreError>;
+    /// The first free partition of `computer`, in insertion order.
     fn first_free_partition(&mut self, computer: &str) -> Result<Option<PartitionRow>, StoreError>;
     /// First partition of `computer` running `software_release` (and
     /// `software_type`, and `reference` when given): the host of a shared instance.
@@ -151,26 +201,38 @@ pub trait Tx {
     ) -> Result<Option<PartitionRow>, StoreError>;
     /// Inserts the partition if missing (existing rows are left alone).
     fn insert_partition_if_missing(&mut self, computer: &str, reference: &str) -> Result<(), StoreError>;
+    /// Writes every column of the row.
     fn update_partition(&mut self, row: &PartitionRow) -> Result<(), StoreError>;
+    /// Deletes the partitions of `computer` not in `keep`; returns how many.
     fn delete_partitions_except(&mut self, computer: &str, keep: &[String]) -> Result<usize, StoreError>;
+    /// Sets the partition's timestamp.
     fn set_timestamp(&mut self, computer: &str, reference: &str, timestamp: f64) -> Result<(), StoreError>;
 
+    /// The software releases supplied to `computer` (every computer: `None`).
     fn software_releases(&mut self, computer: Option<&str>) -> Result<Vec<SoftwareRow>, StoreError>;
     /// Delete + insert: the row moves to the end of the list (as the proxy).
     fn upsert_software(&mut self, row: &SoftwareRow) -> Result<(), StoreError>;
+    /// Forgets a software release of `computer`.
     fn delete_software(&mut self, computer: &str, url: &str) -> Result<(), StoreError>;
 
+    /// The shared instance `reference` on `computer`.
     fn slave(&mut self, reference: &str, computer: &str) -> Result<Option<SlaveRow>, StoreError>;
+    /// Every shared instance.
     fn slaves(&mut self) -> Result<Vec<SlaveRow>, StoreError>;
+    /// Inserts a shared instance.
     fn insert_slave(&mut self, row: &SlaveRow) -> Result<(), StoreError>;
     /// Updates every slave row with that reference (any computer).
     fn update_slave_connection(&mut self, reference: &str, connection_xml: &str, hosted_by: &str) -> Result<(), StoreError>;
+    /// Changes who requested a shared instance.
     fn update_slave_requester(&mut self, reference: &str, computer: &str, requester_id: &str) -> Result<(), StoreError>;
+    /// Deletes the shared instances of `computer` whose host is not in `hosts`.
     fn delete_slaves_not_hosted_in(&mut self, computer: &str, hosts: &[String]) -> Result<(), StoreError>;
 
+    /// The addresses of `partition` (of `computer` when given).
     fn addresses(&mut self, computer: Option<&str>, partition: &str) -> Result<Vec<AddressRow>, StoreError>;
     /// Every address of a computer's partitions, in insertion order.
     fn computer_addresses(&mut self, computer: &str) -> Result<Vec<AddressRow>, StoreError>;
+    /// Replaces every address of `computer`'s partitions.
     fn replace_addresses(&mut self, computer: &str, rows: &[AddressRow]) -> Result<(), StoreError>;
 
     /// Records a report, then forgets the oldest beyond the [`Retention`].
@@ -179,12 +241,14 @@ pub trait Tx {
     fn last_reports(&mut self) -> Result<Vec<ReportRow>, StoreError>;
     /// Records a usage report, then forgets the oldest beyond the [`Retention`].
     fn add_usage(&mut self, row: &UsageRow) -> Result<(), StoreError>;
+    /// The `limit` latest usage reports, newest first.
     fn usages(&mut self, limit: usize) -> Result<Vec<UsageRow>, StoreError>;
 }
 
 /// A storage backend: runs a closure in one transaction, committed when it
 /// returns Ok and rolled back otherwise.
 pub trait Store: Send + Sync {
+    /// Runs `f` in one write transaction.
     fn transaction<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<R, E>) -> Result<R, E>;
     /// A read-only transaction: a consistent snapshot, concurrent with other
     /// reads and with the writer. Writes through it fail.
@@ -335,6 +399,7 @@ impl SqliteStore {
         })
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -24,30 +24,91 @@ pub const PROTOCOL_VERSION: &str = "1.26.1";
 pub enum SlapError {
     /// 404: the master does not know the object (or the route).
     #[error("not found: {url}: {message}")]
-    NotFound { url: String, message: String },
+    NotFound {
+        /// The URL called.
+        url: String,
+        /// The master's message.
+        message: String,
+    },
     /// 408: the master accepted the request but the resource is not ready yet.
     #[error("not ready yet: {url}: {message}")]
-    NotReady { url: String, message: String },
+    NotReady {
+        /// The URL called.
+        url: String,
+        /// The master's message.
+        message: String,
+    },
     /// 401/403.
     #[error("unauthorized ({status}): {url}: {message}")]
-    Unauthorized { status: u16, url: String, message: String },
+    Unauthorized {
+        /// The HTTP status.
+        status: u16,
+        /// The URL called.
+        url: String,
+        /// The master's message.
+        message: String,
+    },
     /// 500, 502, 503, 520, 523, 524, 526.
     #[error("server error {status} from {url}: {message}")]
-    Server { status: u16, url: String, message: String },
+    Server {
+        /// The HTTP status.
+        status: u16,
+        /// The URL called.
+        url: String,
+        /// The master's message.
+        message: String,
+    },
     /// Any other 4xx/5xx.
     #[error("HTTP error {status} from {url}: {message}")]
-    Http { status: u16, url: String, message: String },
+    Http {
+        /// The HTTP status.
+        status: u16,
+        /// The URL called.
+        url: String,
+        /// The master's message.
+        message: String,
+    },
     /// Refused, reset, unresolvable…
     #[error("cannot connect to the master at {url}: {message}")]
-    Connection { url: String, message: String },
+    Connection {
+        /// The URL called.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The master did not answer within the client's timeout.
     #[error("no answer from the master at {url} within {seconds} s")]
-    Timeout { url: String, seconds: u64 },
+    Timeout {
+        /// The URL called.
+        url: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// The TLS handshake or certificates failed.
     #[error("TLS error talking to {url}: {message}")]
-    Tls { url: String, message: String },
+    Tls {
+        /// The URL called.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The answer is not a valid marshal document.
     #[error("invalid answer from {url}: {error}")]
-    Decode { url: String, error: DecodeError },
+    Decode {
+        /// The URL called.
+        url: String,
+        /// Where and why decoding failed.
+        error: DecodeError,
+    },
+    /// The answer decodes but is not the SLAP object expected.
     #[error("unexpected answer from {url}: {error}")]
-    Model { url: String, error: ModelError },
+    Model {
+        /// The URL called.
+        url: String,
+        /// What does not fit.
+        error: ModelError,
+    },
+    /// The client cannot be built (bad `master_url`, unreadable key or certificate).
     #[error("invalid client configuration: {0}")]
     Config(String),
     /// A certificate, key or CA file that cannot be used (names the file).
@@ -61,9 +122,11 @@ impl SlapError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, SlapError::Connection { .. } | SlapError::Timeout { .. } | SlapError::Tls { .. })
     }
+    /// The master does not know the object (404).
     pub fn is_not_found(&self) -> bool {
         matches!(self, SlapError::NotFound { .. })
     }
+    /// The HTTP status of the master's answer, when there was one.
     pub fn status(&self) -> Option<u16> {
         match self {
             SlapError::NotFound { .. } => Some(404),
@@ -93,9 +156,11 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// A configuration for `master_url` with the Python client's 60 s timeout.
     pub fn new(master_url: impl Into<String>) -> ClientConfig {
         ClientConfig { master_url: master_url.into(), timeout: Duration::from_secs(60), key_file: None, cert_file: None, ca_file: None }
     }
+    /// The same with another time allowed for each call.
     pub fn with_timeout(mut self, timeout: Duration) -> ClientConfig {
         self.timeout = timeout;
         self
@@ -112,21 +177,28 @@ pub enum RequestResult {
     /// The master allocated (or already had) the instance.
     Ready(Box<RequestedInstance>),
     /// The master accepted the request but has no partition for it yet (408).
-    NotReady { message: String },
+    NotReady {
+        /// The master's message.
+        message: String,
+    },
 }
 
 /// A request for an instance (`requestComputerPartition`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct InstanceRequest {
+    /// The software release URL to instantiate.
     pub software_release: String,
     /// The software type; `default` when empty, as the Python client.
     pub software_type: String,
     /// The instance title.
     pub partition_reference: String,
+    /// Instance parameters (sent as instance XML).
     pub parameters: BTreeMap<String, Value>,
     /// The SLA (`computer_guid`, `instance_guid`, …).
     pub filter: BTreeMap<String, String>,
+    /// The requested state (`None`: started).
     pub state: Option<InstanceState>,
+    /// A shared (slave) instance, hosted by another partition.
     pub shared: bool,
     /// The requesting partition `(computer_id, partition_id)` when a partition
     /// asks (child instances), None for a person (OpenOrder).
@@ -134,6 +206,7 @@ pub struct InstanceRequest {
 }
 
 impl InstanceRequest {
+    /// A request for an instance titled `title` of `software_release`, default type, no parameters.
     pub fn new(software_release: impl Into<String>, title: impl Into<String>) -> InstanceRequest {
         InstanceRequest { software_release: software_release.into(), partition_reference: title.into(), ..Default::default() }
     }
@@ -337,15 +410,19 @@ impl SlapClient {
         self.post("supplySupply", &[("url", url), ("computer_id", computer_id), ("state", state.as_str())], None)
     }
 
+    /// `buildingSoftwareRelease`: the node started building `url`.
     pub fn software_release_building(&self, url: &str, computer_id: &str) -> Result<(), SlapError> {
         self.post("buildingSoftwareRelease", &[("url", url), ("computer_id", computer_id)], None).map(drop)
     }
+    /// `availableSoftwareRelease`: `url` is built.
     pub fn software_release_available(&self, url: &str, computer_id: &str) -> Result<(), SlapError> {
         self.post("availableSoftwareRelease", &[("url", url), ("computer_id", computer_id)], None).map(drop)
     }
+    /// `destroyedSoftwareRelease`: `url` is removed from the computer.
     pub fn software_release_destroyed(&self, url: &str, computer_id: &str) -> Result<(), SlapError> {
         self.post("destroyedSoftwareRelease", &[("url", url), ("computer_id", computer_id)], None).map(drop)
     }
+    /// `softwareReleaseError`: building `url` failed with `log`.
     pub fn software_release_error(&self, url: &str, computer_id: &str, log: &str) -> Result<(), SlapError> {
         self.post("softwareReleaseError", &[("url", url), ("computer_id", computer_id), ("error_log", log)], None).map(drop)
     }
@@ -425,9 +502,11 @@ impl SlapClient {
         self.post(method, &form, Some((computer_id, partition_id)))
     }
 
+    /// `startedComputerPartition`: the partition's services run.
     pub fn partition_started(&self, computer_id: &str, partition_id: &str) -> Result<(), SlapError> {
         self.partition_post("startedComputerPartition", computer_id, partition_id, &[]).map(drop)
     }
+    /// `stoppedComputerPartition`: the partition's services are stopped.
     pub fn partition_stopped(&self, computer_id: &str, partition_id: &str) -> Result<(), SlapError> {
         self.partition_post("stoppedComputerPartition", computer_id, partition_id, &[]).map(drop)
     }
@@ -436,6 +515,7 @@ impl SlapClient {
     pub fn partition_destroyed(&self, computer_id: &str, partition_id: &str) -> Result<String, SlapError> {
         self.partition_post("destroyedComputerPartition", computer_id, partition_id, &[])
     }
+    /// `softwareInstanceError`: processing the partition (or its shared instance `slave_reference`) failed with `log`.
     pub fn partition_error(
         &self,
         computer_id: &str,

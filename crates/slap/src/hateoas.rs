@@ -17,12 +17,33 @@ use crate::tls::{describe_handshake_error, TlsFileError, TlsFiles};
 /// Errors of the HATEOAS API.
 #[derive(Debug, thiserror::Error)]
 pub enum HateoasError {
+    /// The REST API cannot be reached.
     #[error("cannot reach the master's REST API at {url}: {message}")]
-    Connection { url: String, message: String },
+    Connection {
+        /// The URL called.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The API answered an error status.
     #[error("{url} answered {status}: {message}")]
-    Status { url: String, status: u16, message: String },
+    Status {
+        /// The URL called.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The answer's text.
+        message: String,
+    },
+    /// The answer is not the JSON document expected.
     #[error("unexpected answer from {url}: {message}")]
-    Invalid { url: String, message: String },
+    Invalid {
+        /// The URL called.
+        url: String,
+        /// What does not fit.
+        message: String,
+    },
+    /// `master_rest_url` is not a URL.
     #[error("invalid master_rest_url '{0}'")]
     BadUrl(String),
     /// The TLS handshake with the REST API failed (one sentence saying
@@ -44,34 +65,49 @@ fn transport_error(url: &str, e: ureq::Error) -> HateoasError {
 /// A service (instance tree) in a list.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ServiceSummary {
+    /// The service's title.
     pub title: String,
+    /// Its software release URL.
     pub software_release: Option<String>,
 }
 
 /// What the master says of one service.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ServiceInfo {
+    /// The service's title.
     pub title: String,
+    /// Its software release URL.
     pub software_release: Option<String>,
+    /// Its software type.
     pub software_type: Option<String>,
+    /// A shared (slave) instance.
     pub shared: bool,
+    /// `started`, `stopped` or `destroyed`.
     pub requested_state: Option<String>,
+    /// Its instance parameters.
     pub parameters: BTreeMap<String, Option<String>>,
+    /// Its published connection parameters.
     pub connection_parameters: BTreeMap<String, Option<String>>,
     /// The last state the node reported (our master only).
     pub reported_state: Option<String>,
+    /// The message of that report (an error's log).
     pub reported_message: Option<String>,
+    /// When it was reported (seconds since the epoch).
     pub reported_at: Option<f64>,
 }
 
 /// A computer in a list, or its information.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ComputerSummary {
+    /// The computer's reference (`COMP-…`).
     pub reference: String,
+    /// Its title, if it has one.
     pub title: Option<String>,
 }
 
+/// The catalog query of `slapos service list`: validated instance trees.
 pub const SERVICE_LIST: &str = "portal_type:\"Instance Tree\" AND validation_state:validated";
+/// The catalog query of `slapos computer list`: validated compute nodes.
 pub const COMPUTER_LIST: &str = "portal_type:\"Compute Node\" AND validation_state:validated";
 
 /// A client of one master's HATEOAS API.
@@ -151,6 +187,7 @@ impl HateoasClient {
         self.get_json(&url)
     }
 
+    /// Every service of the user.
     pub fn services(&self) -> Result<Vec<ServiceSummary>, HateoasError> {
         Ok(self
             .search(SERVICE_LIST, &["title", "url_string"])?
@@ -186,6 +223,7 @@ impl HateoasClient {
         }))
     }
 
+    /// Every computer of the user.
     pub fn computers(&self) -> Result<Vec<ComputerSummary>, HateoasError> {
         Ok(self
             .search(COMPUTER_LIST, &["title", "reference"])?
@@ -197,6 +235,7 @@ impl HateoasClient {
             .collect())
     }
 
+    /// One computer by reference; None when the master knows no such computer.
     pub fn computer(&self, reference: &str) -> Result<Option<ComputerSummary>, HateoasError> {
         let query = format!("{COMPUTER_LIST} AND reference:=\"{}\"", reference.replace('"', "\\\""));
         let rows = self.search(&query, &["title", "reference", "relative_url"])?;
@@ -209,6 +248,7 @@ impl HateoasClient {
         }))
     }
 
+    /// The API's root URL.
     pub fn root(&self) -> &str {
         &self.root
     }

@@ -27,7 +27,9 @@ use crate::marshal::{python_float_repr, Value};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid instance XML at byte {offset}: {message}")]
 pub struct InstanceXmlError {
+    /// Byte offset of the error.
     pub offset: usize,
+    /// What is wrong.
     pub message: String,
 }
 

@@ -16,6 +16,8 @@
 //! * [`tls`]: the clients' TLS files (`master_ca_file`, `cert_file`, `key_file`),
 //!   checked when loaded.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod instance_xml;
 pub mod marshal;

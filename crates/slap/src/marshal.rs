@@ -23,19 +23,26 @@ use quick_xml::Reader;
 /// A marshalled value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// Python `None`.
     None,
+    /// A boolean.
     Bool(bool),
     /// `<int>` and `<long>` (Python ints; values beyond i128 are refused).
     Int(i128),
+    /// A float.
     Float(f64),
     /// `<string>` (and the legacy `<unicode>` on input).
     Str(String),
+    /// A list.
     List(Vec<Value>),
+    /// A tuple.
     Tuple(Vec<Value>),
+    /// A set.
     Set(Vec<Value>),
     /// Dictionaries with text keys, which is all SLAP uses; kept sorted, which
     /// is also the order the encoder must write.
     Dict(BTreeMap<String, Value>),
+    /// A class instance.
     Object(Box<Object>),
 }
 
@@ -43,9 +50,13 @@ pub enum Value {
 /// constructor arguments and then its attribute dictionary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Object {
+    /// The Python module (`slapos.slap.slap`).
     pub module: String,
+    /// The class (`Computer`, `ComputerPartition`, …).
     pub class: String,
+    /// Constructor arguments.
     pub args: Vec<Value>,
+    /// The attribute dictionary (`__dict__`).
     pub state: BTreeMap<String, Value>,
 }
 
@@ -53,21 +64,25 @@ pub struct Object {
 pub const SLAP_MODULE: &str = "slapos.slap.slap";
 
 impl Value {
+    /// A string value.
     pub fn str(s: impl Into<String>) -> Value {
         Value::Str(s.into())
     }
+    /// The text, if this is a string.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
             _ => None,
         }
     }
+    /// The dictionary, if this is one.
     pub fn as_dict(&self) -> Option<&BTreeMap<String, Value>> {
         match self {
             Value::Dict(d) => Some(d),
             _ => None,
         }
     }
+    /// The object, if this is one.
     pub fn as_object(&self) -> Option<&Object> {
         match self {
             Value::Object(o) => Some(o),
@@ -81,18 +96,21 @@ impl Value {
             _ => None,
         }
     }
+    /// The boolean, if this is one.
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Bool(b) => Some(*b),
             _ => None,
         }
     }
+    /// The integer, if this is one.
     pub fn as_int(&self) -> Option<i128> {
         match self {
             Value::Int(i) => Some(*i),
             _ => None,
         }
     }
+    /// Whether this is `None`.
     pub fn is_none(&self) -> bool {
         matches!(self, Value::None)
     }
@@ -168,6 +186,7 @@ impl From<Object> for Value {
 /// A value that the Python marshaller cannot write either.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
+    /// A control character (XML 1.0 has no way to write it).
     #[error("control character U+{0:04X} cannot be written in XML")]
     ControlCharacter(u32),
 }
@@ -458,9 +477,13 @@ pub enum DecodeErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid marshal document at line {line}, column {column} (byte {offset}): {message}")]
 pub struct DecodeError {
+    /// Byte offset of the error.
     pub offset: usize,
+    /// Line of the error (from 1).
     pub line: usize,
+    /// Column of the error (from 1).
     pub column: usize,
+    /// What is wrong.
     pub message: String,
     pub kind: DecodeErrorKind,
 }

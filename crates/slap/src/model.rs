@@ -19,25 +19,55 @@ use crate::marshal::{Object, Value, SLAP_MODULE};
 /// A marshalled document that does not have the shape of the SLAP model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
+    /// The object is not of the class expected.
     #[error("expected a {expected} object, found {found}")]
-    WrongType { expected: &'static str, found: String },
+    WrongType {
+        /// The class expected.
+        expected: &'static str,
+        /// What was found.
+        found: String,
+    },
+    /// A class outside the SLAP model (refused: the decoder builds no arbitrary objects).
     #[error("refusing to read class {module}.{class}: only Computer, ComputerPartition, SoftwareRelease and SoftwareInstance of slapos.slap.slap are allowed")]
-    UnknownClass { module: String, class: String },
+    UnknownClass {
+        /// Its module.
+        module: String,
+        /// Its name.
+        class: String,
+    },
+    /// An attribute with the wrong type or missing.
     #[error("{class}: {message}")]
-    BadAttribute { class: &'static str, message: String },
+    BadAttribute {
+        /// The object's class.
+        class: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A state the model does not know.
     #[error("unknown {kind} state '{value}' (expected {expected})")]
-    UnknownState { kind: &'static str, value: String, expected: &'static str },
+    UnknownState {
+        /// `instance` or `software`.
+        kind: &'static str,
+        /// The state found.
+        value: String,
+        /// The states known.
+        expected: &'static str,
+    },
 }
 
 /// The state a master asks an instance to be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum InstanceState {
+    /// Services running.
     Started,
+    /// Services stopped, partition kept.
     Stopped,
+    /// Partition to be emptied and freed.
     Destroyed,
 }
 
 impl InstanceState {
+    /// The state as SLAP writes it (`started`, `stopped`, `destroyed`).
     pub fn as_str(self) -> &'static str {
         match self {
             InstanceState::Started => "started",
@@ -70,11 +100,14 @@ impl fmt::Display for InstanceState {
 /// The state a master asks a software release to be in on a computer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SoftwareState {
+    /// To be built and kept.
     Available,
+    /// To be removed from the computer.
     Destroyed,
 }
 
 impl SoftwareState {
+    /// The state as SLAP writes it (`available`, `destroyed`).
     pub fn as_str(self) -> &'static str {
         match self {
             SoftwareState::Available => "available",
@@ -216,14 +249,18 @@ pub fn ip_list_value(ips: &[(String, String)]) -> Value {
 /// A software release as seen by a computer (`SoftwareRelease(url, computer_guid)`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SoftwareRelease {
+    /// The software release URL.
     pub url: String,
+    /// The computer it is supplied to.
     pub computer_id: String,
     /// Only present in a computer's software release list.
     pub requested_state: Option<SoftwareState>,
+    /// Attributes without a typed field, kept for the round trip.
     pub extra: BTreeMap<String, Value>,
 }
 
 impl SoftwareRelease {
+    /// The release `url` on `computer_id`, no state.
     pub fn new(url: impl Into<String>, computer_id: impl Into<String>) -> SoftwareRelease {
         SoftwareRelease { url: url.into(), computer_id: computer_id.into(), requested_state: None, extra: BTreeMap::new() }
     }
@@ -234,6 +271,7 @@ impl SoftwareRelease {
         self.requested_state.unwrap_or(SoftwareState::Available)
     }
 
+    /// Reads a marshalled `SoftwareRelease` object.
     pub fn from_value(value: &Value) -> Result<SoftwareRelease, ModelError> {
         let o = slap_object(value, "SoftwareRelease")?;
         let mut extra = o.state.clone();
@@ -249,6 +287,7 @@ impl SoftwareRelease {
         Ok(SoftwareRelease { url, computer_id, requested_state, extra })
     }
 
+    /// The marshalled `SoftwareRelease` object (as the Python master writes it).
     pub fn to_value(&self) -> Value {
         let mut state = BTreeMap::new();
         state.insert("_computer_guid".to_string(), Value::str(&self.computer_id));
@@ -268,15 +307,21 @@ impl SoftwareRelease {
 /// as listed in computer information or answered by `registerComputerPartition`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComputerPartition {
+    /// The computer's reference.
     pub computer_id: String,
+    /// The partition's reference (`slappart0`).
     pub partition_id: String,
     /// `<computer>-<partition>` on the proxy.
     pub instance_guid: Option<String>,
+    /// The state the master asks for.
     pub requested_state: Option<InstanceState>,
+    /// Whether the master changed the partition since the node last processed it.
     pub need_modification: Option<bool>,
     /// `_software_release_document`; None for a free partition.
     pub software_release: Option<SoftwareRelease>,
+    /// Instance parameters (`_parameter_dict`).
     pub parameters: Option<ParameterDict>,
+    /// Published connection parameters (`_connection_dict`).
     pub connection: Option<ConnectionDict>,
     /// Attributes without a typed field (`_request_dict`, `_access_status`,
     /// `_filter_dict`, a `_requested_state` that is not a known state, …).
@@ -301,6 +346,7 @@ impl ComputerPartition {
         }
     }
 
+    /// Reads a marshalled `ComputerPartition` object.
     pub fn from_value(value: &Value) -> Result<ComputerPartition, ModelError> {
         let o = slap_object(value, "ComputerPartition")?;
         let mut extra = o.state.clone();
@@ -410,15 +456,19 @@ impl ComputerPartition {
     pub fn timestamp(&self) -> Option<&str> {
         self.parameter_str("timestamp")
     }
+    /// `slap_software_type` of the parameters.
     pub fn software_type(&self) -> Option<&str> {
         self.parameter_str("slap_software_type")
     }
+    /// `instance_title` of the parameters.
     pub fn instance_title(&self) -> Option<&str> {
         self.parameter_str("instance_title")
     }
+    /// `root_instance_title` of the parameters.
     pub fn root_instance_title(&self) -> Option<&str> {
         self.parameter_str("root_instance_title")
     }
+    /// `(interface, address)` pairs of the parameters' `ip_list`.
     pub fn ip_list(&self) -> Vec<(String, String)> {
         ip_list_of(self.parameters.as_ref().and_then(|p| p.get("ip_list")))
     }
@@ -458,17 +508,23 @@ impl ComputerPartition {
 /// A computer and what its node must do (`getFullComputerInformation`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Computer {
+    /// The computer's reference.
     pub computer_id: String,
+    /// Software releases supplied to it.
     pub software_releases: Vec<SoftwareRelease>,
+    /// Its partitions.
     pub partitions: Vec<ComputerPartition>,
+    /// Attributes without a typed field, kept for the round trip.
     pub extra: BTreeMap<String, Value>,
 }
 
 impl Computer {
+    /// A computer with nothing to do.
     pub fn new(computer_id: impl Into<String>) -> Computer {
         Computer { computer_id: computer_id.into(), software_releases: vec![], partitions: vec![], extra: BTreeMap::new() }
     }
 
+    /// Reads a marshalled `Computer` object.
     pub fn from_value(value: &Value) -> Result<Computer, ModelError> {
         let o = slap_object(value, "Computer")?;
         let mut extra = o.state.clone();
@@ -493,6 +549,7 @@ impl Computer {
         Ok(Computer { computer_id, software_releases, partitions, extra })
     }
 
+    /// The marshalled `Computer` object (as the Python master writes it).
     pub fn to_value(&self) -> Value {
         self.clone().into_value()
     }
@@ -513,6 +570,7 @@ impl Computer {
         object("Computer", vec![Value::Str(self.computer_id)], state)
     }
 
+    /// The partition `partition_id`, if listed.
     pub fn partition(&self, partition_id: &str) -> Option<&ComputerPartition> {
         self.partitions.iter().find(|p| p.partition_id == partition_id)
     }
@@ -523,21 +581,32 @@ impl Computer {
 /// The answer of `requestComputerPartition` for an allocated instance (`slap-protocol.md` §3.4).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SoftwareInstance {
+    /// Published connection parameters (`_connection_dict`).
     pub connection: Option<ConnectionDict>,
+    /// Instance parameters (`_parameter_dict`).
     pub parameters: Option<ParameterDict>,
+    /// The instance's unique id.
     pub instance_guid: Option<String>,
+    /// The state the instance was requested in.
     pub requested_state: Option<InstanceState>,
     /// Legacy `connection_xml` (instance XML text), used when `connection` is absent.
     pub connection_xml: Option<String>,
+    /// `(interface, address)` pairs of the partition.
     pub ip_list: Option<Vec<(String, String)>>,
+    /// The computer hosting the instance.
     pub computer_id: Option<String>,
+    /// The partition hosting the instance.
     pub partition_id: Option<String>,
+    /// Its software release URL.
     pub software_release_url: Option<String>,
+    /// Its software type.
     pub software_type: Option<String>,
+    /// Attributes without a typed field, kept for the round trip.
     pub extra: BTreeMap<String, Value>,
 }
 
 impl SoftwareInstance {
+    /// Reads a marshalled `SoftwareInstance` object.
     pub fn from_value(value: &Value) -> Result<SoftwareInstance, ModelError> {
         let o = slap_object(value, "SoftwareInstance")?;
         let mut extra = o.state.clone();
@@ -595,19 +664,28 @@ impl SoftwareInstance {
 /// attributes onto a `ComputerPartition`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RequestedInstance {
+    /// The computer hosting the instance.
     pub computer_id: Option<String>,
+    /// The partition hosting the instance.
     pub partition_id: Option<String>,
+    /// The instance's unique id.
     pub instance_guid: Option<String>,
+    /// The state the instance was requested in.
     pub requested_state: Option<InstanceState>,
+    /// Its software release URL.
     pub software_release_url: Option<String>,
+    /// Its software type.
     pub software_type: Option<String>,
+    /// Instance parameters (the SLAP keys included).
     pub parameters: ParameterDict,
     connection: Option<ConnectionDict>,
     connection_xml: Option<String>,
+    /// `(interface, address)` pairs of the partition.
     pub ip_list: Vec<(String, String)>,
 }
 
 impl RequestedInstance {
+    /// Reads a request's answer, `SoftwareInstance` or `ComputerPartition`.
     pub fn from_value(value: &Value) -> Result<RequestedInstance, ModelError> {
         match value.as_object().map(|o| o.class.as_str()) {
             Some("ComputerPartition") => {
@@ -683,6 +761,7 @@ impl RequestedInstance {
         p.retain(|k, _| !SLAP_PARAMETER_KEYS.contains(&k.as_str()));
         p
     }
+    /// The instance's timestamp parameter.
     pub fn timestamp(&self) -> Option<&str> {
         self.parameters.get("timestamp").and_then(Value::as_str)
     }
