@@ -11,8 +11,7 @@
 //! directory), and the venv for supervisord: every test here is
 //! `needs_root` and `needs_venv`.
 
-#[path = "../../slap/tests/support/mod.rs"]
-mod support;
+use test_support as support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -203,7 +202,11 @@ impl Node {
             if start.elapsed() > DEADLINE {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-(child.id() as i32)), nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
-                panic!("slapos {} hung (killed after {DEADLINE:?}):\n{}", args.join(" "), std::fs::read_to_string(&out_path).unwrap_or_default());
+                panic!(
+                    "slapos {} hung (killed after {DEADLINE:?}):\n{}",
+                    args.join(" "),
+                    std::fs::read_to_string(&out_path).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -308,7 +311,10 @@ fn instance_and_promises_leave_the_victims_alone(fifo: bool) {
         assert!(std::fs::symlink_metadata(pp.join(f)).unwrap().is_file(), "{f} replaced by a regular file");
     }
     assert!(std::fs::read_to_string(pp.join(".slapgrid-slappart0-error.log")).unwrap().contains("planned failure"));
-    assert_eq!(std::fs::read_link(pp.join("software_release")).ok().map(|t| t.starts_with(n.dir.path().join("opt"))), (!fifo).then_some(true));
+    assert_eq!(
+        std::fs::read_link(pp.join("software_release")).ok().map(|t| t.starts_with(n.dir.path().join("opt"))),
+        (!fifo).then_some(true)
+    );
     // the key is the tenant's, 0400 from the start, in a 0700 repository
     let pki = n.dir.path().join("etc/ssl/partition_pki");
     assert_eq!(std::fs::metadata(&pki).unwrap().mode() & 0o7777, 0o700);
@@ -338,7 +344,10 @@ fn needs_root_needs_venv_linked_directories_are_never_entered() {
     for d in [".slapgrid", "etc/promise", "etc/plugin", "etc/run", "etc/service", "etc/report", "var"] {
         n.plant(d, Some(&vdir));
     }
-    n.run_all(&before, &[(&["node", "instance", "--now", "--force"], 0), (&["node", "promise", "--now"], 0), (&["node", "report", "--now"], 0)]);
+    n.run_all(
+        &before,
+        &[(&["node", "instance", "--now", "--force"], 0), (&["node", "promise", "--now"], 0), (&["node", "report", "--now"], 0)],
+    );
     assert!(!n.pp().join(".slapgrid/promise/result/run-me.status.json").exists());
 }
 
