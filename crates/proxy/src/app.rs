@@ -14,7 +14,10 @@ use crate::store::SqliteStore;
 
 /// What every handler shares.
 pub struct App {
+    /// The master's database (`[slapproxy] database_uri`): computers,
+    /// partitions, software releases and instances.
     pub store: SqliteStore,
+    /// The configured site: default `computer_id` and `software_product_list`.
     pub site: Site,
     /// Drawn at start, served by `/getRunId` (multimaster self-detection).
     pub run_id: String,

@@ -49,7 +49,12 @@ pub enum HateoasError {
     /// The TLS handshake with the REST API failed (one sentence saying
     /// what to fix).
     #[error("TLS error talking to {url}: {message}")]
-    Tls { url: String, message: String },
+    Tls {
+        /// The URL called (under `master_rest_url`).
+        url: String,
+        /// Why the handshake failed and what to fix.
+        message: String,
+    },
     /// A certificate, key or CA file that cannot be used (names the file).
     #[error(transparent)]
     Certificate(#[from] TlsFileError),

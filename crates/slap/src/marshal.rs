@@ -446,9 +446,13 @@ impl Default for Limits {
 /// Which of the [`Limits`] a document exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
+    /// More values than [`Limits::max_nodes`].
     Nodes,
+    /// Deeper nesting than [`Limits::max_depth`].
     Depth,
+    /// More bytes of strings in all than [`Limits::max_total_bytes`].
     TotalBytes,
+    /// One string longer than [`Limits::max_string_bytes`].
     StringBytes,
 }
 
@@ -469,7 +473,12 @@ pub enum DecodeErrorKind {
     /// Not a valid `<marshal>` document.
     Invalid,
     /// Valid so far, but bigger than the decoder's [`Limits`] allow.
-    Limit { what: LimitKind, limit: u64 },
+    Limit {
+        /// Which limit was exceeded.
+        what: LimitKind,
+        /// The limit's value (in the unit of `what`).
+        limit: u64,
+    },
 }
 
 /// A document that is not a valid `<marshal>` document, or one beyond the
@@ -485,6 +494,7 @@ pub struct DecodeError {
     pub column: usize,
     /// What is wrong.
     pub message: String,
+    /// Whether the document is malformed or only too big for the [`Limits`].
     pub kind: DecodeErrorKind,
 }
 

@@ -39,28 +39,70 @@ pub struct TlsFiles {
 pub enum TlsFileError {
     /// The file cannot be read.
     #[error("cannot read {what} {path}: {source}")]
-    Unreadable { what: &'static str, path: PathBuf, source: std::io::Error },
+    Unreadable {
+        /// Which file it is, as the configuration names it (e.g. "CA file (master_ca_file)").
+        what: &'static str,
+        /// The file, as configured (`master_ca_file`, `cert_file` or `key_file`).
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
     /// The file is not PEM, or a PEM section is broken.
     #[error("{what} {path} is not valid PEM: {message}")]
-    InvalidPem { what: &'static str, path: PathBuf, message: String },
+    InvalidPem {
+        /// Which file it is, as the configuration names it (e.g. "CA file (master_ca_file)").
+        what: &'static str,
+        /// The file, as configured (`master_ca_file`, `cert_file` or `key_file`).
+        path: PathBuf,
+        /// What the PEM parser refused.
+        message: String,
+    },
     /// The file holds no `CERTIFICATE` section.
     #[error("no certificate in {what} {path}")]
-    NoCertificate { what: &'static str, path: PathBuf },
+    NoCertificate {
+        /// Which file it is, as the configuration names it (e.g. "CA file (master_ca_file)").
+        what: &'static str,
+        /// The file, as configured (`master_ca_file`, `cert_file` or `key_file`).
+        path: PathBuf,
+    },
     /// The key file holds no private key section.
     #[error("no private key in key file {path}")]
-    NoKey { path: PathBuf },
+    NoKey {
+        /// The `key_file`.
+        path: PathBuf,
+    },
     /// An X.509 v1 client certificate: TLS stacks (rustls) only use v3.
     #[error("certificate file {path} holds an X.509 v1 certificate, which TLS client authentication cannot use: reissue it as X.509 v3")]
-    Version1 { path: PathBuf },
+    Version1 {
+        /// The `cert_file`.
+        path: PathBuf,
+    },
     /// A certificate that does not parse as X.509.
     #[error("{what} {path} holds an invalid certificate: {message}")]
-    InvalidCertificate { what: &'static str, path: PathBuf, message: String },
+    InvalidCertificate {
+        /// Which file it is, as the configuration names it (e.g. "CA file (master_ca_file)").
+        what: &'static str,
+        /// The file, as configured (`master_ca_file`, `cert_file` or `key_file`).
+        path: PathBuf,
+        /// What the X.509 parser refused.
+        message: String,
+    },
     /// A key of a kind we cannot sign with.
     #[error("key file {path} holds a key that cannot be used: {message}")]
-    UnusableKey { path: PathBuf, message: String },
+    UnusableKey {
+        /// The `key_file`.
+        path: PathBuf,
+        /// Why rustls cannot sign with it (e.g. an unsupported algorithm).
+        message: String,
+    },
     /// The key is not the certificate's.
     #[error("the key in {key} does not match the certificate in {cert}")]
-    KeyMismatch { cert: PathBuf, key: PathBuf },
+    KeyMismatch {
+        /// The `cert_file`.
+        cert: PathBuf,
+        /// The `key_file`, whose key is not the certificate's.
+        key: PathBuf,
+    },
     /// Only one of `cert_file` and `key_file` is set.
     #[error("cert_file and key_file go together: set both or neither")]
     Incomplete,

@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A CA and the files of its certificates, in a temporary directory.
 pub struct Pki {
+    /// The temporary directory holding the PEM files (removed on drop).
     pub dir: tempfile::TempDir,
     /// The CA certificate (PEM): what `master_ca_file` names.
     pub ca_file: PathBuf,
