@@ -26,7 +26,9 @@ mod users;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TunTapMode {
+    /// A tap (ethernet frames; bridged for VMs).
     Tap,
+    /// A tun (IP packets; routed).
     Tun,
 }
 
@@ -34,75 +36,125 @@ pub enum TunTapMode {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
+    /// Create the group of a partition user (or of the software user).
     CreateGroup {
+        /// The group's name (a partition user's, e.g. `slapuser0`, or the software user's).
         name: String,
     },
+    /// Create a user (`useradd`) with its home, primary group and supplementary groups.
     CreateUser {
+        /// The user.
         name: String,
+        /// Its home directory.
         home: PathBuf,
+        /// Its primary group.
         group: String,
+        /// Its supplementary groups.
         groups: Vec<String>,
     },
+    /// Bring an existing user's home and groups in line (`usermod`).
     ModifyUser {
+        /// The user.
         name: String,
+        /// Its home directory.
         home: PathBuf,
+        /// Its primary group.
         group: String,
+        /// Its supplementary groups.
         groups: Vec<String>,
     },
+    /// Lock a user's password (`passwd -l`): partition users never log in with one.
     LockPassword {
+        /// A user format just created: the software user or a partition user (`slapuser0` …).
         name: String,
     },
+    /// Create a directory with a mode.
     CreateDirectory {
+        /// The directory.
         path: PathBuf,
+        /// Its permission bits.
         mode: u32,
     },
+    /// Change a path's permission bits.
     SetMode {
+        /// The path.
         path: PathBuf,
+        /// The new permission bits.
         mode: u32,
     },
+    /// Give a path to a user (and that user's group).
     SetOwner {
+        /// The path.
         path: PathBuf,
+        /// The new owner.
         user: String,
     },
+    /// Set a kernel parameter (`/proc/sys`).
     Sysctl {
+        /// The parameter, dotted (`net.ipv6.conf.all.forwarding`).
         key: String,
+        /// Its value.
         value: String,
     },
     /// `interface_name` as a new bridge (`create_bridge`).
     CreateBridge {
+        /// The bridge's name.
         name: String,
     },
     /// A persistent tun/tap owned by `user` (root when that user does not exist).
     CreateTunTap {
+        /// The device's name.
         name: String,
+        /// Tap or tun.
         mode: TunTapMode,
+        /// The owning user.
         user: String,
     },
+    /// Attach an interface to a bridge.
     SetMaster {
+        /// The attached interface (a tap).
         interface: String,
+        /// The bridge.
         master: String,
     },
+    /// Bring an interface up.
     SetUp {
+        /// The interface.
         interface: String,
     },
+    /// Add an address to an interface.
     AddAddress {
+        /// The interface.
         interface: String,
+        /// The address.
         address: IpAddr,
+        /// Its prefix length.
         prefix: u8,
+        /// Add no prefix route (`noprefixroute`): the partition's address only.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         noprefixroute: bool,
     },
+    /// Add a route in the main table.
     AddRoute {
+        /// The destination network.
         destination: IpAddr,
+        /// Its prefix length.
         prefix: u8,
+        /// The outgoing interface.
         interface: String,
+        /// The gateway, if any.
         via: Option<IpAddr>,
     },
+    /// Route a partition's IPv6 range locally (`ip -6 route add local … dev lo`).
     AddLocalRoute {
+        /// The range.
         network: Ipv6Addr,
+        /// Its prefix length.
         prefix: u8,
     },
+    /// Write a partition's `.slapos-resource` file (its taps, tuns and addresses).
     WriteResource {
+        /// The file.
         path: PathBuf,
     },
 }
@@ -192,38 +244,85 @@ impl std::fmt::Display for Step {
 /// What to do, and the state it leads to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// The changes, in the order they are applied.
     pub steps: Vec<Step>,
+    /// The computer state once the steps are applied (what the state file will hold).
     pub state: ComputerState,
     /// Things format notices but does not change (a tap with another owner).
     pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a plan cannot be made; each names the option or partition at fault.
 pub enum PlanError {
+    /// Fewer partitions configured than already formatted.
     #[error("partition_amount {wanted} is smaller than the {existing} partitions already formatted: partitions are never removed")]
-    FewerPartitions { wanted: usize, existing: usize },
+    FewerPartitions {
+        /// `partition_amount`.
+        wanted: usize,
+        /// Partitions in the state file.
+        existing: usize,
+    },
+    /// `interface_name` or `ipv6_interface` does not exist.
     #[error("interface '{0}' (interface_name/ipv6_interface) does not exist")]
     NoInterface(String),
+    /// `interface_name` does not exist and `create_bridge` is off.
     #[error("interface '{0}' (interface_name) does not exist; set [slapformat] create_bridge = true to let format create it as a bridge")]
     NoBridge(String),
+    /// The interface has no global IPv6 address.
     #[error("interface '{0}' must have at least one global IPv6 address")]
     NoIpv6(String),
+    /// A bridge to create would have no IPv6 and no `ipv6_interface` gives one.
     #[error("interface '{0}' would be a new bridge without IPv6 (create_bridge): set ipv6_interface to the interface that holds the node's global IPv6")]
     NewBridgeHasNoIpv6(String),
+    /// `ipv4_local_network` is exhausted.
     #[error("no free IPv4 address left in ipv4_local_network {0}")]
     NoIpv4(String),
+    /// A partition's address is already on another interface.
     #[error("address {address} for partition {partition} is already used on another interface")]
-    Collision { address: IpAddr, partition: String },
+    Collision {
+        /// The address.
+        address: IpAddr,
+        /// The partition.
+        partition: String,
+    },
+    /// SlapOS's random fallback found no free address.
     #[error("no free address for {what} of partition {partition} after 10 random tries (the computed one, {address}, is taken)")]
-    AddressGeneration { what: &'static str, partition: String, address: String },
+    AddressGeneration {
+        /// Which address (IPv6, range, tap …).
+        what: &'static str,
+        /// The partition.
+        partition: String,
+        /// The computed address, taken.
+        address: String,
+    },
+    /// `tap_gateway_interface` is missing or has no IPv4.
     #[error("tap_gateway_interface '{0}' does not exist or has no IPv4 address")]
     TapGateway(String),
+    /// The tap gateway's IPv4 subnet cannot hold one address per tap.
     #[error("could not create {wanted} tap interfaces from address {address}/{prefix} (tap_gateway_interface): its subnet is too small")]
-    TapGatewayTooSmall { wanted: usize, address: Ipv4Addr, prefix: u8 },
+    TapGatewayTooSmall {
+        /// Taps to address.
+        wanted: usize,
+        /// The gateway's address.
+        address: Ipv4Addr,
+        /// Its prefix length.
+        prefix: u8,
+    },
+    /// A partition's tap or tun name is taken by another kind of interface.
     #[error("'{0}' exists and is not a tun/tap interface: cannot use it as a partition's tap or tun")]
     NotTunTap(String),
+    /// The state file holds a value that does not parse.
     #[error("stored {what} '{value}' of partition {partition} is not valid")]
-    BadStored { what: &'static str, value: String, partition: String },
+    BadStored {
+        /// Which value.
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// The partition.
+        partition: String,
+    },
+    /// Address derivation failed.
     #[error(transparent)]
     Addressing(#[from] AddressingError),
 }
@@ -233,6 +332,7 @@ pub enum PlanError {
 pub struct Picker(u64);
 
 impl Picker {
+    /// A sequence seeded with `seed` (made odd: xorshift never leaves 0).
     pub fn new(seed: u64) -> Picker {
         Picker(seed | 1)
     }
