@@ -4,12 +4,15 @@
 //! instantiates computer partitions in parallel ([`instance`]), runs their
 //! services under the node's real supervisord ([`supervisor`]), checks
 //! promises ([`promise`]), reports usage and destroys partitions
-//! ([`report`]), and bangs the master when a watched service fails
+//! ([`report`]), samples usage into the node's history ([`collect`], from
+//! [`procstat`] and [`cgroup`]), and bangs the master when a watched service fails
 //! ([`watchdog`]). The decisions are pure ([`decision`], [`templates`],
 //! [`config`], [`names`]: the grammar of every outside name); the effects are thin ([`process`], [`supervisor`]).
 
 #![warn(missing_docs)]
 
+pub mod cgroup;
+pub mod collect;
 pub mod config;
 pub mod decision;
 pub mod fsafe;
@@ -17,6 +20,7 @@ pub mod instance;
 pub mod names;
 pub mod node;
 pub mod process;
+pub mod procstat;
 pub mod progress;
 pub mod promise;
 pub mod report;

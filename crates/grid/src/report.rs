@@ -6,7 +6,6 @@
 //! /proc for the processes its user runs (the partition user owns exactly
 //! its services), are sent as a consumption journal.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use slap::model::{ComputerPartition, InstanceState};
@@ -16,44 +15,7 @@ use crate::instance::{select_partitions, Owner};
 use crate::node::{self, Node};
 use crate::process::{run_as_owner, run_as_owner_of};
 
-/// What a partition used, summed over its user's processes.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Usage {
-    /// CPU seconds (user + system) of the live processes.
-    pub cpu_seconds: f64,
-    /// Resident memory in MiB.
-    pub memory_mib: f64,
-    /// Number of live processes.
-    pub processes: u32,
-}
-
-/// Sums /proc for the processes of `uid`.
-pub fn usage_of_uid(uid: u32) -> Usage {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as f64;
-    let mut u = Usage::default();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return u };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if e.metadata().map(|m| m.uid()).ok() != Some(uid) {
-            continue;
-        }
-        let dir = e.path();
-        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
-        // fields after the command (which may hold spaces) in parentheses
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // rest[0] is field 3 (state): utime is field 14, stime 15, rss 24
-        let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        u.cpu_seconds += (num(14) + num(15)) / ticks;
-        u.memory_mib += num(24) * page / (1024.0 * 1024.0);
-        u.processes += 1;
-    }
-    u
-}
+pub use crate::procstat::{usage_of_uid, Usage};
 
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
@@ -361,12 +323,6 @@ mod tests {
         assert_eq!(partition_movements("<journal/>", "p"), None);
         let j = usage_journal("C", "d", &[], &m);
         assert_eq!(j.matches("<movement>").count(), 2);
-    }
-
-    #[test]
-    fn our_own_processes_are_counted() {
-        let u = usage_of_uid(nix::unistd::getuid().as_raw());
-        assert!(u.processes >= 1 && u.memory_mib > 0.0, "{u:?}");
     }
 
     #[test]

@@ -137,6 +137,11 @@ pub enum NodeCommand {
     Report(node_cmd::ReportArgs),
     /// Run the promises of the started partitions (nothing is reported).
     Promise(node_cmd::PromiseArgs),
+    /// Sample the usage of each partition and of the computer into the
+    /// node's history (var/data-log/collector.db); write the daily
+    /// consumption reports `node report` sends, and CSV files. Run by cron
+    /// every minute, as root.
+    Collect(node_cmd::CollectArgs),
     /// Status of the node's programs (supervisorctl status).
     Status(node_cmd::CtlArgs),
     /// Start programs (supervisorctl start, e.g. `slappart0:*`).
@@ -188,6 +193,7 @@ fn main() -> ExitCode {
             NodeCommand::Instance(args) => node_cmd::instance(args, &cli.global),
             NodeCommand::Report(args) => node_cmd::report(args, &cli.global),
             NodeCommand::Promise(args) => node_cmd::promise(args, &cli.global),
+            NodeCommand::Collect(args) => node_cmd::collect(args, &cli.global),
             NodeCommand::Status(args) => node_cmd::supervisorctl(Some("status"), args, &cli.global),
             NodeCommand::Start(args) => node_cmd::supervisorctl(Some("start"), args, &cli.global),
             NodeCommand::Stop(args) => node_cmd::supervisorctl(Some("stop"), args, &cli.global),

@@ -108,6 +108,52 @@ pub struct ReportArgs {
     pub grid: GridArgs,
 }
 
+/// `node collect`: slapos.collect's sampling, with an export.
+#[derive(Debug, clap::Args)]
+pub struct CollectArgs {
+    /// Write the whole history as DIR/<date>/dump_<table>.csv (the files
+    /// slapos.collect archives each day) and exit, without sampling.
+    #[arg(long = "export-csv", value_name = "DIR")]
+    pub export_csv: Option<PathBuf>,
+    /// Seconds over which CPU percentages are measured.
+    #[arg(long = "measure-interval", value_name = "SECONDS", default_value_t = 5.0)]
+    pub measure_interval: f64,
+}
+
+/// `slapos node collect`.
+pub fn collect(args: CollectArgs, global: &Global) -> anyhow::Result<u8> {
+    let path = node_config_path(global.cfg.as_deref());
+    let config = Config::load(&path)?;
+    let mut cfg = slapos_grid::collect::CollectConfig::from_config(&config).map_err(|e| anyhow::anyhow!("{e} (in {})", path.display()))?;
+    if let Some(dir) = &args.export_csv {
+        let dates = slapos_grid::collect::export_csv(&cfg, dir)?;
+        tracing::info!("Exported {} day(s) of history to {}.", dates.len(), dir.display());
+        return Ok(0);
+    }
+    if !(0.0..=600.0).contains(&args.measure_interval) {
+        anyhow::bail!("--measure-interval must be between 0 and 600 seconds, not {}", args.measure_interval);
+    }
+    cfg.measure_interval = Duration::from_secs_f64(args.measure_interval);
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!("not root: only this user's processes are fully readable, and partitions are not put in cgroups");
+    }
+    let _lock = match lock(&cfg.instance_root.join("var/run/slapos-node-collect.pid")) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    tracing::info!("Collecting data...");
+    let out = slapos_grid::collect::run(&cfg)?;
+    tracing::info!(
+        "Collected {} process(es) of {} partition(s); {} daily report(s) written, {} day(s) archived, {} old row(s) deleted.",
+        out.processes,
+        out.partitions,
+        out.reports.len(),
+        out.dumped.len(),
+        out.deleted_rows
+    );
+    Ok(0)
+}
+
 /// `node status|start|stop|restart|tail|supervisorctl`: arguments passed to
 /// supervisorctl.
 #[derive(Debug, clap::Args)]
