@@ -1,7 +1,7 @@
 #!/bin/bash
 # A whole SlapOS cloud on this machine, without root: our master
 # (`slapos proxy start`), a node formatted in local mode (partitions owned by
-# the invoking user, loopback addresses 127.1.x.y), the example software
+# the invoking user, addresses in a loopback 127.X.Y.0/24 of its own), the example software
 # release examples/hello-http supplied and requested, built with the real
 # zc.buildout (`slapos node software`) and instantiated under the real
 # supervisord (`slapos node instance`). Prints the instance's connection

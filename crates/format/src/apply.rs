@@ -73,7 +73,11 @@ pub fn run(cfg: &FormatConfig, mode: Mode, json: bool) -> anyhow::Result<u8> {
         users.push(invoking.clone());
     }
     let interfaces: Vec<String> = [cfg.interface_name.clone(), cfg.ipv6_interface.clone()].into_iter().flatten().collect();
-    let observed = system::observe(&users, &interfaces, &paths, &resources, cfg.alter_network)?;
+    let mut observed = system::observe(&users, &interfaces, &paths, &resources, cfg.alter_network)?;
+    if cfg.local {
+        observed.listening = crate::local_range::listening();
+        observed.local_claims = crate::local_range::claims(&cfg.local_claims_dir);
+    }
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
     let plan = plan(cfg, model.as_ref(), &observed, &invoking, &mut Picker::new(seed))?;
     if let (Some(path), true) = (&cfg.output_definition_file, mode != Mode::Check) {
@@ -276,6 +280,13 @@ fn apply(cfg: &FormatConfig, plan: &Plan) -> anyhow::Result<u8> {
                 let p = plan.state.partitions.iter().find(|p| p.path.join(".slapos-resource") == *path).expect("planned");
                 write_atomic(path, &to_json(&p.to_value(&plan.state.software_user), 4))
                     .with_context(|| format!("cannot write {}", path.display()))
+            }
+            Step::ClaimLocalRange { network, dir, state_file } => {
+                // advisory (it keeps other local nodes off the range): a failure is only a warning
+                if let Err(e) = crate::local_range::claim(dir, *network, state_file) {
+                    tracing::warn!("cannot claim {network}/24 in {}: {e}", dir.display());
+                }
+                Ok(())
             }
             _ => unreachable!("network steps are applied together"),
         };

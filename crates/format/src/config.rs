@@ -125,6 +125,9 @@ pub struct FormatConfig {
     pub local: bool,
     /// `[slapformat] root_check`: refuse to run without root (outside local mode).
     pub root_check: bool,
+    /// Where local nodes claim their loopback ranges
+    /// ([`crate::local_range::default_claims_dir`]).
+    pub local_claims_dir: PathBuf,
     /// `[slapos] key_file`: the node's key for the master.
     pub key_file: Option<PathBuf>,
     /// `[slapos] cert_file`: the node's certificate for the master.
@@ -232,6 +235,7 @@ impl FormatConfig {
             alter_network,
             local,
             root_check: boolean("root_check", true)? && !local,
+            local_claims_dir: crate::local_range::default_claims_dir(),
             key_file: file("key_file")?,
             cert_file: file("cert_file")?,
         })

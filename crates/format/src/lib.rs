@@ -7,7 +7,8 @@
 //! it ([`apply`]).
 //!
 //! Layers: [`config`] (slapos.cfg → validated [`config::FormatConfig`]),
-//! [`addressing`] (SlapOS's address derivation), [`definition`] (the INI
+//! [`addressing`] (SlapOS's address derivation), [`local_range`] (the
+//! loopback range of a local node, free and claimed), [`definition`] (the INI
 //! computer definition of `-i`/`-o`), [`state`] (the computer
 //! dictionary: state files, resources, report), [`system`] (observe and
 //! change the machine: commands, netlink), [`plan`], [`apply`].
@@ -18,6 +19,7 @@ pub mod addressing;
 pub mod apply;
 pub mod config;
 pub mod definition;
+pub mod local_range;
 pub mod plan;
 pub mod state;
 pub mod system;

@@ -97,6 +97,11 @@ pub struct Observed {
     pub paths: BTreeMap<PathBuf, PathInfo>,
     /// Current content of the `.slapos-resource` files.
     pub resources: BTreeMap<PathBuf, String>,
+    /// Local mode: loopback IPv4 addresses something listens on.
+    pub listening: BTreeSet<std::net::Ipv4Addr>,
+    /// Local mode: the loopback ranges local nodes claim, with the state
+    /// file of each.
+    pub local_claims: BTreeMap<std::net::Ipv4Addr, PathBuf>,
 }
 
 /// A system call that failed.

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::{Context, Picker, PlanError};
 use crate::addressing;
 use crate::config::FormatConfig;
+use crate::local_range;
 use crate::state::{ComputerState, LinkState, PartitionState};
 use crate::system::Observed;
 
@@ -52,6 +53,34 @@ fn new_bridge(cfg: &FormatConfig, obs: &Observed, network: bool, ipv6_iface: Opt
     Ok(Some(name.clone()))
 }
 
+/// Local mode's loopback /24: the configured `ipv4_local_network` when it
+/// is one in 127/8; else the stored one; else the one of the partitions'
+/// loopback addresses (a node formatted before ranges were stored); else a
+/// free one ([`local_range::pick`]): nothing listens in it, no other local
+/// node claims it.
+fn local_network(cfg: &FormatConfig, previous: Option<&ComputerState>, obs: &Observed) -> Result<Option<Ipv4Addr>, PlanError> {
+    if !cfg.local {
+        return Ok(None);
+    }
+    if cfg.partition_amount > 254 {
+        return Err(PlanError::TooManyLocalPartitions(cfg.partition_amount));
+    }
+    let loopback = |a: Ipv4Addr| a.is_loopback() && a.octets()[1] != 0;
+    if let Some((net, _)) = cfg.ipv4_local_network.filter(|(n, _)| loopback(*n)) {
+        return Ok(Some(local_range::network_of(net)));
+    }
+    let stored = previous.and_then(|p| p.ipv4_local_network.as_deref()).and_then(|n| n.split('/').next()?.parse::<Ipv4Addr>().ok());
+    let used = previous.into_iter().flat_map(|p| &p.partitions).flat_map(|p| &p.addresses).filter_map(|(a, _)| a.parse::<Ipv4Addr>().ok());
+    if let Some(a) = stored.into_iter().chain(used).find(|a| loopback(*a)) {
+        return Ok(Some(local_range::network_of(a)));
+    }
+    let busy = |net: Ipv4Addr| {
+        obs.listening.iter().any(|a| local_range::network_of(*a) == net)
+            || obs.local_claims.get(&net).is_some_and(|s| *s != cfg.computer_xml)
+    };
+    local_range::pick(local_range::seed(&cfg.instance_root.display().to_string()), busy).map(Some).ok_or(PlanError::NoLocalRange)
+}
+
 /// What the node's interfaces are: checked before anything is planned.
 pub(super) fn context<'a>(cfg: &'a FormatConfig, previous: Option<&ComputerState>, obs: &'a Observed) -> Result<Context<'a>, PlanError> {
     let existing = previous.map(|p| p.partitions.len()).unwrap_or(0);
@@ -74,7 +103,8 @@ pub(super) fn context<'a>(cfg: &'a FormatConfig, previous: Option<&ComputerState
     if base.is_some() && network && cfg.partition_has_ipv6_range {
         addressing::check_shift(base.map(|b| b.1).unwrap_or(64), cfg.ipv6_prefixshift, cfg.partition_amount)?;
     }
-    Ok(Context { cfg, obs, network, ipv6_iface, new_bridge, bridge, base })
+    let local_net = local_network(cfg, previous, obs)?;
+    Ok(Context { cfg, obs, network, ipv6_iface, new_bridge, bridge, base, local_net })
 }
 
 /// The computer with its previous partitions (none yet added).
@@ -95,7 +125,10 @@ pub(super) fn computer(ctx: &Context, previous: Option<&ComputerState>, invoking
         software_user: if cfg.alter_user { cfg.software_user.clone() } else { invoking_user.to_string() },
         interface_name: cfg.interface_name.clone(),
         ipv6_interface: cfg.ipv6_interface.clone(),
-        ipv4_local_network: cfg.ipv4_local_network.map(|(a, p)| format!("{a}/{p}")),
+        ipv4_local_network: match ctx.local_net {
+            Some(net) => Some(format!("{net}/24")),
+            None => cfg.ipv4_local_network.map(|(a, p)| format!("{a}/{p}")),
+        },
         ipv6_prefixshift: cfg.ipv6_prefixshift,
         partition_has_ipv6_range: cfg.partition_has_ipv6_range,
         tap_gateway_interface: cfg.tap_gateway_interface.clone(),
@@ -145,11 +178,12 @@ pub(super) fn new_partitions(
     Ok(())
 }
 
-/// Partition `i`'s IPv4: loopback in local mode, else a random free one in
+/// Partition `i`'s IPv4: `.i+1` of the node's loopback /24 in local mode, else a random free one in
 /// `ipv4_local_network` (kept in the state afterwards), else none.
 fn ipv4(ctx: &Context, i: usize, taken: &mut BTreeSet<IpAddr>, picker: &mut Picker) -> Result<Option<(String, String)>, PlanError> {
-    if ctx.cfg.local {
-        return Ok(Some((format!("127.1.{}.{}", i / 254, i % 254 + 1), "255.255.255.255".to_string())));
+    if let Some(net) = ctx.local_net {
+        let [a, b, c, _] = net.octets();
+        return Ok(Some((format!("{a}.{b}.{c}.{}", i + 1), "255.255.255.255".to_string())));
     }
     let Some((net, prefix)) = ctx.cfg.ipv4_local_network else { return Ok(None) };
     let size = 1u64 << (32 - prefix as u32);

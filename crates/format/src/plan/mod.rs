@@ -157,6 +157,9 @@ pub enum Step {
         /// The file.
         path: PathBuf,
     },
+    /// Local mode: record in `dir` that `state_file` uses the loopback
+    /// range `network`/24.
+    ClaimLocalRange { network: Ipv4Addr, dir: PathBuf, state_file: PathBuf },
 }
 
 impl Step {
@@ -237,6 +240,7 @@ impl std::fmt::Display for Step {
             }
             Step::AddLocalRoute { network, prefix } => write!(f, "ip -6 route add local {network}/{prefix} dev lo"),
             Step::WriteResource { path } => write!(f, "write {}", path.display()),
+            Step::ClaimLocalRange { network, dir, .. } => write!(f, "claim {network}/24 in {}", dir.display()),
         }
     }
 }
@@ -275,6 +279,12 @@ pub enum PlanError {
     /// A bridge to create would have no IPv6 and no `ipv6_interface` gives one.
     #[error("interface '{0}' would be a new bridge without IPv6 (create_bridge): set ipv6_interface to the interface that holds the node's global IPv6")]
     NewBridgeHasNoIpv6(String),
+    /// Local mode: every loopback range 127.X.Y.0/24 is taken.
+    #[error("no free loopback range 127.X.Y.0/24 for this local node: every one is in use")]
+    NoLocalRange,
+    /// Local mode: more partitions than one loopback /24 holds.
+    #[error("a local node holds at most 254 partitions (one loopback /24); {0} asked")]
+    TooManyLocalPartitions(usize),
     /// `ipv4_local_network` is exhausted.
     #[error("no free IPv4 address left in ipv4_local_network {0}")]
     NoIpv4(String),
@@ -382,6 +392,8 @@ struct Context<'a> {
     bridge: Option<String>,
     /// The node's base IPv6 and prefix, from which partitions' derive.
     base: Option<(Ipv6Addr, u8)>,
+    /// Local mode: the loopback /24 of the partitions' addresses.
+    local_net: Option<Ipv4Addr>,
 }
 
 impl Context<'_> {
@@ -415,6 +427,9 @@ pub fn plan(
         network::steps(&ctx, &state, &mut steps, &mut warnings)?;
     }
     steps.extend(resources::steps(obs, &state));
+    if let Some(network) = ctx.local_net.filter(|n| obs.local_claims.get(n) != Some(&cfg.computer_xml)) {
+        steps.push(Step::ClaimLocalRange { network, dir: cfg.local_claims_dir.clone(), state_file: cfg.computer_xml.clone() });
+    }
     Ok(Plan { steps, state, warnings })
 }
 

@@ -72,6 +72,9 @@ fn after(mut o: Observed, plan: &Plan) -> Observed {
                 o.local_routes.insert((*network, *prefix));
             }
             Step::Sysctl { .. } => o.nonlocal_bind = true,
+            Step::ClaimLocalRange { network, state_file, .. } => {
+                o.local_claims.insert(*network, state_file.clone());
+            }
             Step::WriteResource { path } => {
                 let i = plan.state.partitions.iter().position(|p| p.path.join(".slapos-resource") == *path).unwrap();
                 o.resources.insert(path.clone(), crate::state::to_json(&plan.state.partitions[i].to_value(&plan.state.software_user), 4));
@@ -136,17 +139,72 @@ fn bad_networks_are_named_before_anything_changes() {
     assert!(plan(&cfg, None, &fresh_node(), "root", &mut Picker::new(1)).unwrap_err().to_string().contains("ipv6_prefixshift 1"));
 }
 
+fn local_config(root: &str, extra: &str) -> FormatConfig {
+    let text = format!("[slapos]\ncomputer_id = C\nmaster_url = http://m\ninstance_root = {root}/i\nsoftware_root = /tmp/s\ncomputer_xml = {root}/x.xml\npartition_amount = 2\n{extra}");
+    FormatConfig::from_config(&slapos_config::Config::parse(&text).unwrap(), &Overrides { local: true, ..Default::default() }).unwrap()
+}
+
+/// The loopback /24 of a local plan's partitions.
+fn local_net(p: &Plan) -> Ipv4Addr {
+    let a: Ipv4Addr = p.state.partitions[0].addresses[0].0.parse().unwrap();
+    assert_eq!(p.state.ipv4_local_network, Some(format!("{}/24", crate::local_range::network_of(a))), "stored in the state");
+    crate::local_range::network_of(a)
+}
+
 #[test]
 fn local_mode_changes_no_user_and_no_network() {
-    let text = "[slapos]\ncomputer_id = C\nmaster_url = http://m\ninstance_root = /tmp/i\nsoftware_root = /tmp/s\ncomputer_xml = /tmp/x.xml\npartition_amount = 2\n";
-    let cfg =
-        FormatConfig::from_config(&slapos_config::Config::parse(text).unwrap(), &Overrides { local: true, ..Default::default() }).unwrap();
+    let cfg = local_config("/tmp", "");
     let p = plan(&cfg, None, &Observed::default(), "alice", &mut Picker::new(1)).unwrap();
     for s in &p.steps {
-        assert!(matches!(s, Step::CreateDirectory { .. } | Step::WriteResource { .. }), "{s}");
+        assert!(matches!(s, Step::CreateDirectory { .. } | Step::WriteResource { .. } | Step::ClaimLocalRange { .. }), "{s}");
     }
     assert_eq!(p.state.partitions[0].user, "alice");
-    assert_eq!(p.state.partitions[1].addresses, vec![("127.1.0.2".to_string(), "255.255.255.255".to_string())]);
+    let net = local_net(&p).octets();
+    assert_eq!(p.state.partitions[1].addresses, vec![(format!("127.{}.{}.2", net[1], net[2]), "255.255.255.255".to_string())]);
+    // a re-run keeps the range and changes nothing
+    let obs = after(Observed::default(), &p);
+    let again = plan(&cfg, Some(&p.state), &obs, "alice", &mut Picker::new(2)).unwrap();
+    assert!(again.steps.is_empty(), "{:?}", again.steps);
+    assert_eq!(again.state, p.state);
+}
+
+#[test]
+fn local_nodes_get_ranges_of_their_own() {
+    let a = plan(&local_config("/tmp/a", ""), None, &Observed::default(), "alice", &mut Picker::new(1)).unwrap();
+    let b = plan(&local_config("/tmp/b", ""), None, &Observed::default(), "alice", &mut Picker::new(1)).unwrap();
+    assert_ne!(local_net(&a), local_net(&b), "two instance roots, two ranges");
+    // the range a listener is in is skipped, so is one another node claims
+    let first = local_net(&a);
+    let mut obs = Observed::default();
+    obs.listening.insert(Ipv4Addr::from(u32::from(first) + 7));
+    let skipped = plan(&local_config("/tmp/a", ""), None, &obs, "alice", &mut Picker::new(1)).unwrap();
+    assert_ne!(local_net(&skipped), first);
+    let mut obs = Observed::default();
+    obs.local_claims.insert(first, "/elsewhere/slapos.xml".into());
+    assert_ne!(local_net(&plan(&local_config("/tmp/a", ""), None, &obs, "alice", &mut Picker::new(1)).unwrap()), first);
+    // but a range stored in the state is kept even when its services listen
+    obs.listening.insert(Ipv4Addr::from(u32::from(first) + 1));
+    obs.local_claims.insert(first, "/tmp/a/x.xml".into());
+    let kept = plan(&local_config("/tmp/a", ""), Some(&a.state), &obs, "alice", &mut Picker::new(1)).unwrap();
+    assert_eq!(local_net(&kept), first);
+    // a node formatted before ranges were stored keeps its 127.1.0.x
+    let mut old = a.state.clone();
+    old.ipv4_local_network = None;
+    old.partitions.truncate(1);
+    old.partitions[0].addresses = vec![("127.1.0.1".into(), "255.255.255.255".into())];
+    let p = plan(&local_config("/tmp/a", ""), Some(&old), &Observed::default(), "alice", &mut Picker::new(1)).unwrap();
+    assert_eq!(p.state.partitions[1].addresses[0].0, "127.1.0.2");
+    // the configured range wins; more than a /24 of partitions is refused
+    assert_eq!(
+        local_net(
+            &plan(&local_config("/tmp/a", "ipv4_local_network = 127.42.3.0/24"), None, &Observed::default(), "alice", &mut Picker::new(1))
+                .unwrap()
+        ),
+        Ipv4Addr::new(127, 42, 3, 0)
+    );
+    let err =
+        plan(&local_config("/tmp/a", "partition_amount = 300"), None, &Observed::default(), "alice", &mut Picker::new(1)).unwrap_err();
+    assert_eq!(err.to_string(), "a local node holds at most 254 partitions (one loopback /24); 300 asked");
 }
 
 fn texts(p: &Plan) -> Vec<String> {
