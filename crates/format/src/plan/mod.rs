@@ -159,7 +159,14 @@ pub enum Step {
     },
     /// Local mode: record in `dir` that `state_file` uses the loopback
     /// range `network`/24.
-    ClaimLocalRange { network: Ipv4Addr, dir: PathBuf, state_file: PathBuf },
+    ClaimLocalRange {
+        /// The range's network address (127.X.Y.0).
+        network: Ipv4Addr,
+        /// The claims directory shared by the local nodes of this machine.
+        dir: PathBuf,
+        /// This node's state file, which the claim names.
+        state_file: PathBuf,
+    },
 }
 
 impl Step {
