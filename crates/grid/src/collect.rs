@@ -27,7 +27,9 @@ pub mod snapshot;
 /// What collect reads from slapos.cfg.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectConfig {
+    /// `[slapos] computer_id`: names the `var/xml_report/<computer_id>` directory.
     pub computer_id: String,
+    /// `[slapos] instance_root`: where the partitions and `var/` are.
     pub instance_root: PathBuf,
     /// `[slapos] collect_cache`: days of reported rows kept.
     pub days_to_preserve: u32,
@@ -103,12 +105,17 @@ fn mkdir_755(dir: &Path) -> std::io::Result<()> {
 /// What one run did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outcome {
+    /// Partitions sampled (rows added to the `partition` table).
     pub partitions: usize,
+    /// Processes sampled (rows added to slapos.collect's `user` table).
     pub processes: usize,
     /// Partitions whose disk use was measured in this run.
     pub disk_measured: usize,
+    /// Days (`YYYY-MM-DD`) whose consumption report was written (`var/consumption-report/<date>.xml`, copied to `var/xml_report/<computer_id>/`).
     pub reports: Vec<String>,
+    /// Past days (`YYYY-MM-DD`) dumped to `var/data-log/<date>/` and marked reported.
     pub dumped: Vec<String>,
+    /// Reported rows older than `collect_cache` days deleted, all tables together.
     pub deleted_rows: usize,
 }
 

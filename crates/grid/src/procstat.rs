@@ -11,7 +11,9 @@ use procfs::{Current, CurrentSI};
 /// values, computed from the same /proc files).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessSample {
+    /// Process id.
     pub pid: i32,
+    /// Real user id (psutil's `uids().real`).
     pub uid: u32,
     /// Start time, seconds since the epoch (psutil's `create_time()`).
     pub start_time: f64,
@@ -20,6 +22,7 @@ pub struct ProcessSample {
     pub cpu_time: f64,
     /// user + system seconds (what psutil's `cpu_percent()` measures).
     pub own_cpu_time: f64,
+    /// Number of threads (psutil's `num_threads()`).
     pub threads: i64,
     /// Resident set size in bytes.
     pub rss: u64,
@@ -97,7 +100,9 @@ pub fn usage_of_uid(uid: u32) -> Usage {
 /// total psutil counts (guest time is already in user and nice).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CpuTicks {
+    /// Idle ticks since boot, all CPUs.
     pub idle: u64,
+    /// user + nice + system + idle + iowait + irq + softirq + steal ticks since boot, all CPUs.
     pub total: u64,
 }
 
@@ -139,11 +144,17 @@ pub fn load_one() -> f64 {
 /// `net_io_counters()`): bytes, errors and drops, in then out.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct NetCounters {
+    /// Bytes received since boot (`net_in_bytes` column).
     pub in_bytes: u64,
+    /// Receive errors since boot (`net_in_errors` column).
     pub in_errors: u64,
+    /// Incoming packets dropped since boot (`net_in_dropped` column).
     pub in_dropped: u64,
+    /// Bytes sent since boot (`net_out_bytes` column).
     pub out_bytes: u64,
+    /// Send errors since boot (`net_out_errors` column).
     pub out_errors: u64,
+    /// Outgoing packets dropped since boot (`net_out_dropped` column).
     pub out_dropped: u64,
 }
 
@@ -165,11 +176,15 @@ pub fn net_counters() -> NetCounters {
 /// are not `nodev` in `/proc/filesystems`, one mount per device).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Disk {
+    /// The mount source, e.g. `/dev/sda1` (`disk.partition` column).
     pub device: String,
+    /// Where it is mounted (`disk.mountpoint` column).
     pub mountpoint: std::path::PathBuf,
-    /// Bytes: total, used (`f_blocks - f_bfree`), free to users (`f_bavail`).
+    /// Size in bytes (`f_blocks`).
     pub total: u64,
+    /// Used bytes, `f_blocks - f_bfree` (`disk.used` column).
     pub used: u64,
+    /// Bytes free to users, `f_bavail` (`disk.free` column).
     pub free: u64,
 }
 

@@ -32,32 +32,47 @@ pub const FILE_NAME: &str = "collector.db";
 pub struct UserRow {
     /// The partition's user name (slapos.collect's `partition` column).
     pub partition: String,
+    /// Process id (`pid` column).
     pub pid: i32,
     /// `<pid>-<start time>`: the process, without its command line.
     pub process: String,
+    /// CPU use in percent of one core over the measure interval, user+system (psutil's `cpu_percent()`).
     pub cpu_percent: f64,
+    /// CPU time in seconds: user+system+children's+I/O wait, the sum of psutil's `cpu_times()`.
     pub cpu_time: f64,
+    /// Number of threads (`cpu_num_threads` column).
     pub cpu_num_threads: i64,
+    /// Resident memory in percent of the machine's total memory (psutil's `memory_percent()`).
     pub memory_percent: f64,
+    /// Resident memory in bytes (psutil's `memory_info().rss`).
     pub memory_rss: u64,
+    /// Bytes read and written from storage since the process started (`read_bytes + write_bytes`).
     pub io_rw_counter: u64,
+    /// Read and write system calls since the process started (`syscr + syscw`).
     pub io_cycles_counter: u64,
 }
 
 /// One `system` row.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SystemRow {
+    /// One-minute load average (`loadavg` column).
     pub loadavg: f64,
+    /// Machine CPU busy in percent of all cores over the measure interval (100 - idle).
     pub cpu_percent: f64,
+    /// Memory in use in bytes: `MemTotal - MemAvailable`.
     pub memory_used: u64,
+    /// Memory available in bytes: `MemAvailable`.
     pub memory_free: u64,
+    /// Network counters since boot, all interfaces (the `net_in_*`, `net_out_*` columns).
     pub net: crate::procstat::NetCounters,
 }
 
 /// One `computer` row.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ComputerRow {
+    /// Logical CPUs usable by collect (`cpu_num_core` column).
     pub cpu_num_core: u64,
+    /// Total memory in bytes (`MemTotal`; `memory_size` column).
     pub memory_size: u64,
     /// `device=total bytes` for each disk, `;`-separated.
     pub partition_list: String,
@@ -66,16 +81,21 @@ pub struct ComputerRow {
 /// One row of our `partition` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionRow {
+    /// The partition's id (`slappart<N>`).
     pub partition: String,
     /// The label of its `user` rows (its user's name).
     pub user: String,
     /// `cgroup` or `proc`.
     pub source: &'static str,
+    /// CPU time in seconds: the cgroup's `usage_usec` (every process it ever ran), else the sum of its `user` rows' `cpu_time`.
     pub cpu_time: f64,
+    /// CPU use in percent of one core over the measure interval (may exceed 100 on several cores).
     pub cpu_percent: f64,
     /// Bytes: `memory.current` of the cgroup, else the sum of the RSS.
     pub memory: u64,
+    /// Live processes sampled (its `user` rows).
     pub process_count: usize,
+    /// Bytes read and written from storage: the cgroup's `io.stat` when on, else the sum of its processes'.
     pub io_bytes: u64,
 }
 

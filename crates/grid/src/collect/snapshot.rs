@@ -16,8 +16,11 @@ use crate::procstat::{self, ProcessSample};
 /// A partition of the node, as found in the instance root.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Partition {
+    /// Its id: the directory's name (`slappart<N>`).
     pub id: PartitionId,
+    /// Its directory, `instance_root/<id>`.
     pub path: PathBuf,
+    /// The directory's owner, taken as the partition's user.
     pub uid: u32,
     /// Its user's name (the label of its rows, as slapos.collect), or its id
     /// when the user has no name.
@@ -66,13 +69,19 @@ pub fn partitions(instance_root: &Path, base: &str) -> Vec<Partition> {
 /// One sample of the node.
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
-    /// UTC `YYYY-MM-DD` and `HH:MM:SS` of the sample.
+    /// UTC date of the sample, `YYYY-MM-DD` (every row's `date` column).
     pub date: String,
+    /// UTC time of the sample, `HH:MM:SS` (every row's `time` column).
     pub time: String,
+    /// One `user` row per process of a measured partition.
     pub users: Vec<UserRow>,
+    /// One `partition` row per measured partition.
     pub partitions: Vec<PartitionRow>,
+    /// The machine's `system` row.
     pub system: SystemRow,
+    /// The machine's `computer` row.
     pub computer: ComputerRow,
+    /// The mounted block devices (`disk` rows).
     pub disks: Vec<procstat::Disk>,
 }
 
