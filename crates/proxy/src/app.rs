@@ -26,13 +26,16 @@ pub struct App {
     /// Permits to parse and decode a request body on the blocking pool
     /// (`limits.decode_workers` of them).
     pub decoders: Arc<Semaphore>,
+    /// The CA and validity periods when the master authenticates its
+    /// clients (TLS); None in the local-cloud mode, where everything is allowed.
+    pub identity: Option<Arc<crate::identity::Authority>>,
 }
 
 impl App {
     /// The state of a master on `store`.
     pub fn new(store: SqliteStore, site: Site, run_id: String, limits: Limits) -> App {
         let decoders = Arc::new(Semaphore::new(limits.decode_workers.max(1)));
-        App { store, site, run_id, limits, decoders }
+        App { store, site, run_id, limits, decoders, identity: None }
     }
 }
 

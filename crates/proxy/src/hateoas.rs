@@ -63,8 +63,12 @@ type SharedEntry = (std::collections::BTreeMap<String, Value>, PartitionRow, Opt
 
 /// The entry of a shared instance hosted somewhere: (its dict in the host's list, host).
 fn shared_entry(tx: &mut dyn Tx, reference: &str) -> Result<Option<SharedEntry>, MasterError> {
-    let Some(slave) = tx.slaves()?.into_iter().find(|s| s.reference == reference) else { return Ok(None) };
-    let Some(host_ref) = &slave.hosted_by else { return Ok(None) };
+    let Some(slave) = tx.slaves()?.into_iter().find(|s| s.reference == reference) else {
+        return Ok(None);
+    };
+    let Some(host_ref) = &slave.hosted_by else {
+        return Ok(None);
+    };
     let Some(host) =
         tx.partitions(None)?.into_iter().find(|p| &p.reference == host_ref && p.computer_reference == slave.computer_reference)
     else {
@@ -99,7 +103,9 @@ fn search(tx: &mut dyn Tx, query: &str) -> Result<Option<Vec<J>>, MasterError> {
             return Ok(out);
         }
         for s in tx.slaves()? {
-            let Some(name) = s.reference.strip_prefix('_') else { continue };
+            let Some(name) = s.reference.strip_prefix('_') else {
+                continue;
+            };
             if title.is_some_and(|t| t != name) {
                 continue;
             }
@@ -188,7 +194,9 @@ async fn root(State(app): State<Shared>, headers: HeaderMap, uri: Uri) -> Respon
             }}))
         }
         Some("search") => {
-            let Some(query) = arg("query") else { return error_page(StatusCode::BAD_REQUEST, "missing argument 'query'") };
+            let Some(query) = arg("query") else {
+                return error_page(StatusCode::BAD_REQUEST, "missing argument 'query'");
+            };
             let q = query.clone();
             match in_tx(&app, move |tx| search(tx, &q)).await {
                 Ok(Some(contents)) => json_response(json!({"_embedded": {"contents": contents}})),
@@ -228,7 +236,9 @@ async fn partition(State(app): State<Shared>, Path(title): Path<String>) -> Resp
 
 async fn shared(State(app): State<Shared>, Path(title): Path<String>) -> Response {
     let r = in_tx(&app, move |tx| {
-        let Some((mut entry, host, connection_xml)) = shared_entry(tx, &format!("_{title}"))? else { return Ok(None) };
+        let Some((mut entry, host, connection_xml)) = shared_entry(tx, &format!("_{title}"))? else {
+            return Ok(None);
+        };
         entry.remove("slave_title");
         entry.remove("slave_reference");
         let software_type = entry.remove("slap_software_type").and_then(|v| v.as_str().map(str::to_string));

@@ -34,6 +34,7 @@ impl IntoResponse for MasterError {
             MasterError::BadRequest(m) => error_page(StatusCode::BAD_REQUEST, m),
             MasterError::TooLarge(m) => error_page(StatusCode::PAYLOAD_TOO_LARGE, m),
             MasterError::NotFound(m) => error_page(StatusCode::NOT_FOUND, m),
+            MasterError::Forbidden(m) => error_page(StatusCode::FORBIDDEN, m),
             MasterError::Unknown(m) => error_page(StatusCode::INTERNAL_SERVER_ERROR, m),
             MasterError::Store(e) => {
                 tracing::error!("storage failure: {e}");
@@ -190,11 +191,6 @@ async fn register_partition(State(app): State<Shared>, uri: Uri) -> Response {
         read(&app, move |t, _| master::register_partition(t, &c, &p)).await
     };
     answer(r.await)
-}
-
-async fn certificate() -> Response {
-    let d = BTreeMap::from([("certificate".to_string(), Value::str("")), ("key".to_string(), Value::str(""))]);
-    text(marshal::encode(&Value::Dict(d)).unwrap_or_default())
 }
 
 async fn partition_status() -> Response {
@@ -450,7 +446,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/getFullComputerInformation", g(full_computer_information))
         .route("/getComputerInformation", g(full_computer_information))
         .route("/registerComputerPartition", g(register_partition))
-        .route("/getComputerPartitionCertificate", g(certificate))
         .route("/getComputerPartitionStatus", g(partition_status))
         .route("/getSoftwareReleaseListFromSoftwareProduct", g(product_list))
         .route("/requestComputerPartition", p(request_partition))
@@ -470,6 +465,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/useComputer", p(use_computer))
         .route("/computerBang", p(computer_bang))
         .merge(crate::hateoas::router())
+        .merge(crate::identity::router())
+        // every route is authorized by proxy::rules (a route without a rule is refused)
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), crate::rules::authorize))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), too_large))
         .layer(DefaultBodyLimit::max(max_body))

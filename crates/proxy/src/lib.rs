@@ -10,19 +10,26 @@
 //! Layers: [`store`] (storage behind the narrow [`store::Tx`] interface),
 //! [`master`] (what each call does, over one transaction), [`app`] (the
 //! shared state and error pages), [`http`] (axum routes, form limits, access
-//! log) and [`hateoas`] on it, [`server`] (connections: cap and timeouts),
-//! [`limits`], [`show`].
+//! log) and [`hateoas`] on it, [`server`] (connections: cap and timeouts,
+//! TLS), [`limits`], [`show`]. Identities: [`ca`] (the certificate
+//! authority), [`tls`] (HTTPS, client certificates), [`identity`] (security
+//! options, certificate and token routes) and [`rules`] (the one rule table
+//! every call goes through).
 
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod ca;
 pub mod hateoas;
 pub mod http;
+pub mod identity;
 pub mod limits;
 pub mod master;
+pub mod rules;
 pub mod server;
 pub mod show;
 pub mod store;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +62,8 @@ pub struct ProxyConfig {
     pub connections: Connections,
     /// Node history kept.
     pub retention: Retention,
+    /// Plain HTTP (local cloud) or TLS with identities.
+    pub security: identity::Security,
 }
 
 /// Default port of `slapos proxy start` (as in SlapOS).
@@ -88,6 +97,7 @@ impl ProxyConfig {
                 }
             }
         }
+        let security = identity::Security::from_config(config, &host, &database)?;
         Ok(ProxyConfig {
             computer_id,
             host,
@@ -97,6 +107,7 @@ impl ProxyConfig {
             limits: Limits::from_config(config)?,
             connections: Connections::from_config(config)?,
             retention: retention(config)?,
+            security,
         })
     }
 }
@@ -116,22 +127,52 @@ fn describe(config: &Config) -> String {
     config.path().map(|p| p.display().to_string()).unwrap_or_else(|| "the configuration".into())
 }
 
-/// The shared state of a running master, opened on its database.
-pub fn open_app(config: &ProxyConfig) -> Result<Arc<http::App>, StoreError> {
+/// A master ready to serve: its shared state and, with TLS, its server
+/// configuration.
+pub struct Opened {
+    pub app: Arc<http::App>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The shared state of a running master, opened on its database; with TLS,
+/// its CA (created on first start), the administrator's certificate and the
+/// master's own certificate.
+pub fn open_app(config: &ProxyConfig) -> anyhow::Result<Opened> {
     let store = SqliteStore::open(&config.database)?.with_retention(config.retention);
     let run_id: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
     let site = master::Site { computer_id: config.computer_id.clone(), software_products: config.software_products.clone() };
-    Ok(Arc::new(app::App::new(store, site, run_id, config.limits)))
+    let mut app = app::App::new(store, site, run_id, config.limits);
+    let mut tls = None;
+    if let identity::Security::Tls { ca_dir, files, validity } = &config.security {
+        let authority = identity::Authority { ca: ca::Ca::open_or_create(ca_dir)?, validity: *validity };
+        authority.ensure_administrator(&app.store)?;
+        let files = files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        tls = Some(tls::server_config(&authority.ca, files, &server_names(&config.host))?);
+        app.identity = Some(Arc::new(authority));
+    }
+    Ok(Opened { app: Arc::new(app), tls })
+}
+
+/// The names a certificate issued for the master carries.
+fn server_names(host: &str) -> Vec<String> {
+    let mut names = vec![host.trim_start_matches('[').trim_end_matches(']').to_string()];
+    if let Ok(h) = nix::unistd::gethostname() {
+        names.push(h.to_string_lossy().into_owned());
+    }
+    names.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+    names.retain(|n| !n.is_empty() && n != "0.0.0.0" && n != "::");
+    names.dedup();
+    names
 }
 
 /// Serves on `listener` until `shutdown` resolves, within `connections`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    app: Arc<app::App>,
+    opened: Opened,
     connections: Connections,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    server::serve(listener, http::router(app), connections, shutdown).await
+    server::serve(listener, http::router(opened.app), connections, opened.tls, shutdown).await
 }
 
 async fn termination() {
@@ -148,7 +189,11 @@ async fn termination() {
 
 /// `slapos proxy start`: serves until SIGTERM/SIGINT.
 pub fn run(config: &ProxyConfig) -> anyhow::Result<()> {
-    let app = open_app(config)?;
+    let opened = open_app(config)?;
+    let scheme = if opened.tls.is_some() { "https" } else { "http" };
+    if opened.tls.is_none() && !identity::is_loopback(&config.host) {
+        tracing::warn!("listening on {} without TLS (insecure = true): anyone who reaches it can act on everything", config.host);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(16).enable_all().build()?;
     runtime.block_on(async {
         let addr = format!("{}:{}", config.host, config.port);
@@ -156,11 +201,11 @@ pub fn run(config: &ProxyConfig) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         let shown = if local.is_ipv6() { format!("[{}]:{}", local.ip(), local.port()) } else { local.to_string() };
         tracing::info!(
-            "SlapOS master for computer {} listening on http://{shown}/ (database {})",
+            "SlapOS master for computer {} listening on {scheme}://{shown}/ (database {})",
             config.computer_id,
             config.database.display()
         );
-        serve(listener, app, config.connections, termination()).await?;
+        serve(listener, opened, config.connections, termination()).await?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -170,6 +215,8 @@ pub fn run(config: &ProxyConfig) -> anyhow::Result<()> {
 pub struct Background {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Serving HTTPS.
+    pub tls: bool,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -177,13 +224,14 @@ pub struct Background {
 impl Background {
     /// Its base URL, `http://host:port`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 }
 
 /// Starts a master on `127.0.0.1:0` with `config` (port ignored).
 pub fn start_background(config: &ProxyConfig) -> anyhow::Result<Background> {
-    let app = open_app(config)?;
+    let opened = open_app(config)?;
+    let tls = opened.tls.is_some();
     let std_listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
@@ -193,13 +241,13 @@ pub fn start_background(config: &ProxyConfig) -> anyhow::Result<Background> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-            let _ = serve(listener, app, connections, async {
+            let _ = serve(listener, opened, connections, async {
                 let _ = rx.await;
             })
             .await;
         });
     });
-    Ok(Background { addr, shutdown: Some(tx), thread: Some(thread) })
+    Ok(Background { addr, tls, shutdown: Some(tx), thread: Some(thread) })
 }
 
 impl Drop for Background {

@@ -21,6 +21,9 @@ pub enum MasterError {
     /// larger than the master's limits allow.
     #[error("{0}")]
     TooLarge(String),
+    /// 403: refused (a token spent, expired or for something else).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: nothing can satisfy the request (no free partition, no host…).
     #[error("{0}")]
     NotFound(String),

@@ -9,6 +9,10 @@
 //! `header_timeout` of its first byte. At the cap, a new connection closes
 //! the one that has been idle the longest (never one being answered); when
 //! every connection is busy, the new one is closed instead.
+//!
+//! With TLS ([`crate::tls`]), the handshake must complete within
+//! `header_timeout`; the serial of the client certificate it verified is
+//! given to every request of the connection ([`crate::tls::ClientSerial`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -126,6 +130,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Connections,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let registry = Arc::new(Registry {
@@ -136,6 +141,7 @@ pub async fn serve(
         warned: Mutex::new(None),
     });
     let graceful = GracefulShutdown::new();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -156,7 +162,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let task = Task { id, conn, registry: registry.clone(), limits, peer };
-        tokio::spawn(task.run(stream, router.clone(), graceful.watcher()));
+        let (router, watcher) = (router.clone(), graceful.watcher());
+        match acceptor.clone() {
+            None => tokio::spawn(task.run(stream, router, None, watcher)),
+            Some(acceptor) => tokio::spawn(task.handshake(acceptor, stream, router, watcher)),
+        };
     }
     drop(listener);
     tokio::select! {
@@ -176,12 +186,37 @@ struct Task {
 }
 
 impl Task {
-    async fn run(self, stream: TcpStream, router: Router, watcher: Watcher) {
+    /// TLS first (within `header_timeout`), then HTTP.
+    async fn handshake(self, acceptor: tokio_rustls::TlsAcceptor, stream: TcpStream, router: Router, watcher: Watcher) {
+        let accepted = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream)).await;
+        match accepted {
+            Ok(Ok(tls)) => {
+                let serial = crate::tls::client_serial(tls.get_ref().1);
+                self.run(tls, router, serial, watcher).await
+            }
+            Ok(Err(e)) => {
+                tracing::info!("TLS handshake with {} failed: {e}", self.peer);
+                self.registry.remove(self.id);
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake with {} too slow", self.peer);
+                self.registry.remove(self.id);
+            }
+        }
+    }
+
+    async fn run<S>(self, stream: S, router: Router, serial: Option<crate::tls::ClientSerial>, watcher: Watcher)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let clock = self.registry.clock;
         let io = TokioIo::new(Tracked { stream, conn: self.conn.clone(), clock });
         let (conn, peer) = (self.conn.clone(), self.peer);
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(s) = &serial {
+                req.extensions_mut().insert(s.clone());
+            }
             let busy = Busy::start(conn.clone(), clock);
             let router = router.clone();
             async move {
@@ -251,14 +286,14 @@ impl Drop for Busy {
     }
 }
 
-/// The socket, noting when the first byte of a request arrives.
-struct Tracked {
-    stream: TcpStream,
+/// The connection, noting when the first byte of a request arrives.
+struct Tracked<S> {
+    stream: S,
     conn: Arc<Conn>,
     clock: Clock,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
@@ -270,7 +305,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }

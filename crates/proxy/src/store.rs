@@ -149,6 +149,38 @@ pub struct UsageRow {
     pub time: f64,
 }
 
+/// A certificate the master's CA issued (`proxy::ca`): who it names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateRow {
+    /// The serial number, lowercase hex of its DER bytes.
+    pub serial: String,
+    /// `computer`, `partition`, `user`, `administrator` or `server`.
+    pub kind: String,
+    /// The computer id, partition id or user name.
+    pub name: String,
+    /// The computer of a partition (empty for the other kinds).
+    pub computer_reference: String,
+    /// End of validity, seconds since the epoch.
+    pub not_after: f64,
+    /// When it was revoked (None: valid).
+    pub revoked: Option<f64>,
+}
+
+/// A one-time token (only its SHA-256 is stored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRow {
+    /// Lowercase hex SHA-256 of the token.
+    pub hash: String,
+    /// `computer` (join a computer) or `user` (get a user certificate).
+    pub kind: String,
+    /// The computer id or user name it is for.
+    pub name: String,
+    /// Seconds since the epoch after which it is refused.
+    pub expires: f64,
+    /// When it was used (None: not yet).
+    pub used: Option<f64>,
+}
+
 /// How much node history the store keeps (`[slapproxy] report_history`,
 /// `report_limit`, `usage_history`, `usage_limit`): the newest rows, older
 /// ones are deleted as new ones come.
@@ -243,6 +275,22 @@ pub trait Tx {
     fn add_usage(&mut self, row: &UsageRow) -> Result<(), StoreError>;
     /// The `limit` latest usage reports, newest first.
     fn usages(&mut self, limit: usize) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// Records an issued certificate.
+    fn add_certificate(&mut self, row: &CertificateRow) -> Result<(), StoreError>;
+    fn certificate(&mut self, serial: &str) -> Result<Option<CertificateRow>, StoreError>;
+    /// Revokes every valid certificate of (kind, name, computer) at `time`;
+    /// how many were revoked.
+    fn revoke_certificates(&mut self, kind: &str, name: &str, computer: &str, time: f64) -> Result<usize, StoreError>;
+    /// Records a new token.
+    fn add_token(&mut self, row: &TokenRow) -> Result<(), StoreError>;
+    /// The token with that hash, as it was, marking it used at `time`.
+    fn take_token(&mut self, hash: &str, time: f64) -> Result<Option<TokenRow>, StoreError>;
+    /// The users who may use an object (`tree` title or `computer` id; `*`:
+    /// every user).
+    fn grantees(&mut self, kind: &str, reference: &str) -> Result<Vec<String>, StoreError>;
+    /// Adds `user` to the users of an object.
+    fn grant(&mut self, kind: &str, reference: &str, user: &str) -> Result<(), StoreError>;
 }
 
 /// A storage backend: runs a closure in one transaction, committed when it
@@ -318,6 +366,30 @@ const MIGRATIONS: &[&str] = &[
         computer_reference TEXT NOT NULL,
         body TEXT NOT NULL,
         time REAL NOT NULL
+     );",
+    // 3: identities (proxy::ca, proxy::rules): issued certificates, one-time
+    // tokens (hashed), which users may use which instance tree and computer
+    "CREATE TABLE certificate (
+        serial TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        computer_reference TEXT NOT NULL DEFAULT '',
+        not_after REAL NOT NULL,
+        revoked REAL
+     );
+     CREATE INDEX certificate_identity ON certificate (kind, name, computer_reference);
+     CREATE TABLE token (
+        hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        expires REAL NOT NULL,
+        used REAL
+     );
+     CREATE TABLE grantee (
+        kind TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        username TEXT NOT NULL,
+        PRIMARY KEY (kind, reference, username)
      );",
 ];
 
@@ -796,5 +868,65 @@ impl Tx for SqliteTx<'_> {
             .query_map([limit as i64], |r| Ok(UsageRow { computer_reference: r.get(0)?, body: r.get(1)?, time: r.get(2)? }))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    fn add_certificate(&mut self, c: &CertificateRow) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO certificate (serial, kind, name, computer_reference, not_after, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![c.serial, c.kind, c.name, c.computer_reference, c.not_after, c.revoked],
+        )?;
+        Ok(())
+    }
+    fn certificate(&mut self, serial: &str) -> Result<Option<CertificateRow>, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT serial, kind, name, computer_reference, not_after, revoked FROM certificate WHERE serial = ?1")?;
+        Ok(st
+            .query_row([serial], |r| {
+                Ok(CertificateRow {
+                    serial: r.get(0)?,
+                    kind: r.get(1)?,
+                    name: r.get(2)?,
+                    computer_reference: r.get(3)?,
+                    not_after: r.get(4)?,
+                    revoked: r.get(5)?,
+                })
+            })
+            .optional()?)
+    }
+    fn revoke_certificates(&mut self, kind: &str, name: &str, computer: &str, time: f64) -> Result<usize, StoreError> {
+        Ok(self.tx.execute(
+            "UPDATE certificate SET revoked = ?4 WHERE kind = ?1 AND name = ?2 AND computer_reference = ?3 AND revoked IS NULL",
+            params![kind, name, computer, time],
+        )?)
+    }
+    fn add_token(&mut self, t: &TokenRow) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO token (hash, kind, name, expires, used) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![t.hash, t.kind, t.name, t.expires, t.used],
+        )?;
+        Ok(())
+    }
+    fn take_token(&mut self, hash: &str, time: f64) -> Result<Option<TokenRow>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT hash, kind, name, expires, used FROM token WHERE hash = ?1")?;
+        let row = st
+            .query_row([hash], |r| Ok(TokenRow { hash: r.get(0)?, kind: r.get(1)?, name: r.get(2)?, expires: r.get(3)?, used: r.get(4)? }))
+            .optional()?;
+        if row.as_ref().is_some_and(|t| t.used.is_none()) {
+            self.tx.execute("UPDATE token SET used = ?2 WHERE hash = ?1", params![hash, time])?;
+        }
+        Ok(row)
+    }
+    fn grantees(&mut self, kind: &str, reference: &str) -> Result<Vec<String>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT username FROM grantee WHERE kind = ?1 AND reference = ?2 ORDER BY username")?;
+        let rows = st.query_map([kind, reference], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        Ok(rows)
+    }
+    fn grant(&mut self, kind: &str, reference: &str, user: &str) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO grantee (kind, reference, username) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![kind, reference, user],
+        )?;
+        Ok(())
     }
 }

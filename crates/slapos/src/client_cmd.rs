@@ -91,6 +91,8 @@ pub enum ComputerCommand {
     List(JsonArg),
     /// Show a computer.
     Info(InfoArgs),
+    /// Mint a one-time token to join a computer (administrator).
+    Token(crate::identity_cmd::ComputerTokenArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -443,6 +445,7 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        ClientCommand::Computer(ComputerCommand::Token(a)) => crate::identity_cmd::computer_token(&a, global),
         ClientCommand::Computer(ComputerCommand::Info(a)) => {
             let Some(c) = settings.hateoas()?.computer(&a.reference)? else {
                 bail!("computer '{}' does not exist on {}", a.reference, settings.master_url);

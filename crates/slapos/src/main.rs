@@ -16,6 +16,7 @@ mod output;
 mod client_cmd;
 mod console_cmd;
 mod format_cmd;
+mod identity_cmd;
 mod logging;
 mod node_cmd;
 mod proxy_cmd;
@@ -94,6 +95,12 @@ pub enum Command {
     /// Interactive console bound to the master (Rhai scripting); runs a
     /// script with FILE or -c CODE.
     Console(console_cmd::ConsoleArgs),
+    /// People of the master (administrator): tokens to get a certificate.
+    #[command(subcommand)]
+    User(identity_cmd::UserCommand),
+    /// Configure this machine: a client with a certificate from a token.
+    #[command(subcommand)]
+    Configure(identity_cmd::ConfigureCommand),
     /// Print a shell completion script (`source <(slapos complete)` in bash).
     Complete(CompleteArgs),
 }
@@ -164,6 +171,9 @@ pub enum NodeCommand {
     /// supervisord's event listener (the node configures it): bangs the
     /// master when a watched service (etc/service) exits or fails.
     Watchdog(node_cmd::WatchdogArgs),
+    /// Join a master with a one-time token: the computer's certificate and
+    /// key, and a slapos.cfg that uses them.
+    Register(identity_cmd::RegisterArgs),
 }
 
 fn main() -> ExitCode {
@@ -204,10 +214,13 @@ fn main() -> ExitCode {
             NodeCommand::Bang(args) => node_cmd::bang(args, &cli.global),
             NodeCommand::Boot(args) => node_cmd::boot(args, &cli.global),
             NodeCommand::Watchdog(args) => node_cmd::watchdog(args),
+            NodeCommand::Register(args) => identity_cmd::register(&args),
         },
         Command::Client(cmd) => client_cmd::run(cmd, &cli.global),
         Command::Console(args) => console_cmd::run(args, &cli.global),
         Command::Complete(args) => complete(args),
+        Command::User(cmd) => identity_cmd::user(&cmd, &cli.global),
+        Command::Configure(cmd) => identity_cmd::configure(&cmd, &cli.global),
     };
     match result {
         Ok(code) => ExitCode::from(code),

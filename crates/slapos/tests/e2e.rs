@@ -594,8 +594,12 @@ impl Drop for Site {
 impl Site {
     /// The node's supervisord (a daemon: not our child) and its programs.
     fn stop_supervisord(&self) {
-        let Ok(text) = fs::read_to_string(self.path("srv/slapgrid/var/run/supervisord.pid")) else { return };
-        let Ok(pid) = text.trim().parse::<i32>() else { return };
+        let Ok(text) = fs::read_to_string(self.path("srv/slapgrid/var/run/supervisord.pid")) else {
+            return;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            return;
+        };
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains("supervisord") {
             stop(Pid::from_raw(pid), Duration::from_secs(30));
@@ -604,7 +608,9 @@ impl Site {
 
     /// Whatever still runs in the namespace was started by this run.
     fn kill_leftovers(&self) {
-        let Ok(out) = Command::new("ip").args(["netns", "pids", &self.ns]).output() else { return };
+        let Ok(out) = Command::new("ip").args(["netns", "pids", &self.ns]).output() else {
+            return;
+        };
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             eprintln!("[e2e {}] killing leftover process {pid}: {}", self.mode.name, String::from_utf8_lossy(&cmdline).replace('\0', " "));
@@ -616,8 +622,12 @@ impl Site {
     /// supervisord (started with an empty environment) writes the AUTO logs of
     /// the watchdog listener into /tmp: those of this run go.
     fn remove_watchdog_logs(&self) {
-        let Ok(since) = fs::metadata(self.path("etc/slapos.cfg")).and_then(|m| m.modified()) else { return };
-        let Ok(entries) = fs::read_dir("/tmp") else { return };
+        let Ok(since) = fs::metadata(self.path("etc/slapos.cfg")).and_then(|m| m.modified()) else {
+            return;
+        };
+        let Ok(entries) = fs::read_dir("/tmp") else {
+            return;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let ours = name.starts_with("watchdog-std") && name.contains("---supervisor-") && name.ends_with(".log");

@@ -201,7 +201,9 @@ pub fn every_client_call(url: &str) {
     let mut no_room = InstanceRequest::new(SR, "NoRoom");
     no_room.filter.insert("computer_guid".into(), "NO-SUCH-COMPUTER".into());
     match c.request(&no_room) {
-        Err(SlapError::NotFound { message, .. }) => assert!(message.contains("No free computer partition"), "{message}"),
+        Err(SlapError::NotFound { message, .. }) => {
+            assert!(message.contains("No free computer partition"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
 }
