@@ -25,6 +25,9 @@ pub enum NodeConfigError {
     /// Options that contradict each other.
     #[error("{0}")]
     Inconsistent(String),
+    /// A file or directory an option names is not there.
+    #[error("option '{key}': {path} does not exist")]
+    NotFound { key: &'static str, path: String },
 }
 
 /// Command-line values that override the file (the 0.4 options too).
@@ -46,6 +49,20 @@ pub struct NodeOverrides {
     pub promise_timeout: Option<u64>,
     /// `--master_ca_file`.
     pub master_ca_file: Option<PathBuf>,
+    /// `--key_file` and `--cert_file`: the node's client certificate.
+    pub key_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    /// `--certificate_repository_path`: where the partitions' certificates
+    /// are kept.
+    pub certificate_repository_path: Option<PathBuf>,
+    /// `--signature_private_key_file`: the key that signs what the node
+    /// uploads to the binary cache.
+    pub signature_private_key_file: Option<PathBuf>,
+    /// `--maximal_delay`: the random sleep before a run, in seconds.
+    pub maximal_delay: Option<u64>,
+    /// `--supervisord-socket` and `--supervisord-configuration-path`.
+    pub supervisord_socket: Option<PathBuf>,
+    pub supervisord_configuration_path: Option<PathBuf>,
 }
 
 /// Everything the node commands read from slapos.cfg.
@@ -68,6 +85,18 @@ pub struct NodeConfig {
     pub master_ca_file: Option<PathBuf>,
     /// `[slapos] certificate_repository_path`: where partitions' certificates are kept.
     pub certificate_repository_path: Option<PathBuf>,
+    /// The key that signs what the node uploads to the binary cache
+    /// (`[networkcache] signature-private-key-file`, or `[slapos]
+    /// signature_private_key_file`): kept for the binary cache, which does
+    /// not upload yet.
+    pub signature_private_key_file: Option<PathBuf>,
+    /// `--supervisord-socket` / `--supervisord-configuration-path` as
+    /// given. slapgrid 1.26.1 accepts and ignores them (its supervisord
+    /// always uses `<instance_root>/sv.sock` and
+    /// `<instance_root>/etc/supervisord.conf`); so does the node, which
+    /// warns when they differ from those paths.
+    pub supervisord_socket: Option<PathBuf>,
+    pub supervisord_configuration_path: Option<PathBuf>,
     /// The buildout to bootstrap with (default: `buildout` on PATH).
     pub buildout: String,
     /// Seconds after which an up-to-date partition is reprocessed anyway.
@@ -157,8 +186,9 @@ impl NodeConfig {
                 Some(v) => human_to_bytes(v).ok_or(NodeConfigError::Invalid { key, what: "a size such as 1000M or 2G", value: v.into() }),
             }
         };
-        let key_file = text("key_file").map(PathBuf::from);
-        let cert_file = text("cert_file").map(PathBuf::from);
+        let path = |over: &Option<PathBuf>, key: &str| over.clone().or_else(|| text(key).map(PathBuf::from));
+        let key_file = path(&o.key_file, "key_file");
+        let cert_file = path(&o.cert_file, "cert_file");
         if key_file.is_some() != cert_file.is_some() {
             return Err(NodeConfigError::Inconsistent("key_file and cert_file go together: set both or neither".into()));
         }
@@ -184,7 +214,16 @@ impl NodeConfig {
             key_file,
             cert_file,
             master_ca_file: o.master_ca_file.clone().or_else(|| text("master_ca_file").map(PathBuf::from)),
-            certificate_repository_path: text("certificate_repository_path").map(PathBuf::from),
+            certificate_repository_path: path(&o.certificate_repository_path, "certificate_repository_path"),
+            signature_private_key_file: o.signature_private_key_file.clone().or_else(|| {
+                let cache = |k: &str| config.get("networkcache", k).map(str::trim).filter(|v| !v.is_empty());
+                cache("signature-private-key-file")
+                    .or_else(|| cache("signature_private_key_file"))
+                    .or_else(|| get("signature_private_key_file"))
+                    .map(PathBuf::from)
+            }),
+            supervisord_socket: o.supervisord_socket.clone(),
+            supervisord_configuration_path: o.supervisord_configuration_path.clone(),
             buildout: o.buildout.clone().or_else(|| text("buildout")).unwrap_or_else(|| "buildout".into()),
             maximum_periodicity: o.maximum_periodicity.or(int("maximum_periodicity")?).unwrap_or(86400),
             // SlapOS ignores the file here (its command-line default always
@@ -201,10 +240,33 @@ impl NodeConfig {
             instance_storage_home: text("instance_storage_home").unwrap_or_default(),
             ipv4_global_network: text("ipv4_global_network").unwrap_or_default(),
             root_check,
-            maximal_delay: int("maximal_delay")?.filter(|d| *d > 0).unwrap_or(0) as u64,
+            maximal_delay: match o.maximal_delay {
+                Some(d) => d,
+                None => int("maximal_delay")?.filter(|d| *d > 0).unwrap_or(0) as u64,
+            },
             software_min_free_space: size("software_min_free_space")?,
             instance_min_free_space: size("instance_min_free_space")?,
         })
+    }
+}
+
+impl NodeConfig {
+    /// slapgrid's `check_missing_files`, before anything runs: the
+    /// signature key must be a file and `certificate_repository_path` a
+    /// directory. (The TLS files are checked when the master client is
+    /// built, with an error naming the file.)
+    pub fn check_files(&self) -> Result<(), NodeConfigError> {
+        if let Some(f) = &self.signature_private_key_file {
+            if !f.is_file() {
+                return Err(NodeConfigError::NotFound { key: "signature_private_key_file", path: f.display().to_string() });
+            }
+        }
+        if let Some(d) = &self.certificate_repository_path {
+            if !d.is_dir() {
+                return Err(NodeConfigError::NotFound { key: "certificate_repository_path", path: d.display().to_string() });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -266,5 +328,75 @@ mod tests {
         assert!(NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap_err().to_string().contains("'often'"));
         let c = Config::parse("[slapos]\ncomputer_id = C\nmaster_url = m\nsoftware_root = s\ninstance_root = i\nkey_file = k\n").unwrap();
         assert!(matches!(NodeConfig::from_config(&c, &NodeOverrides::default()), Err(NodeConfigError::Inconsistent(_))));
+    }
+
+    const BASE: &str = "[slapos]\ncomputer_id = C\nmaster_url = https://m\nsoftware_root = s\ninstance_root = i\n";
+
+    #[test]
+    fn every_slapgrid_option_reaches_the_configuration() {
+        let file = format!(
+            "{BASE}key_file = /f/key\ncert_file = /f/cert\ncertificate_repository_path = /f/repo\nmaximal_delay = 30\n\
+             [networkcache]\nsignature-private-key-file = /f/sign.key\n"
+        );
+        let c = Config::parse(&file).unwrap();
+        let n = NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap();
+        assert_eq!((n.key_file.as_deref(), n.cert_file.as_deref()), (Some("/f/key".as_ref()), Some("/f/cert".as_ref())));
+        assert_eq!(n.certificate_repository_path, Some("/f/repo".into()));
+        assert_eq!(n.signature_private_key_file, Some("/f/sign.key".into()));
+        assert_eq!(n.maximal_delay, 30);
+        assert_eq!((n.supervisord_socket.as_ref(), n.supervisord_configuration_path.as_ref()), (None, None));
+        let o = NodeOverrides {
+            key_file: Some("/cli/key".into()),
+            cert_file: Some("/cli/cert".into()),
+            certificate_repository_path: Some("/cli/repo".into()),
+            signature_private_key_file: Some("/cli/sign.key".into()),
+            maximal_delay: Some(0),
+            supervisord_socket: Some("/cli/sv.sock".into()),
+            supervisord_configuration_path: Some("/cli/sv.conf".into()),
+            ..Default::default()
+        };
+        let n = NodeConfig::from_config(&c, &o).unwrap();
+        assert_eq!((n.key_file, n.cert_file), (Some("/cli/key".into()), Some("/cli/cert".into())));
+        assert_eq!(n.certificate_repository_path, Some("/cli/repo".into()));
+        assert_eq!(n.signature_private_key_file, Some("/cli/sign.key".into()));
+        assert_eq!(n.maximal_delay, 0, "--maximal_delay 0 turns the file's delay off");
+        assert_eq!(n.supervisord_socket, Some("/cli/sv.sock".into()));
+        assert_eq!(n.supervisord_configuration_path, Some("/cli/sv.conf".into()));
+    }
+
+    #[test]
+    fn the_signature_key_is_read_where_slapgrid_reads_it() {
+        let c = Config::parse(&format!("{BASE}signature_private_key_file = /slapos.key\n")).unwrap();
+        let n = NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap();
+        assert_eq!(n.signature_private_key_file, Some("/slapos.key".into()));
+        let c = Config::parse(&format!(
+            "{BASE}signature_private_key_file = /slapos.key\n[networkcache]\nsignature_private_key_file = /cache.key\n"
+        ))
+        .unwrap();
+        let n = NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap();
+        assert_eq!(n.signature_private_key_file, Some("/cache.key".into()), "[networkcache] first, as merged_options");
+    }
+
+    #[test]
+    fn a_key_file_from_the_command_line_needs_its_certificate() {
+        let c = Config::parse(BASE).unwrap();
+        let o = NodeOverrides { key_file: Some("/k".into()), ..Default::default() };
+        assert!(matches!(NodeConfig::from_config(&c, &o), Err(NodeConfigError::Inconsistent(_))));
+    }
+
+    #[test]
+    fn missing_files_are_named_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::parse(BASE).unwrap();
+        let mut n = NodeConfig::from_config(&c, &NodeOverrides::default()).unwrap();
+        assert_eq!(n.check_files(), Ok(()));
+        n.signature_private_key_file = Some(dir.path().join("nokey"));
+        let e = n.check_files().unwrap_err().to_string();
+        assert!(e.contains("signature_private_key_file") && e.contains("nokey"), "{e}");
+        n.signature_private_key_file = None;
+        n.certificate_repository_path = Some(dir.path().join("norepo"));
+        assert!(n.check_files().unwrap_err().to_string().contains("norepo"));
+        n.certificate_repository_path = Some(dir.path().to_path_buf());
+        assert_eq!(n.check_files(), Ok(()));
     }
 }

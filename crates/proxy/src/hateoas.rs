@@ -57,6 +57,51 @@ fn last_report<'a>(reports: &'a [ReportRow], p: &PartitionRow) -> Option<&'a Rep
     reports.iter().find(|r| r.kind == "partition" && r.computer_reference == p.computer_reference && r.reference == p.reference)
 }
 
+/// The SlapOS master's `news` of an instance tree (`InstanceTree_getNewsDict`):
+/// one access status per instance of the tree, made from what the nodes
+/// last reported, with the master's texts (`#access Instance correctly
+/// started`, `#error while instanciating: …`, `#error bang called`, `#error
+/// no data found for …`), which `slapos service info` turns into a status.
+fn tree_news(root: &PartitionRow, tree: &[PartitionRow], reports: &[ReportRow]) -> J {
+    match root.requested_state.as_str() {
+        "stopped" => json!({"instance": [], "is_stopped": 1}),
+        "destroyed" => json!({"instance": [], "is_destroyed": 1}),
+        _ => json!({"instance": tree.iter().map(|p| instance_news(p, last_report(reports, p))).collect::<Vec<_>>()}),
+    }
+}
+
+/// One instance's access status, as the master's `getAccessStatus`.
+fn instance_news(p: &PartitionRow, report: Option<&ReportRow>) -> J {
+    let reference = p.partition_reference.as_deref().unwrap_or(&p.reference);
+    match p.requested_state.as_str() {
+        "stopped" => {
+            return json!({"user": "SlapOS Master", "text": format!("#nodata is an stopped instance {reference}"), "is_stopped": 1})
+        }
+        "destroyed" => {
+            return json!({"user": "SlapOS Master", "text": format!("#nodata is an destroyed instance {reference}"), "is_destroyed": 1})
+        }
+        _ => {}
+    }
+    let date = |t: f64| chrono::DateTime::from_timestamp(t as i64, 0).unwrap_or_default().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let Some(r) = report else {
+        let now = date(chrono::Utc::now().timestamp() as f64);
+        return json!({"user": "SlapOS Master", "created_at": now, "since": now, "state": "", "text": format!("#error no data found for {reference}"),
+                      "portal_type": "Software Instance", "reference": reference});
+    };
+    let (text, state) = match r.state.as_str() {
+        "started" | "stopped" => (format!("#access Instance correctly {}", r.state), r.state.as_str()),
+        "error" => {
+            let log = r.message.as_deref().unwrap_or("");
+            let cut = log.char_indices().rev().nth(79).map(|(i, _)| i).unwrap_or(0);
+            (format!("#error while instanciating: {}", &log[cut..]), "")
+        }
+        "bang" => ("#error bang called".to_string(), ""),
+        other => (format!("#building instance {other}"), ""),
+    };
+    json!({"user": r.computer_reference, "created_at": date(r.time), "since": date(r.time), "state": state, "text": text,
+           "portal_type": "Software Instance", "reference": reference})
+}
+
 /// A shared instance as its host lists it: its dict, the host partition,
 /// and the shared instance's own connection XML.
 type SharedEntry = (std::collections::BTreeMap<String, Value>, PartitionRow, Option<String>);
@@ -164,6 +209,10 @@ fn service_document(kw: &Map<String, J>) -> J {
     view.insert("my_url_string".into(), field("my_url_string", "StringField", "software_release"));
     view.insert("my_source_reference".into(), field("my_source_reference", "StringField", "software_type"));
     view.insert("my_root_slave".into(), field("my_root_slave", "IntegerField", "shared"));
+    // as the SlapOS master (the Python proxy has none): status of each instance
+    if kw.contains_key("news") {
+        view.insert("my_news".into(), field("my_news", "StringField", "news"));
+    }
     // beyond the Python proxy: what the node last reported
     if kw.contains_key("reported_state") {
         view.insert("my_reported_state".into(), field("my_reported_state", "StringField", "reported_state"));
@@ -216,15 +265,16 @@ async fn partition(State(app): State<Shared>, Path(title): Path<String>) -> Resp
     let r = in_tx(&app, move |tx| {
         let reports = tx.last_reports()?;
         let p = tx.partitions(None)?.into_iter().find(|p| p.partition_reference.as_deref() == Some(title.as_str()));
-        Ok(p.map(|p| {
-            let mut kw = match partition_json(&p, last_report(&reports, &p)) {
-                J::Object(m) => m,
-                _ => Map::new(),
-            };
-            kw.insert("reference".into(), json!(p.partition_reference));
-            kw.insert("shared".into(), json!(0));
-            service_document(&kw)
-        }))
+        let Some(p) = p else { return Ok(None) };
+        let tree: Vec<PartitionRow> = std::iter::once(p.clone()).chain(tx.partitions_requested_by(&title)?).collect();
+        let mut kw = match partition_json(&p, last_report(&reports, &p)) {
+            J::Object(m) => m,
+            _ => Map::new(),
+        };
+        kw.insert("reference".into(), json!(p.partition_reference));
+        kw.insert("shared".into(), json!(0));
+        kw.insert("news".into(), tree_news(&p, &tree, &reports));
+        Ok(Some(service_document(&kw)))
     })
     .await;
     match r {
@@ -250,6 +300,7 @@ async fn shared(State(app): State<Shared>, Path(title): Path<String>) -> Respons
         kw.insert("software_release".into(), json!(host.software_release));
         kw.insert("software_type".into(), json!(software_type));
         kw.insert("shared".into(), json!(1));
+        kw.insert("news".into(), json!({"instance": [], "is_slave": 1}));
         Ok(Some(service_document(&kw)))
     })
     .await;

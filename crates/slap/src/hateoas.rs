@@ -99,6 +99,9 @@ pub struct ServiceInfo {
     pub reported_message: Option<String>,
     /// When it was reported (seconds since the epoch).
     pub reported_at: Option<f64>,
+    /// The master's `news` of the tree (SlapOS master, and ours):
+    /// `{"instance": [{"text": "#access …" | "#error …", "created_at": …}, …]}`.
+    pub news: Option<J>,
 }
 
 /// A computer in a list, or its information.
@@ -225,6 +228,7 @@ impl HateoasClient {
             reported_state: text("my_reported_state"),
             reported_message: text("my_reported_message"),
             reported_at: field("my_reported_at").as_f64(),
+            news: Some(field("my_news")).filter(|n| !n.is_null()),
         }))
     }
 

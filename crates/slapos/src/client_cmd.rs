@@ -48,8 +48,9 @@ pub struct RequestArgs {
     /// Instance parameters.
     #[arg(long, num_args = 1.., value_name = "KEY=VALUE", conflicts_with = "parameters_file")]
     pub parameters: Vec<String>,
-    /// Instance parameters in a JSON file.
-    #[arg(long, value_name = "FILE.json")]
+    /// Instance parameters in a file: JSON, YAML (.yaml, .yml) or instance
+    /// XML (.xml, sent as it is), by its extension.
+    #[arg(long, value_name = "FILE")]
     pub parameters_file: Option<PathBuf>,
     /// Software type to request.
     #[arg(long = "type", value_name = "SOFTWARE_TYPE")]
@@ -80,9 +81,10 @@ pub struct SupplyArgs {
 pub enum ServiceCommand {
     /// List the services (root instances) and their software releases.
     List(JsonArg),
-    /// Show a service: state, parameters, connection parameters, and (with
-    /// our master) what the node last reported.
-    Info(InfoArgs),
+    /// Show a service: state, parameters, connection parameters, its status
+    /// from the master's news, and (with our master) what the node last
+    /// reported.
+    Info(ServiceInfoArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -109,6 +111,15 @@ pub struct InfoArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServiceInfoArgs {
+    #[command(flatten)]
+    pub info: InfoArgs,
+    /// Include the master's raw news (the status of each instance).
+    #[arg(long)]
+    pub news: bool,
 }
 
 /// What the client commands need from `slapos-client.cfg`.
@@ -185,14 +196,40 @@ pub fn parse_key_values(items: &[String], what: &str) -> anyhow::Result<BTreeMap
     Ok(out)
 }
 
-/// Reads a JSON parameters file; errors say where.
-pub fn read_parameters_file(path: &Path) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+/// A `--parameters-file`, read as SlapOS reads it: by its extension.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParametersFile {
+    /// `.json` (or any other extension) and `.yaml`/`.yml`: typed values,
+    /// wrapped as `_` when the software release asks for json-in-xml.
+    Values(serde_json::Map<String, serde_json::Value>),
+    /// `.xml`, the instance XML format (`<instance><parameter id=…>`):
+    /// sent as it is, whatever the serialisation (SlapOS: such files are
+    /// copied from existing instances, already serialised).
+    Xml(BTreeMap<String, Option<String>>),
+}
+
+/// Reads a parameters file: `.yaml`/`.yml` as YAML, `.xml` as instance
+/// XML, anything else as JSON (as SlapOS's `getParametersFromFile`);
+/// errors say where.
+pub fn read_parameters_file(path: &Path) -> anyhow::Result<ParametersFile> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read parameters file {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow!("invalid JSON in {} at line {}, column {}: {e}", path.display(), e.line(), e.column()))?;
-    match v {
-        serde_json::Value::Object(m) => Ok(m),
-        other => bail!("{}: the parameters must be a JSON object, not {}", path.display(), json_kind(&other)),
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let value: serde_json::Value = match ext {
+        "xml" => {
+            let dict = instance_xml::xml_to_dict(&text).map_err(|e| anyhow!("invalid instance XML in {}: {e}", path.display()))?;
+            return Ok(ParametersFile::Xml(dict));
+        }
+        "yaml" | "yml" => serde_saphyr::from_str(&text).map_err(|e| {
+            let e = e.to_string();
+            anyhow!("invalid YAML in {}: {}", path.display(), e.lines().next().unwrap_or_default())
+        })?,
+        _ => serde_json::from_str(&text)
+            .map_err(|e| anyhow!("invalid JSON in {} at line {}, column {}: {e}", path.display(), e.line(), e.column()))?,
+    };
+    let what = if matches!(ext, "yaml" | "yml") { "a YAML mapping" } else { "a JSON object" };
+    match value {
+        serde_json::Value::Object(m) => Ok(ParametersFile::Values(m)),
+        other => bail!("{}: the parameters must be {what}, not {}", path.display(), json_kind(&other)),
     }
 }
 
@@ -205,6 +242,24 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
     }
+}
+
+/// SlapOS's status of a service from the master's news: `green` when an
+/// instance says `#access`, `red` for `#error`, `orange` for both, `none`
+/// for neither, `unsupported` when the master gives no news (the Python
+/// proxy).
+pub fn news_status(news: Option<&serde_json::Value>) -> &'static str {
+    let Some(list) = news.and_then(|n| n.get("instance")).and_then(|l| l.as_array()) else { return "unsupported" };
+    let mut bits = 0;
+    for e in list {
+        let text = e.get("text").and_then(|t| t.as_str()).unwrap_or("");
+        if text.starts_with("#access") {
+            bits |= 1;
+        } else if text.starts_with("#error") {
+            bits |= 2;
+        }
+    }
+    ["none", "green", "red", "orange"][bits]
 }
 
 /// JSON values as marshalled values (parameters keep their types on the
@@ -294,20 +349,33 @@ fn print_parameters(v: &serde_json::Value) {
     outln!("{}", table(&["name", "value"], rows));
 }
 
+fn print_news(news: Option<&serde_json::Value>) {
+    let Some(list) = news.and_then(|n| n.get("instance")).and_then(|l| l.as_array()) else {
+        outln!("News: the master gives none.");
+        return;
+    };
+    let field = |e: &serde_json::Value, k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let rows = list.iter().map(|e| vec![field(e, "reference"), field(e, "text"), field(e, "created_at")]).collect();
+    outln!("News:");
+    outln!("{}", table(&["instance", "news", "at"], rows));
+}
+
 fn request(args: RequestArgs, settings: &ClientSettings) -> anyhow::Result<u8> {
     let client = settings.slap()?;
     let software_url = resolve_software(&client, &args.software_url)?;
     let node = parse_key_values(&args.node, "node option")?;
     let mut parameters: BTreeMap<String, Value> = match &args.parameters_file {
-        Some(file) => {
-            let params = read_parameters_file(file)?;
-            let serialisation = args.force_serialisation.clone().or_else(|| declared_serialisation(&software_url));
-            if serialisation.as_deref() == Some("json-in-xml") {
-                instance_xml::wrap_json(&params)
-            } else {
-                params.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect()
+        Some(file) => match read_parameters_file(file)? {
+            ParametersFile::Xml(dict) => dict.into_iter().map(|(k, v)| (k, v.map(Value::Str).unwrap_or(Value::None))).collect(),
+            ParametersFile::Values(params) => {
+                let serialisation = args.force_serialisation.clone().or_else(|| declared_serialisation(&software_url));
+                if serialisation.as_deref() == Some("json-in-xml") {
+                    instance_xml::wrap_json(&params)
+                } else {
+                    params.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect()
+                }
             }
-        }
+        },
         None => parse_key_values(&args.parameters, "parameter")?.into_iter().map(|(k, v)| (k, Value::str(v))).collect(),
     };
     if args.parameters_file.is_none() && args.force_serialisation.as_deref() == Some("json-in-xml") {
@@ -385,7 +453,7 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        ClientCommand::Service(ServiceCommand::Info(a)) => {
+        ClientCommand::Service(ServiceCommand::Info(ServiceInfoArgs { info: a, news })) => {
             let Some(info) = settings.hateoas()?.service(&a.reference)? else {
                 bail!("service '{}' does not exist on {}", a.reference, settings.master_url);
             };
@@ -402,7 +470,12 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                     "reported-state": info.reported_state,
                     "reported-message": info.reported_message,
                     "reported-at": info.reported_at,
+                    "status": news_status(info.news.as_ref()),
                 });
+                let mut doc = doc;
+                if let (true, Some(n)) = (news, info.news.as_ref().and_then(|n| n.get("instance"))) {
+                    doc["news"] = n.clone();
+                }
                 outln!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 let mut rows = vec![
@@ -410,6 +483,7 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                     vec!["software type".into(), optional(&info.software_type)],
                     vec!["shared".into(), info.shared.to_string()],
                     vec!["requested state".into(), optional(&info.requested_state)],
+                    vec!["status".into(), news_status(info.news.as_ref()).into()],
                 ];
                 if let Some(s) = &info.reported_state {
                     let at = info
@@ -430,6 +504,9 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
                 print_parameters(&params);
                 outln!("Connection parameters:");
                 print_parameters(&conn);
+                if news {
+                    print_news(info.news.as_ref());
+                }
             }
             Ok(0)
         }
@@ -457,5 +534,57 @@ pub fn run(cmd: ClientCommand, global: &Global) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn parameters_files_are_read_by_their_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "# comment\nname: web\nport: 8080\nratio: 1.5\non: true\ntags: [a, b]\nnested: {k: v}\nempty: null\nquoted: \"042\"\n";
+        let expected = json!({"name": "web", "port": 8080, "ratio": 1.5, "on": true, "tags": ["a", "b"], "nested": {"k": "v"}, "empty": null, "quoted": "042"});
+        for name in ["p.yaml", "p.yml"] {
+            let ParametersFile::Values(m) = read_parameters_file(&file(dir.path(), name, yaml)).unwrap() else { panic!() };
+            assert_eq!(serde_json::Value::Object(m.clone()), expected, "{name}");
+            assert_eq!(
+                m.keys().next().map(String::as_str),
+                Some("name"),
+                "the document's order is kept (json.dumps of json-in-xml follows it)"
+            );
+        }
+        let xml = "<?xml version='1.0' encoding='utf-8'?>\n<instance>\n  <parameter id=\"a\">1</parameter>\n  <parameter id=\"e\"></parameter>\n  <parameter id=\"_\">{\"x\": 1}</parameter>\n</instance>\n";
+        let ParametersFile::Xml(d) = read_parameters_file(&file(dir.path(), "p.xml", xml)).unwrap() else { panic!() };
+        let expected: BTreeMap<String, Option<String>> = [("a", Some("1")), ("e", None), ("_", Some("{\"x\": 1}"))]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
+        assert_eq!(d, expected, "texts as they are, an empty parameter is None (lxml's e.text)");
+        let ParametersFile::Values(m) = read_parameters_file(&file(dir.path(), "p.txt", "{\"a\": [1]}")).unwrap() else { panic!() };
+        assert_eq!(m["a"], json!([1]), "any other extension is JSON");
+    }
+
+    #[test]
+    fn bad_parameters_files_say_which_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |name: &str, text: &str| read_parameters_file(&file(dir.path(), name, text)).unwrap_err().to_string();
+        let e = err("bad.yaml", "a: [1, 2\nb: 3\n");
+        assert!(e.contains("invalid YAML in") && e.contains("bad.yaml") && !e.contains('\n'), "{e}");
+        let e = err("list.yml", "- a\n- b\n");
+        assert!(e.contains("must be a YAML mapping, not an array"), "{e}");
+        let e = err("bad.xml", "<instance><parameter id=\"a\">1</instance>");
+        assert!(e.contains("invalid instance XML in") && e.contains("bad.xml"), "{e}");
+        // an alias bomb is refused, not expanded
+        let bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]\n";
+        let e = err("bomb.yaml", bomb);
+        assert!(e.contains("invalid YAML"), "{e}");
     }
 }

@@ -2,9 +2,17 @@
 //! Rhai scripting language. The verbs of the client are functions returning
 //! objects: `request(...)` gives an instance with `connection_parameters()`,
 //! `supply(...)`, `computer(id)`, `services()`, … Scripts run with
-//! `slapos console FILE` or `slapos console -c "…"`; without them, an
-//! interactive prompt with line editing and history.
+//! `slapos console FILE [ARG…]` (as SlapOS; `ARGV` holds FILE and its
+//! arguments), `slapos console --command "…"`, or from standard input when
+//! it is not a terminal; without them, an interactive prompt with line
+//! editing and history.
+//!
+//! The options are SlapOS's: `-u/--master_url`, `-k/--key_file`,
+//! `-c/--cert_file` (so `-c` is the certificate, as in SlapOS, and inline
+//! code is `--command`); `-i/-b/-p` (IPython, bpython, plain Python) are
+//! accepted with a note, since this console speaks Rhai.
 
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,17 +21,37 @@ use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 use slap::client::{InstanceRequest, RequestResult, SlapClient};
 use slap::marshal::Value;
 use slap::model::{InstanceState, RequestedInstance, SoftwareState};
+use slapos_config::{client_config_path, Config};
 
 use crate::client_cmd::{connection_json, ClientSettings};
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
 pub struct ConsoleArgs {
-    /// A script to run instead of the interactive console.
-    pub file: Option<PathBuf>,
+    /// The master to talk to (overrides [slapos] master_url).
+    #[arg(short = 'u', long = "master-url", visible_alias = "master_url", value_name = "URL")]
+    pub master_url: Option<String>,
+    /// Our key for the master (overrides [slapconsole] key_file).
+    #[arg(short = 'k', long = "key-file", visible_alias = "key_file", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Our certificate for the master (overrides [slapconsole] cert_file).
+    #[arg(short = 'c', long = "cert-file", visible_alias = "cert_file", value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// SlapOS's IPython shell: accepted; this console speaks Rhai.
+    #[arg(short = 'i', long, group = "shell")]
+    pub ipython: bool,
+    /// SlapOS's bpython shell: accepted; this console speaks Rhai.
+    #[arg(short = 'b', long, group = "shell")]
+    pub bpython: bool,
+    /// SlapOS's plain Python shell: accepted; this console speaks Rhai.
+    #[arg(short = 'p', long, group = "shell")]
+    pub python: bool,
     /// A script given on the command line.
-    #[arg(short = 'c', long = "command", value_name = "CODE", conflicts_with = "file")]
+    #[arg(long = "command", value_name = "CODE", conflicts_with = "script")]
     pub command: Option<String>,
+    /// A script file to run, then its arguments (ARGV in the script).
+    #[arg(value_name = "SCRIPT [ARG]...", trailing_var_arg = true, allow_hyphen_values = true)]
+    pub script: Vec<String>,
 }
 
 const HELP: &str = "\
@@ -287,8 +315,9 @@ fn describe(e: &EvalAltResult, source: &str) -> String {
     }
 }
 
-fn run_script(engine: &Engine, code: &str, source: &str) -> anyhow::Result<u8> {
+fn run_script(engine: &Engine, code: &str, source: &str, argv: &[String]) -> anyhow::Result<u8> {
     let mut scope = Scope::new();
+    scope.push_constant("ARGV", argv.iter().cloned().map(Dynamic::from).collect::<rhai::Array>());
     match engine.eval_with_scope::<Dynamic>(&mut scope, code) {
         Ok(_) => Ok(0),
         Err(e) => Err(anyhow!("{}", describe(&e, source))),
@@ -353,15 +382,41 @@ fn interactive(engine: &Engine, settings: &ClientSettings) -> anyhow::Result<u8>
     Ok(0)
 }
 
+/// The client settings with the console's options applied as SlapOS does:
+/// `-k`/`-c` before `[slapconsole]`, which fills what they leave, and `-u`
+/// before `[slapos] master_url` (SlapOS 1.26.1 parses `-u` but then always
+/// takes the file's URL; we honour it).
+fn settings(args: &ConsoleArgs, global: &Global) -> anyhow::Result<ClientSettings> {
+    let path = client_config_path(global.cfg.as_deref());
+    let mut config = Config::load(&path)?;
+    if let Some(u) = &args.master_url {
+        config.section_mut("slapos").set("master_url", u.clone());
+    }
+    for (key, value) in [("key_file", &args.key_file), ("cert_file", &args.cert_file)] {
+        if let Some(v) = value {
+            config.section_mut("slapconsole").set(key, v.display().to_string());
+        }
+    }
+    ClientSettings::from_config(&config, &path)
+}
+
 pub fn run(args: ConsoleArgs, global: &Global) -> anyhow::Result<u8> {
-    let settings = Arc::new(ClientSettings::load(global)?);
+    if args.ipython || args.bpython || args.python {
+        tracing::warn!("-i/-b/-p choose a Python shell in SlapOS; this console speaks Rhai (help() lists its functions)");
+    }
+    let settings = Arc::new(settings(&args, global)?);
     let engine = engine(settings.clone())?;
     if let Some(code) = &args.command {
-        return run_script(&engine, code, "-c");
+        return run_script(&engine, code, "--command", &[]);
     }
-    if let Some(file) = &args.file {
-        let code = std::fs::read_to_string(file).map_err(|e| anyhow!("cannot read {}: {e}", file.display()))?;
-        return run_script(&engine, &code, &file.display().to_string());
+    if let Some(file) = args.script.first() {
+        let code = std::fs::read_to_string(file).map_err(|e| anyhow!("cannot read {file}: {e}"))?;
+        return run_script(&engine, &code, file, &args.script);
+    }
+    if !std::io::stdin().is_terminal() {
+        let mut code = String::new();
+        std::io::stdin().read_to_string(&mut code).map_err(|e| anyhow!("cannot read the script on standard input: {e}"))?;
+        return run_script(&engine, &code, "<stdin>", &[]);
     }
     interactive(&engine, &settings)
 }

@@ -81,6 +81,9 @@ pub enum ColorWhen {
     Never,
 }
 
+// parsed once per run: the size of its largest variant (the node's many
+// options) does not matter
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The local master: start it, or show what it knows.
@@ -93,7 +96,7 @@ pub enum Command {
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
     /// Interactive console bound to the master (Rhai scripting); runs a
-    /// script with FILE or -c CODE.
+    /// script with FILE [ARG]..., --command CODE or on standard input.
     Console(console_cmd::ConsoleArgs),
     /// People of the master (administrator): tokens to get a certificate.
     #[command(subcommand)]

@@ -43,8 +43,35 @@ pub struct GridArgs {
     pub promise_timeout: Option<u64>,
     /// Overrides [slapos] master_ca_file: the CA certificates (PEM) that
     /// verify the master's certificate (default: the web PKI roots).
-    #[arg(long = "master-ca-file", alias = "master_ca_file", value_name = "FILE")]
+    #[arg(long = "master-ca-file", visible_alias = "master_ca_file", value_name = "FILE")]
     pub master_ca_file: Option<PathBuf>,
+    /// Overrides [slapos] key_file: the node's key for the master.
+    #[arg(long = "key-file", visible_alias = "key_file", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Overrides [slapos] cert_file: the node's certificate for the master.
+    #[arg(long = "cert-file", visible_alias = "cert_file", value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Overrides [slapos] certificate_repository_path: where the
+    /// partitions' certificates are kept (must exist).
+    #[arg(long = "certificate-repository-path", visible_alias = "certificate_repository_path", value_name = "DIR")]
+    pub certificate_repository_path: Option<PathBuf>,
+    /// Overrides [networkcache] signature-private-key-file: the key that
+    /// will sign uploads to the binary cache (must exist; kept for the
+    /// cache, which does not upload yet).
+    #[arg(long = "signature-private-key-file", visible_alias = "signature_private_key_file", value_name = "FILE")]
+    pub signature_private_key_file: Option<PathBuf>,
+    /// Overrides [slapos] maximal_delay: sleep 1..N random seconds before
+    /// the run (0: no delay; --now skips it).
+    #[arg(long = "maximal-delay", visible_alias = "maximal_delay", value_name = "SECONDS")]
+    pub maximal_delay: Option<u64>,
+    /// Accepted for SlapOS compatibility and ignored, as slapgrid does:
+    /// the node's supervisord listens on <instance_root>/sv.sock.
+    #[arg(long = "supervisord-socket", alias = "supervisord_socket", value_name = "PATH")]
+    pub supervisord_socket: Option<PathBuf>,
+    /// Accepted for SlapOS compatibility and ignored, as slapgrid does:
+    /// the configuration is <instance_root>/etc/supervisord.conf.
+    #[arg(long = "supervisord-configuration-path", alias = "supervisord_configuration_path", value_name = "PATH")]
+    pub supervisord_configuration_path: Option<PathBuf>,
     /// The pid file of this run (default: pidfile_software|instance|report).
     #[arg(long, value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
@@ -210,6 +237,9 @@ pub struct BootArgs {
     /// A local node (format --local).
     #[arg(long)]
     pub local: bool,
+    /// The message of the bang sent to the master.
+    #[arg(short, long, default_value = "Reboot")]
+    pub message: String,
 }
 
 /// `slapos node boot`: after a reboot, format until it succeeds (the master
@@ -243,7 +273,7 @@ pub fn boot(args: BootArgs, global: &Global) -> anyhow::Result<u8> {
         std::thread::sleep(Duration::from_secs(args.interval));
     }
     loop {
-        match node.client.computer_bang(&node.cfg.computer_id, "Reboot") {
+        match node.client.computer_bang(&node.cfg.computer_id, &args.message) {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!("cannot bang the master yet ({e}): again in {} s", args.interval);
@@ -275,10 +305,9 @@ fn split_list(v: &[String]) -> Vec<String> {
     v.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
-fn load(global: &Global, g: &GridArgs) -> anyhow::Result<Node> {
-    let path = node_config_path(global.cfg.as_deref());
-    let config = Config::load(&path)?;
-    let overrides = NodeOverrides {
+/// The command-line values that override slapos.cfg.
+fn overrides(g: &GridArgs) -> NodeOverrides {
+    NodeOverrides {
         computer_id: g.computer_id.clone(),
         master_url: g.master_url.clone(),
         software_root: g.software_root.clone(),
@@ -287,14 +316,45 @@ fn load(global: &Global, g: &GridArgs) -> anyhow::Result<Node> {
         maximum_periodicity: g.maximum_periodicity,
         promise_timeout: g.promise_timeout,
         master_ca_file: g.master_ca_file.clone(),
-    };
+        key_file: g.key_file.clone(),
+        cert_file: g.cert_file.clone(),
+        certificate_repository_path: g.certificate_repository_path.clone(),
+        signature_private_key_file: g.signature_private_key_file.clone(),
+        maximal_delay: g.maximal_delay,
+        supervisord_socket: g.supervisord_socket.clone(),
+        supervisord_configuration_path: g.supervisord_configuration_path.clone(),
+    }
+}
+
+fn load(global: &Global, g: &GridArgs) -> anyhow::Result<Node> {
+    let path = node_config_path(global.cfg.as_deref());
+    let config = Config::load(&path)?;
+    let overrides = overrides(g);
     let cfg = NodeConfig::from_config(&config, &overrides).map_err(|e| anyhow::anyhow!("{e} (in {})", path.display()))?;
+    cfg.check_files()?;
     if cfg.maximal_delay > 0 && !g.now {
         let secs = rand::random::<u64>() % cfg.maximal_delay + 1;
         tracing::info!("Sleeping for {secs} seconds (maximal_delay; --now skips it)");
         std::thread::sleep(Duration::from_secs(secs));
     }
-    Ok(Node::new(cfg)?)
+    let node = Node::new(cfg)?;
+    warn_ignored_supervisord_paths(&node);
+    Ok(node)
+}
+
+/// `--supervisord-socket` and `--supervisord-configuration-path` change
+/// nothing (slapgrid 1.26.1 ignores them too): say so when they name
+/// another path than the one used.
+fn warn_ignored_supervisord_paths(node: &Node) {
+    let given = [
+        ("--supervisord-socket", &node.cfg.supervisord_socket, &node.supervisor.socket),
+        ("--supervisord-configuration-path", &node.cfg.supervisord_configuration_path, &node.supervisor.conf),
+    ];
+    for (option, given, used) in given {
+        if let Some(g) = given.as_ref().filter(|g| g != &used) {
+            tracing::warn!("{option} {} is ignored, as slapgrid ignores it: the node's supervisord uses {}", g.display(), used.display());
+        }
+    }
 }
 
 /// Takes the pid-file lock; exit 10 when another run holds it.
@@ -318,6 +378,9 @@ fn default_workers() -> usize {
 
 pub fn software(args: SoftwareArgs, global: &Global) -> anyhow::Result<u8> {
     let node = load(global, &args.grid)?;
+    if let Some(key) = &node.cfg.signature_private_key_file {
+        tracing::debug!("signature key {} kept for the binary cache (uploads are not done yet)", key.display());
+    }
     let _lock = match lock(args.grid.pidfile.as_deref().unwrap_or(&node.cfg.pidfile_software)) {
         Ok(l) => l,
         Err(code) => return Ok(code),
@@ -392,6 +455,13 @@ fn load_plain(global: &Global) -> anyhow::Result<Node> {
             maximum_periodicity: None,
             promise_timeout: None,
             master_ca_file: None,
+            key_file: None,
+            cert_file: None,
+            certificate_repository_path: None,
+            signature_private_key_file: None,
+            maximal_delay: None,
+            supervisord_socket: None,
+            supervisord_configuration_path: None,
             pidfile: None,
             buildout_debug: false,
         },
@@ -436,4 +506,75 @@ pub fn bang(args: BangArgs, global: &Global) -> anyhow::Result<u8> {
     node.client.computer_bang(&node.cfg.computer_id, &args.message)?;
     tracing::info!("Banged computer {}.", node.cfg.computer_id);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use slapos_config::Config;
+    use slapos_grid::config::NodeConfig;
+
+    use crate::{Cli, Command, NodeCommand};
+
+    fn grid(args: &[&str]) -> super::GridArgs {
+        let cli = Cli::try_parse_from([&["slapos", "node"], args].concat()).unwrap_or_else(|e| panic!("{e}"));
+        match cli.command {
+            Command::Node(NodeCommand::Software(a)) => a.grid,
+            Command::Node(NodeCommand::Instance(a)) => a.grid,
+            Command::Node(NodeCommand::Report(a)) => a.grid,
+            Command::Node(NodeCommand::Promise(a)) => a.grid,
+            other => panic!("not a grid command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn slapgrid_spellings_reach_the_node_configuration() {
+        let file =
+            Config::parse("[slapos]\ncomputer_id = C\nmaster_url = https://m\nsoftware_root = s\ninstance_root = i\nmaximal_delay = 600\n")
+                .unwrap();
+        for command in ["software", "instance", "report", "promise"] {
+            let g = grid(&[
+                command,
+                "--key_file",
+                "/k.pem",
+                "--cert_file",
+                "/c.pem",
+                "--master_ca_file",
+                "/ca.pem",
+                "--certificate_repository_path",
+                "/repo",
+                "--signature_private_key_file",
+                "/sign.key",
+                "--maximal_delay",
+                "0",
+                "--supervisord-socket",
+                "/run/sv.sock",
+                "--supervisord-configuration-path",
+                "/etc/sv.conf",
+            ]);
+            let n = NodeConfig::from_config(&file, &super::overrides(&g)).unwrap();
+            assert_eq!(n.key_file, Some("/k.pem".into()), "{command}");
+            assert_eq!(n.cert_file, Some("/c.pem".into()));
+            assert_eq!(n.master_ca_file, Some("/ca.pem".into()));
+            assert_eq!(n.certificate_repository_path, Some("/repo".into()));
+            assert_eq!(n.signature_private_key_file, Some("/sign.key".into()));
+            assert_eq!(n.maximal_delay, 0, "the command line wins over the file's 600");
+            assert_eq!(n.supervisord_socket, Some("/run/sv.sock".into()));
+            assert_eq!(n.supervisord_configuration_path, Some("/etc/sv.conf".into()));
+        }
+        // our spelling too
+        let g = grid(&["instance", "--key-file", "/k", "--cert-file", "/c", "--maximal-delay", "5"]);
+        let n = NodeConfig::from_config(&file, &super::overrides(&g)).unwrap();
+        assert_eq!((n.key_file, n.maximal_delay), (Some("/k".into()), 5));
+    }
+
+    #[test]
+    fn boot_takes_the_message_of_its_bang() {
+        let cli = Cli::try_parse_from(["slapos", "node", "boot", "-m", "kernel upgrade"]).unwrap();
+        let Command::Node(NodeCommand::Boot(b)) = cli.command else { panic!() };
+        assert_eq!(b.message, "kernel upgrade");
+        let cli = Cli::try_parse_from(["slapos", "node", "boot"]).unwrap();
+        let Command::Node(NodeCommand::Boot(b)) = cli.command else { panic!() };
+        assert_eq!(b.message, "Reboot", "SlapOS's default");
+    }
 }

@@ -3,7 +3,7 @@
 //! answers to bad input.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use slap::client::{ClientConfig, SlapClient};
@@ -37,10 +37,14 @@ fn json(o: &Output) -> serde_json::Value {
 }
 
 fn format_report(c: &SlapClient) {
+    format_report_with(c, 3)
+}
+
+fn format_report_with(c: &SlapClient, partitions: usize) {
     fn s(v: impl Into<String>) -> Value {
         Value::Str(v.into())
     }
-    let parts = (0..3)
+    let parts = (0..partitions)
         .map(|i| {
             Value::Dict(BTreeMap::from([
                 ("reference".into(), s(format!("slappart{i}"))),
@@ -186,4 +190,125 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     let server = test_support::canned(408, "<p>Resource not ready</p>");
     let cfg = client_cfg(dir.path(), &server.url);
     one_line_error(&slapos(&cfg, &["request", "x", SR]), 2, "run this command again");
+}
+
+/// A local software release whose schema (`software.cfg.json`) declares
+/// `serialisation`: neither client downloads anything.
+fn local_sr(dir: &Path, name: &str, serialisation: &str) -> String {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("software.cfg"), "[buildout]\n").unwrap();
+    std::fs::write(
+        d.join("software.cfg.json"),
+        format!(r#"{{"name": "{name}", "serialisation": "{serialisation}", "software-type": {{}}}}"#),
+    )
+    .unwrap();
+    d.join("software.cfg").display().to_string()
+}
+
+/// `--parameters-file` as JSON, YAML and instance XML, for a release that
+/// says `xml` and one that says `json-in-xml`: the Python master stores the
+/// very same parameters whether SlapOS's client or ours sent them.
+#[test]
+#[ignore = "needs the venv"]
+fn needs_venv_parameters_files_reach_the_master_as_from_slapos() {
+    let venv = test_support::python_venv();
+    let master = Master::start(&venv.join("bin/slapos"), COMPUTER);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = client_cfg(dir.path(), &master.url);
+    let c = SlapClient::new(ClientConfig::new(&master.url)).unwrap();
+    format_report_with(&c, 12);
+    let xml_sr = local_sr(dir.path(), "xml-sr", "xml");
+    let json_sr = local_sr(dir.path(), "json-sr", "json-in-xml");
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let yaml = file(
+        "p.yaml",
+        "# YAML 1.1 as PyYAML reads it\nname: web\nport: 8080\nratio: 1.5\nenabled: yes\ntags: [a, b]\nnested: {k: v}\nempty: null\nquoted: \"042\"\n",
+    );
+    let yml = file("p.yml", "zeta: 1\nalpha: two\n");
+    let xml = file("p.xml", "<?xml version='1.0' encoding='utf-8'?>\n<instance>\n  <parameter id=\"a\">1</parameter>\n  <parameter id=\"e\"></parameter>\n  <parameter id=\"t\">x &amp; y</parameter>\n</instance>\n");
+    let json_file = file("p.json", r#"{"b": 2, "a": {"deep": [1, null]}}"#);
+    let keys: &[&str] =
+        &["name", "port", "ratio", "enabled", "tags", "nested", "empty", "quoted", "zeta", "alpha", "a", "e", "t", "b", "_"];
+    let cases = [(&yaml, &xml_sr), (&yaml, &json_sr), (&yml, &json_sr), (&xml, &xml_sr), (&xml, &json_sr), (&json_file, &json_sr)];
+    for (i, (params, sr)) in cases.iter().enumerate() {
+        let node = format!("computer_guid={COMPUTER}");
+        let theirs = Command::new(venv.join("bin/slapos"))
+            .args(["request", "--cfg", cfg.to_str().unwrap(), &format!("py-{i}"), sr, "--parameters-file", params, "--node", &node])
+            .output()
+            .unwrap();
+        assert!(theirs.status.success(), "the Python client: {}", stderr(&theirs));
+        let ours = slapos(&cfg, &["request", &format!("rs-{i}"), sr, "--parameters-file", params, "--node", &node]);
+        assert!(ours.status.success(), "{}", stderr(&ours));
+        let computer = c.computer_information(COMPUTER).unwrap();
+        let stored = |title: &str| -> BTreeMap<String, Value> {
+            let p = computer
+                .partitions
+                .iter()
+                .find(|p| p.instance_title() == Some(title))
+                .unwrap_or_else(|| panic!("no partition for {title}"));
+            p.instance_parameters().into_iter().filter(|(k, _)| keys.contains(&k.as_str())).collect()
+        };
+        let (py, rs) = (stored(&format!("py-{i}")), stored(&format!("rs-{i}")));
+        assert!(!py.is_empty(), "case {i}: the parameters reached the master");
+        assert_eq!(rs, py, "case {i}: {params} for {sr}");
+    }
+}
+
+/// `service info --news`: the status SlapOS's client computes from the
+/// master's news, and the news themselves, are what ours prints, against
+/// our master (news made from what the nodes reported: one instance
+/// started, one in error → orange) and the Python one (no news:
+/// unsupported).
+#[test]
+#[ignore = "needs the venv"]
+fn needs_venv_service_info_news_as_slapos_shows_them() {
+    let venv = test_support::python_venv();
+    for ours in [true, false] {
+        let program = if ours { PathBuf::from(BIN) } else { venv.join("bin/slapos") };
+        let master = Master::start(&program, COMPUTER);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("client.cfg");
+        std::fs::write(&cfg, format!("[slapos]\nmaster_url = {0}\nmaster_rest_url = {0}/hateoas/\n", master.url)).unwrap();
+        let c = SlapClient::new(ClientConfig::new(&master.url)).unwrap();
+        format_report(&c);
+        let sr = local_sr(dir.path(), "news-sr", "xml");
+        let o = slapos(&cfg, &["request", "news-svc", &sr, "--node", &format!("computer_guid={COMPUTER}")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let partitions = c.computer_information(COMPUTER).unwrap().partitions;
+        let root = partitions.iter().find(|p| p.instance_title() == Some("news-svc")).unwrap().partition_id.clone();
+        let mut child = slap::client::InstanceRequest::new(&sr, "news-child");
+        child.requester = Some((COMPUTER.into(), root.clone()));
+        c.request(&child).unwrap();
+        let partitions = c.computer_information(COMPUTER).unwrap().partitions;
+        let child = partitions.iter().find(|p| p.instance_title() == Some("news-child")).unwrap().partition_id.clone();
+        c.partition_started(COMPUTER, &root).unwrap();
+        c.partition_error(COMPUTER, &child, &format!("{}\nbuildout failed: boom", "x".repeat(200)), None).unwrap();
+
+        let theirs = Command::new(venv.join("bin/slapos"))
+            .args(["service", "info", "--cfg", cfg.to_str().unwrap(), "news-svc", "--news"])
+            .output()
+            .unwrap();
+        let theirs = json(&theirs);
+        let mine = json(&slapos(&cfg, &["service", "info", "news-svc", "--news", "--json"]));
+        assert_eq!(mine["status"], theirs["status"], "ours: {mine}\nSlapOS: {theirs}");
+        assert_eq!(mine.get("news"), theirs.get("news"));
+        let table = stdout(&slapos(&cfg, &["service", "info", "news-svc", "--news"]));
+        if ours {
+            assert_eq!(theirs["status"], "orange", "{theirs}");
+            let texts: Vec<&str> = theirs["news"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap()).collect();
+            assert_eq!(texts[0], "#access Instance correctly started");
+            assert!(texts[1].starts_with("#error while instanciating: ") && texts[1].ends_with("boom"), "{texts:?}");
+            assert_eq!(texts[1].chars().count(), "#error while instanciating: ".len() + 80, "the last 80 characters, as the master");
+            assert!(table.contains("orange") && table.contains("#access Instance correctly started"), "{table}");
+        } else {
+            assert_eq!(theirs["status"], "unsupported");
+            assert!(theirs.get("news").is_none());
+            assert!(table.contains("unsupported") && table.contains("the master gives none"), "{table}");
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! `slapos console`: scripts with -c and from a file, and the interactive
+//! `slapos console`: scripts with --command, from a file and on stdin, SlapOS options, and the interactive
 //! console driven through a pseudo-terminal, against our master.
 
 use std::collections::BTreeMap;
@@ -46,7 +46,7 @@ fn console(cfg: &Path, args: &[&str]) -> Output {
 }
 
 #[test]
-fn scripts_with_c_and_from_a_file() {
+fn scripts_with_command_and_from_a_file() {
     scripts_against(&master());
 }
 
@@ -62,7 +62,7 @@ fn scripts_against(m: &Master) {
     let o = console(
         &cfg,
         &[
-            "-c",
+            "--command",
             r#"supply("http://sr/s.cfg", "COMP-CON"); let i = request("web", "http://sr/s.cfg", #{greeting: "hi"}); print(i.partition_id()); print(i.parameters().greeting);"#,
         ],
     );
@@ -85,7 +85,16 @@ fn scripts_against(m: &Master) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("show.rhai, line 2"), "{err}");
-    let o = console(&cfg, &["-c", r#"request("other", "http://sr/s.cfg")"#]);
+    // SlapOS's options: -u beats the file's master_url (here a dead port),
+    // a script takes its arguments (ARGV), -p is accepted with a note
+    let dead = m.dir.path().join("dead.cfg");
+    std::fs::write(&dead, format!("[slapos]\nmaster_url = http://127.0.0.1:{}\n", test_support::free_port())).unwrap();
+    std::fs::write(&script, "print(ARGV[1] + \" \" + ARGV.len());\nprint(computer(\"COMP-CON\").partitions()[0].instance);\n").unwrap();
+    let o = console(&dead, &["-p", "-u", &m.url, script.to_str().unwrap(), "first", "--second"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().collect::<Vec<_>>(), ["first 3", "web"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("this console speaks Rhai"));
+    let o = console(&cfg, &["--command", r#"request("other", "http://sr/s.cfg")"#]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains("No free computer partition found for: other"), "the master's message: {err}");
@@ -153,4 +162,37 @@ fn the_interactive_console_through_a_pseudo_terminal() {
     assert!(status.success());
     let history = std::fs::read_to_string(m.dir.path().join(".slapos/console_history")).unwrap();
     assert!(history.contains("i.partition_id()"), "history kept: {history}");
+}
+
+#[test]
+fn slapos_options_and_a_script_on_standard_input() {
+    let m = master();
+    let dir = m.dir.path();
+    // a configuration without master_url: -u gives it (SlapOS would refuse)
+    let bare = dir.join("bare.cfg");
+    std::fs::write(&bare, "[slapos]\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["console", "--cfg", bare.to_str().unwrap(), "--master_url", &m.url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"print(master_url());\nprint(ARGV.len());\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().collect::<Vec<_>>(), [m.url.as_str(), "0"]);
+    // -k/-c are the key and the certificate (as SlapOS): files that are not
+    // there are named in one line
+    let cfg = dir.join("client.cfg");
+    for (flag, name) in [("-c", "nocert.pem"), ("--cert_file", "nocert.pem")] {
+        let o = console(&cfg, &["-k", dir.join("nokey.pem").to_str().unwrap(), flag, dir.join(name).to_str().unwrap(), "--command", "1"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("nocert.pem") || err.contains("nokey.pem"), "{err}");
+        assert!(err.trim().lines().count() == 1 && !err.contains("panicked"), "{err}");
+    }
+    // the shell flags exclude each other, as in SlapOS
+    let o = console(&cfg, &["-i", "-b", "--command", "1"]);
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
 }

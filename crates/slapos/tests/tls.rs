@@ -249,7 +249,7 @@ fn a_reader_that_goes_away_ends_a_command_quietly() {
         (&cfg, &["service", "list"][..]),
         (&cfg, &["service", "info", "pipe-service"]),
         (&cfg, &["request", "pipe-service", SR, "--json"]),
-        (&cfg, &["console", "-c", "print(\"hello\")"]),
+        (&cfg, &["console", "--command", "print(\"hello\")"]),
         (&node, &["proxy", "show"]),
     ] {
         let (status, err) = with_closed_stdout(cfg, args);
