@@ -42,6 +42,11 @@ impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
+    /// The path of the request target, without its leading `/` and query
+    /// string (`getFullComputerInformation`).
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default().trim_start_matches('/')
+    }
     /// The body decoded as `application/x-www-form-urlencoded`, in wire order.
     pub fn form(&self) -> Vec<(String, String)> {
         form_urlencoded::parse(self.body.as_bytes()).into_owned().collect()
@@ -69,6 +74,35 @@ pub fn canned(status: u16, body: &'static str) -> Canned {
             if let Some(r) = read_request(&stream) {
                 rec.lock().unwrap().push(r);
             }
+            let mut s = stream;
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Canned { url, received }
+}
+
+/// Starts a loopback server whose answer to each request is
+/// `handler(request)`: `(status, body)` (it lives as long as the test
+/// process). A fake master, for instance, serves a crafted document on
+/// `GET /getFullComputerInformation` and records the node's reports.
+pub fn serve<F>(handler: F) -> Canned
+where
+    F: Fn(&Received) -> (u16, String) + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let rec = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let Some(r) = read_request(&stream) else { continue };
+            let (status, body) = handler(&r);
+            rec.lock().unwrap().push(r);
             let mut s = stream;
             let _ = write!(
                 s,
