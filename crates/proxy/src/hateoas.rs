@@ -235,11 +235,13 @@ async fn root(State(app): State<Shared>, headers: HeaderMap, uri: Uri) -> Respon
     let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     match arg("mode").as_deref() {
         None => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-            let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
+            // links as Flask builds them behind ProxyFix (X-Forwarded-Proto, -Prefix)
+            let o = crate::relay::Origin::from_headers(&headers);
+            let host = if o.host.is_empty() { "localhost" } else { &o.host };
+            let base = format!("{}://{host}{}", o.scheme, o.prefix);
             json_response(json!({"_links": {
-                "raw_search": {"href": format!("{scheme}://{host}/hateoas/?mode=search&query={{query}}&select_list={{select_list}}")},
-                "traverse": {"href": format!("{scheme}://{host}/hateoas/?mode=traverse&relative_url={{relative_url}}&view={{view}}")},
+                "raw_search": {"href": format!("{base}/hateoas/?mode=search&query={{query}}&select_list={{select_list}}")},
+                "traverse": {"href": format!("{base}/hateoas/?mode=traverse&relative_url={{relative_url}}&view={{view}}")},
             }}))
         }
         Some("search") => {

@@ -36,6 +36,8 @@ impl IntoResponse for MasterError {
             MasterError::NotFound(m) => error_page(StatusCode::NOT_FOUND, m),
             MasterError::Forbidden(m) => error_page(StatusCode::FORBIDDEN, m),
             MasterError::Unknown(m) => error_page(StatusCode::INTERNAL_SERVER_ERROR, m),
+            MasterError::NotReady(m) => error_page(StatusCode::REQUEST_TIMEOUT, m),
+            MasterError::Unreachable(m) => error_page(StatusCode::from_u16(523).unwrap_or(StatusCode::BAD_GATEWAY), m),
             MasterError::Store(e) => {
                 tracing::error!("storage failure: {e}");
                 error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("storage failure: {e}"))
@@ -230,6 +232,7 @@ fn instance_request(f: &Fields, authorization: Option<(String, String)>) -> Resu
         shared: f.marshal("shared_xml", Value::Bool(false))?.is_truthy(),
         authorization,
         form_requester: (f.get("computer_id").map(str::to_string), f.get("computer_partition_id").map(str::to_string)),
+        ..Default::default()
     };
     if req.software_release.is_empty() {
         return Err(MasterError::BadRequest("empty software_release".into()));
@@ -239,8 +242,20 @@ fn instance_request(f: &Fields, authorization: Option<(String, String)>) -> Resu
 
 async fn request_partition(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let authorization = parse_authorization(&headers);
+    let origin = crate::relay::Origin::from_headers(&headers);
     let r = async {
-        let req = form(&app, body, move |f| instance_request(f, authorization)).await?;
+        let mut req = form(&app, body, move |f| instance_request(f, authorization)).await?;
+        req.origin = origin;
+        let forwarder = app.clone();
+        let (forwarded, req) = tokio::task::spawn_blocking(move || {
+            let forwarded = crate::multimaster::route(&forwarder, &mut req);
+            (forwarded, req)
+        })
+        .await
+        .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?;
+        if let Some(answer) = forwarded? {
+            return Ok(answer);
+        }
         tx(&app, move |t, site| master::request(t, site, &req)).await
     };
     answer(r.await)
@@ -302,12 +317,17 @@ async fn format_report(State(app): State<Shared>, body: Bytes) -> Response {
 fn report_route(kind: &'static str, state: &'static str, word: &'static str) -> MethodRouter<Shared> {
     post(move |State(app): State<Shared>, body: Bytes| async move {
         let r = async {
-            let (c, reference, message) = form(&app, body, move |f| {
-                let c = f.require("computer_id")?.to_string();
-                let reference = if kind == "software" { f.require("url")? } else { f.require("computer_partition_id")? };
-                Ok((c, reference.to_string(), f.get("error_log").map(str::to_string)))
+            // the Python proxy reads none of the fields: without them the
+            // report is answered but not recorded
+            let fields = form(&app, body, move |f| {
+                let c = f.get("computer_id").map(str::to_string);
+                let reference = f.get(if kind == "software" { "url" } else { "computer_partition_id" }).map(str::to_string);
+                Ok((c, reference, f.get("error_log").map(str::to_string)))
             })
             .await?;
+            let (Some(c), Some(reference), message) = fields else {
+                return Ok(());
+            };
             if state == "error" {
                 let last = message.as_deref().unwrap_or("").lines().last().unwrap_or("");
                 tracing::warn!(
@@ -363,14 +383,19 @@ async fn rename(State(app): State<Shared>, body: Bytes) -> Response {
 
 async fn use_computer(State(app): State<Shared>, body: Bytes) -> Response {
     let r = async {
-        let [c, u] = form(&app, body, |f| required(f, ["computer_id", "use_string"])).await?;
+        // the Python proxy reads no field: without them nothing is recorded
+        let fields = form(&app, body, |f| Ok(required(f, ["computer_id", "use_string"]).ok())).await?;
+        let Some([c, u]) = fields else {
+            return Ok(Answer::Text("Ignored".into()));
+        };
         tx(&app, move |t, _| master::use_computer(t, &c, &u)).await
     };
     answer(r.await)
 }
 
+/// `computerBang`: logged; answered whatever it holds, as the Python proxy.
 async fn computer_bang(State(app): State<Shared>, body: Bytes) -> Response {
-    let r = form(&app, body, |f| Ok((f.require("computer_id")?.to_string(), f.get("message").unwrap_or("").to_string())));
+    let r = form(&app, body, |f| Ok((f.get("computer_id").unwrap_or("").to_string(), f.get("message").unwrap_or("").to_string())));
     match r.await {
         Ok((c, message)) => {
             tracing::info!("computer {} banged: {}", excerpt(&c, LOGGED_VALUE), excerpt(&message, LOGGED_VALUE));
@@ -380,11 +405,38 @@ async fn computer_bang(State(app): State<Shared>, body: Bytes) -> Response {
     }
 }
 
-async fn method_not_allowed() -> Response {
+/// `updateComputerPartitionRelatedInstanceList`: the instances a partition
+/// requested in its last run, recorded (the Python proxy has no such route).
+async fn related_instances(State(app): State<Shared>, body: Bytes) -> Response {
+    let r = async {
+        let (c, p, list) = form(&app, body, |f| {
+            let [c, p] = required(f, ["computer_id", "computer_partition_id"])?;
+            let list = match f.marshal("instance_reference_xml", Value::List(vec![]))? {
+                Value::List(items) | Value::Tuple(items) => items.iter().map(slap::instance_xml::python_str).collect::<Vec<_>>(),
+                other => {
+                    return Err(MasterError::BadRequest(format!(
+                        "field 'instance_reference_xml' must be a list, found <{}>",
+                        other.type_name()
+                    )))
+                }
+            };
+            Ok((c, p, list))
+        })
+        .await?;
+        tx(&app, move |t, _| master::related_instances(t, &c, &p, &list)).await
+    };
+    answer(r.await)
+}
+
+/// The body is read (within the body limit) so that the connection stays
+/// usable for the client's next request.
+async fn method_not_allowed(_body: Bytes) -> Response {
     error_page(StatusCode::METHOD_NOT_ALLOWED, "The method is not allowed for the requested URL.")
 }
 
-async fn not_found() -> Response {
+/// The body is read (within the body limit) so that the connection stays
+/// usable for the client's next request.
+async fn not_found(_body: Bytes) -> Response {
     error_page(
         StatusCode::NOT_FOUND,
         "The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.",
@@ -419,6 +471,10 @@ async fn too_large(State(app): State<Shared>, req: Request, next: Next) -> Respo
         return refused();
     }
     resp
+}
+
+async fn werkzeug_reason(resp: Response) -> Response {
+    crate::app::with_werkzeug_reason(resp)
 }
 
 fn g<H, T>(h: H) -> MethodRouter<Shared>
@@ -464,13 +520,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/softwareInstanceRename", p(rename))
         .route("/useComputer", p(use_computer))
         .route("/computerBang", p(computer_bang))
+        .route("/updateComputerPartitionRelatedInstanceList", p(related_instances))
         .merge(crate::hateoas::router())
         .merge(crate::identity::router())
         // every route is authorized by proxy::rules (a route without a rule is refused)
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), crate::rules::authorize))
+        .merge(crate::relay::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), too_large))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(access_log))
+        .layer(axum::middleware::map_response(werkzeug_reason))
         .with_state(app)
 }

@@ -14,7 +14,9 @@
 //! TLS), [`limits`], [`show`]. Identities: [`ca`] (the certificate
 //! authority), [`tls`] (HTTPS, client certificates), [`identity`] (security
 //! options, certificate and token routes) and [`rules`] (the one rule table
-//! every call goes through).
+//! every call goes through). Beyond one master: [`multimaster`] (requests
+//! forwarded to other masters), [`relay`] (`/http_proxy/`, the frontend
+//! bypass's relay), [`software_root`] (local software release paths rebased).
 
 #![warn(missing_docs)]
 
@@ -25,9 +27,12 @@ pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod master;
+pub mod multimaster;
+pub mod relay;
 pub mod rules;
 pub mod server;
 pub mod show;
+pub mod software_root;
 pub mod store;
 pub mod tls;
 
@@ -64,6 +69,11 @@ pub struct ProxyConfig {
     pub retention: Retention,
     /// Plain HTTP (local cloud) or TLS with identities.
     pub security: identity::Security,
+    /// `[multimaster/<url>]` sections.
+    pub multimaster: multimaster::Multimaster,
+    /// `local_software_release_root`: local software release paths are
+    /// rebased onto it when it changes.
+    pub local_software_release_root: Option<PathBuf>,
 }
 
 /// Default port of `slapos proxy start` (as in SlapOS).
@@ -108,6 +118,8 @@ impl ProxyConfig {
             connections: Connections::from_config(config)?,
             retention: retention(config)?,
             security,
+            multimaster: multimaster::Multimaster::from_config(config),
+            local_software_release_root: get("local_software_release_root").map(PathBuf::from),
         })
     }
 }
@@ -139,9 +151,10 @@ pub struct Opened {
 /// master's own certificate.
 pub fn open_app(config: &ProxyConfig) -> anyhow::Result<Opened> {
     let store = SqliteStore::open(&config.database)?.with_retention(config.retention);
+    software_root::apply(&store, config.local_software_release_root.as_deref())?;
     let run_id: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
     let site = master::Site { computer_id: config.computer_id.clone(), software_products: config.software_products.clone() };
-    let mut app = app::App::new(store, site, run_id, config.limits);
+    let mut app = app::App::new(store, site, run_id, config.limits).with_multimaster(config.multimaster.clone());
     let mut tls = None;
     if let identity::Security::Tls { ca_dir, files, validity } = &config.security {
         let authority = identity::Authority { ca: ca::Ca::open_or_create(ca_dir)?, validity: *validity };

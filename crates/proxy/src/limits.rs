@@ -23,6 +23,8 @@ pub struct Limits {
     pub decode_workers: usize,
     /// Bounds of each marshalled field.
     pub marshal: slap::marshal::Limits,
+    /// Largest answer `/http_proxy/` relays, in bytes (502 beyond).
+    pub relay_max_response: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +35,7 @@ impl Default for Limits {
             max_fields: 64,
             decode_workers: 4,
             marshal: slap::marshal::Limits::default(),
+            relay_max_response: 16 << 20,
         }
     }
 }
@@ -80,6 +83,7 @@ impl Limits {
             max_fields: size("max_fields", d.max_fields)?,
             decode_workers: size("decode_workers", d.decode_workers)?,
             marshal: d.marshal,
+            relay_max_response: size("http_proxy_max_response_size", d.relay_max_response)?,
         })
     }
 }

@@ -31,6 +31,12 @@ pub enum MasterError {
     /// partition or computer on the node's read calls); we say why.
     #[error("{0}")]
     Unknown(String),
+    /// 408: forwarded, and the other master has no partition for it yet.
+    #[error("{0}")]
+    NotReady(String),
+    /// 523: forwarded, and the other master cannot be reached.
+    #[error("{0}")]
+    Unreachable(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -45,7 +51,7 @@ pub enum Answer {
     Marshal(String),
 }
 
-fn marshalled(v: &Value) -> Result<Answer, MasterError> {
+pub(crate) fn marshalled(v: &Value) -> Result<Answer, MasterError> {
     marshal::encode(v).map(Answer::Marshal).map_err(|e| MasterError::BadRequest(format!("cannot encode the answer: {e}")))
 }
 
@@ -296,6 +302,18 @@ pub fn software_destroyed(tx: &mut dyn Tx, url: &str, computer_id: &str) -> Resu
     Ok(Answer::Text("OK".into()))
 }
 
+/// `updateComputerPartitionRelatedInstanceList`: what the partition says it
+/// requested in its last run replaces what it said before.
+pub fn related_instances(tx: &mut dyn Tx, computer_id: &str, partition_id: &str, titles: &[String]) -> Result<Answer, MasterError> {
+    tx.set_related(&crate::store::RelatedRow {
+        computer_reference: computer_id.into(),
+        partition_reference: partition_id.into(),
+        instances: titles.join("\n"),
+        time: now(),
+    })?;
+    Ok(Answer::Text("OK".into()))
+}
+
 /// `useComputer`.
 pub fn use_computer(tx: &mut dyn Tx, computer_id: &str, body: &str) -> Result<Answer, MasterError> {
     tx.add_usage(&UsageRow { computer_reference: computer_id.into(), body: body.into(), time: now() })?;
@@ -326,6 +344,12 @@ pub struct InstanceRequest {
     pub authorization: Option<(String, String)>,
     /// Form fields `computer_id`, `computer_partition_id`.
     pub form_requester: (Option<String>, Option<String>),
+    /// Where the request came to (the frontend bypass answers a relay URL
+    /// of this master when it is reached over https).
+    pub origin: crate::relay::Origin,
+    /// No frontend bypass: the request was meant for another master but its
+    /// shared instance exists here (as the Python proxy).
+    pub no_bypass: bool,
 }
 
 /// The root title of the tree a partition belongs to (its `requested_by`, or
@@ -340,7 +364,7 @@ fn root_title_of(tx: &mut dyn Tx, computer: &str, partition: &str) -> Result<Opt
     }))
 }
 
-fn filter_text(filter: &BTreeMap<String, Value>, key: &str) -> Option<String> {
+pub(crate) fn filter_text(filter: &BTreeMap<String, Value>, key: &str) -> Option<String> {
     match filter.get(key)? {
         Value::Str(s) => Some(s.clone()),
         Value::None => None,
@@ -368,26 +392,33 @@ fn fake_frontend(title: &str, connection: BTreeMap<String, Value>) -> Value {
     }))
 }
 
-/// The frontend bypass of `slap-protocol.md` §7.11: a fake partition pointing at the URL itself.
+/// The `secure_access` URL and `domain` of a bypassed frontend for `url`:
+/// the URL itself, or, when this master is reached over https, its relay
+/// URL (`/http_proxy/…`, so that the access stays https), as the Python proxy.
+fn secure_access(origin: &crate::relay::Origin, url: &str) -> (String, String) {
+    let (scheme, netloc, path, query, fragment) = crate::relay::urlsplit(url);
+    if origin.scheme != "https" {
+        return (url.to_string(), netloc.to_string());
+    }
+    let mut access = crate::relay::relay_url(origin, &scheme, netloc, path);
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        access.push('?');
+        access.push_str(q);
+    }
+    if let Some(f) = fragment.filter(|f| !f.is_empty()) {
+        access.push('#');
+        access.push_str(f);
+    }
+    (access, origin.host.clone())
+}
+
+/// The frontend bypass of §7.11: a fake partition pointing at the URL itself.
 fn frontend_bypass(req: &InstanceRequest) -> Option<Value> {
     let param = |k: &str| req.parameters.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     if req.software_release == APACHE_FRONTEND && matches!(req.software_type.as_str(), "" | "RootSoftwareInstance" | "default") {
         let url = param("url")?;
-        let netloc = url::Url::parse(&url)
-            .ok()
-            .map(|u| {
-                let host = match u.host() {
-                    Some(url::Host::Ipv6(a)) => format!("[{a}]"),
-                    Some(h) => h.to_string(),
-                    None => String::new(),
-                };
-                match u.port() {
-                    Some(p) => format!("{host}:{p}"),
-                    None => host,
-                }
-            })
-            .unwrap_or_default();
-        let conn = BTreeMap::from([("secure_access".to_string(), Value::str(&url)), ("domain".to_string(), Value::str(netloc))]);
+        let (secure_access, domain) = secure_access(&req.origin, &url);
+        let conn = BTreeMap::from([("secure_access".to_string(), Value::str(secure_access)), ("domain".to_string(), Value::str(domain))]);
         return Some(fake_frontend(&format!("Fake frontend for {url}"), conn));
     }
     if req.software_release == KVM_FRONTEND && req.software_type == "frontend" {
@@ -407,12 +438,10 @@ fn frontend_bypass(req: &InstanceRequest) -> Option<Value> {
     None
 }
 
-/// `requestComputerPartition` (`slap-protocol.md` §7.1–7.3, §7.11).
-pub fn request(tx: &mut dyn Tx, site: &Site, req: &InstanceRequest) -> Result<Answer, MasterError> {
-    if let Some(state) = &req.state {
-        state.parse::<InstanceState>().map_err(|e| MasterError::BadRequest(e.to_string()))?;
-    }
-    // who is asking
+/// Who asks (§7.1 step 1): the requester id (`user` for a person) and the
+/// root title of its tree (empty for a person). An `X-SlapPartition` header
+/// naming an unknown partition is a 400.
+pub fn requester(tx: &mut dyn Tx, req: &InstanceRequest) -> Result<(String, String), MasterError> {
     let requester_id = match (&req.authorization, &req.form_requester.1) {
         (Some((_, p)), _) => p.clone(),
         (None, Some(p)) => p.clone(),
@@ -430,10 +459,23 @@ pub fn request(tx: &mut dyn Tx, site: &Site, req: &InstanceRequest) -> Result<An
             requested_by = root_title_of(tx, c, p)?;
         }
     }
-    let requested_by = requested_by.unwrap_or_default();
-    let computer = filter_text(&req.filter, "computer_guid").unwrap_or_else(|| site.computer_id.clone());
+    Ok((requester_id, requested_by.unwrap_or_default()))
+}
+
+/// The computer a request goes to: its SLA's `computer_guid`, else the site's.
+pub fn requested_computer(site: &Site, req: &InstanceRequest) -> String {
+    filter_text(&req.filter, "computer_guid").unwrap_or_else(|| site.computer_id.clone())
+}
+
+/// `requestComputerPartition` (§7.1–7.3, 7.11).
+pub fn request(tx: &mut dyn Tx, site: &Site, req: &InstanceRequest) -> Result<Answer, MasterError> {
+    if let Some(state) = &req.state {
+        state.parse::<InstanceState>().map_err(|e| MasterError::BadRequest(e.to_string()))?;
+    }
+    let (requester_id, requested_by) = requester(tx, req)?;
+    let computer = requested_computer(site, req);
     if req.shared {
-        if let Some(fake) = frontend_bypass(req) {
+        if let Some(fake) = frontend_bypass(req).filter(|_| !req.no_bypass) {
             tracing::warn!("bypassing frontend request {} with a fake partition", req.title);
             return marshalled(&fake);
         }

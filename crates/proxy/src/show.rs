@@ -84,9 +84,23 @@ pub fn snapshot(store: &impl Store) -> Result<J, StoreError> {
             .into_iter()
             .map(|u| json!({"computer": u.computer_reference, "time": u.time, "bytes": u.body.len(), "body": u.body}))
             .collect();
+        let forwarded: Vec<J> = tx
+            .forwards()?
+            .into_iter()
+            .map(|f| json!({"reference": f.reference, "master_url": f.master_url, "software_release": f.software_release, "time": f.time}))
+            .collect();
+        let related: Vec<J> = tx
+            .related()?
+            .into_iter()
+            .map(|r| {
+                let instances: Vec<&str> = r.instances.lines().collect();
+                json!({"computer": r.computer_reference, "partition": r.partition_reference, "instances": instances, "time": r.time})
+            })
+            .collect();
         Ok(json!({
             "computers": computers, "software_releases": software, "partitions": partitions,
-            "shared_instances": shared, "usage_reports": usage,
+            "shared_instances": shared, "usage_reports": usage, "forwarded_requests": forwarded,
+            "related_instances": related,
         }))
     })
 }
@@ -128,27 +142,119 @@ fn table(title: &str, header: &[&str], rows: Vec<Vec<String>>) -> String {
     format!("{title}\n{t}\n")
 }
 
+/// The sections of `proxy show` (SlapOS's `--computers --software
+/// --partitions --slaves --params --network`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sections {
+    /// Computers and usage reports.
+    pub computers: bool,
+    pub software: bool,
+    /// Partitions, forwarded requests and related instances.
+    pub partitions: bool,
+    pub slaves: bool,
+    /// Instance and connection parameters.
+    pub params: bool,
+    /// Addresses of the partitions in use.
+    pub network: bool,
+}
+
+impl Sections {
+    /// Every section.
+    pub const ALL: Sections = Sections { computers: true, software: true, partitions: true, slaves: true, params: true, network: true };
+
+    /// These sections, or all of them when none is asked (as SlapOS).
+    pub fn or_all(self) -> Sections {
+        if self == Sections::default() {
+            Sections::ALL
+        } else {
+            self
+        }
+    }
+}
+
+/// The parts of the snapshot `sections` show (partitions are kept for
+/// `params` and `network`, which are read from them).
+pub fn filter(snap: J, sections: &Sections) -> J {
+    let keep = |k: &str| match k {
+        "computers" | "usage_reports" => sections.computers,
+        "software_releases" => sections.software,
+        "partitions" => sections.partitions || sections.params || sections.network,
+        "forwarded_requests" | "related_instances" => sections.partitions,
+        "shared_instances" => sections.slaves,
+        _ => true,
+    };
+    match snap {
+        J::Object(m) => J::Object(m.into_iter().filter(|(k, _)| keep(k)).collect()),
+        other => other,
+    }
+}
+
 /// The snapshot as tables for people.
 pub fn render_tables(snap: &J) -> String {
-    let arr = |k: &str| snap[k].as_array().cloned().unwrap_or_default();
+    render_sections(snap, &Sections::ALL)
+}
+
+/// The `sections` of the snapshot as tables for people, in SlapOS's order.
+pub fn render_sections(snap: &J, sections: &Sections) -> String {
     let mut out = String::new();
-    out.push_str(&table(
+    if sections.computers {
+        out.push_str(&computer_tables(snap));
+    }
+    if sections.software {
+        out.push_str(&software_table(snap));
+    }
+    if sections.partitions {
+        out.push_str(&partition_tables(snap));
+    }
+    if sections.slaves {
+        out.push_str(&shared_table(snap));
+    }
+    if sections.params {
+        out.push_str(&params_table(snap));
+    }
+    if sections.network {
+        out.push_str(&network_table(snap));
+    }
+    out
+}
+
+fn arr(snap: &J, k: &str) -> Vec<J> {
+    snap[k].as_array().cloned().unwrap_or_default()
+}
+
+fn computer_tables(snap: &J) -> String {
+    let mut out = table(
         "Computers",
         &["reference", "address", "netmask"],
-        arr("computers").iter().map(|c| vec![s(&c["reference"]), s(&c["address"]), s(&c["netmask"])]).collect(),
-    ));
-    out.push_str(&table(
+        arr(snap, "computers").iter().map(|c| vec![s(&c["reference"]), s(&c["address"]), s(&c["netmask"])]).collect(),
+    );
+    let usage = arr(snap, "usage_reports");
+    if !usage.is_empty() {
+        out.push_str(&table(
+            "Usage reports (latest)",
+            &["computer", "time", "bytes"],
+            usage.iter().map(|u| vec![s(&u["computer"]), time_text(u["time"].as_f64()), s(&u["bytes"])]).collect(),
+        ));
+    }
+    out
+}
+
+fn software_table(snap: &J) -> String {
+    table(
         "Software releases",
         &["computer", "url", "requested", "last report"],
-        arr("software_releases")
+        arr(snap, "software_releases")
             .iter()
             .map(|r| vec![s(&r["computer"]), s(&r["url"]), s(&r["requested_state"]), reported(&r["reported"])])
             .collect(),
-    ));
-    out.push_str(&table(
+    )
+}
+
+fn partition_tables(snap: &J) -> String {
+    let mut out = table(
         "Partitions",
         &["computer", "partition", "instance", "software release", "type", "requested", "timestamp", "last report"],
-        arr("partitions")
+        arr(snap, "partitions")
             .iter()
             .map(|p| {
                 let busy = p["slap_state"] == "busy";
@@ -164,35 +270,68 @@ pub fn render_tables(snap: &J) -> String {
                 ]
             })
             .collect(),
-    ));
-    let mut params_rows = Vec::new();
-    for p in arr("partitions").iter().filter(|p| p["slap_state"] == "busy") {
-        for (kind, key) in [("parameter", "parameters"), ("connection", "connection_parameters")] {
-            let m: BTreeMap<String, J> = p[key].as_object().map(|m| m.clone().into_iter().collect()).unwrap_or_default();
-            for (k, v) in m {
-                params_rows.push(vec![s(&p["instance"]), kind.to_string(), k, s(&v)]);
-            }
-        }
-    }
-    out.push_str(&table("Instance parameters", &["instance", "kind", "name", "value"], params_rows));
-    let shared = arr("shared_instances");
-    if !shared.is_empty() {
+    );
+    let forwarded = arr(snap, "forwarded_requests");
+    if !forwarded.is_empty() {
         out.push_str(&table(
-            "Shared instances",
-            &["reference", "computer", "hosted by", "connection parameters"],
-            shared
+            "Forwarded requests",
+            &["reference", "master", "software release", "time"],
+            forwarded
                 .iter()
-                .map(|x| vec![s(&x["reference"]), s(&x["computer"]), s(&x["hosted_by"]), s(&x["connection_parameters"])])
+                .map(|f| vec![s(&f["reference"]), s(&f["master_url"]), s(&f["software_release"]), time_text(f["time"].as_f64())])
                 .collect(),
         ));
     }
-    let usage = arr("usage_reports");
-    if !usage.is_empty() {
+    let related = arr(snap, "related_instances");
+    if !related.is_empty() {
         out.push_str(&table(
-            "Usage reports (latest)",
-            &["computer", "time", "bytes"],
-            usage.iter().map(|u| vec![s(&u["computer"]), time_text(u["time"].as_f64()), s(&u["bytes"])]).collect(),
+            "Related instances (requested in the last run)",
+            &["computer", "partition", "instances", "time"],
+            related
+                .iter()
+                .map(|r| {
+                    let list: Vec<String> = r["instances"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+                    vec![s(&r["computer"]), s(&r["partition"]), list.join(", "), time_text(r["time"].as_f64())]
+                })
+                .collect(),
         ));
     }
     out
+}
+
+fn shared_table(snap: &J) -> String {
+    let shared = arr(snap, "shared_instances");
+    if shared.is_empty() {
+        return String::new();
+    }
+    table(
+        "Shared instances",
+        &["reference", "computer", "hosted by", "connection parameters"],
+        shared.iter().map(|x| vec![s(&x["reference"]), s(&x["computer"]), s(&x["hosted_by"]), s(&x["connection_parameters"])]).collect(),
+    )
+}
+
+fn params_table(snap: &J) -> String {
+    let mut rows = Vec::new();
+    for p in arr(snap, "partitions").iter().filter(|p| p["slap_state"] == "busy") {
+        for (kind, key) in [("parameter", "parameters"), ("connection", "connection_parameters")] {
+            let m: BTreeMap<String, J> = p[key].as_object().map(|m| m.clone().into_iter().collect()).unwrap_or_default();
+            for (k, v) in m {
+                rows.push(vec![s(&p["instance"]), kind.to_string(), k, s(&v)]);
+            }
+        }
+    }
+    table("Instance parameters", &["instance", "kind", "name", "value"], rows)
+}
+
+fn network_table(snap: &J) -> String {
+    let rows = arr(snap, "partitions")
+        .iter()
+        .filter(|p| p["slap_state"] == "busy")
+        .map(|p| {
+            let addresses: Vec<String> = arr(p, "addresses").iter().map(|a| s(&a["address"])).collect();
+            vec![s(&p["computer"]), s(&p["partition"]), addresses.join(", ")]
+        })
+        .collect();
+    table("Network", &["computer", "partition", "addresses"], rows)
 }

@@ -181,6 +181,28 @@ pub struct TokenRow {
     pub used: Option<f64>,
 }
 
+/// A request forwarded to another master (`[multimaster/<url>]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardRow {
+    /// The title asked upstream: `<requester>_<title>`.
+    pub reference: String,
+    /// The master it went to (as configured).
+    pub master_url: String,
+    pub software_release: String,
+    pub time: f64,
+}
+
+/// The instances a partition requested in its last run
+/// (`updateComputerPartitionRelatedInstanceList`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelatedRow {
+    pub computer_reference: String,
+    pub partition_reference: String,
+    /// Instance titles, one per line.
+    pub instances: String,
+    pub time: f64,
+}
+
 /// How much node history the store keeps (`[slapproxy] report_history`,
 /// `report_limit`, `usage_history`, `usage_limit`): the newest rows, older
 /// ones are deleted as new ones come.
@@ -291,6 +313,19 @@ pub trait Tx {
     fn grantees(&mut self, kind: &str, reference: &str) -> Result<Vec<String>, StoreError>;
     /// Adds `user` to the users of an object.
     fn grant(&mut self, kind: &str, reference: &str, user: &str) -> Result<(), StoreError>;
+    /// A value of the master's own settings (`local_software_release_root`).
+    fn setting(&mut self, name: &str) -> Result<Option<String>, StoreError>;
+    fn set_setting(&mut self, name: &str, value: &str) -> Result<(), StoreError>;
+    /// Records (or refreshes) a forwarded request.
+    fn add_forward(&mut self, row: &ForwardRow) -> Result<(), StoreError>;
+    fn delete_forward(&mut self, reference: &str, master_url: &str) -> Result<(), StoreError>;
+    fn forwards(&mut self) -> Result<Vec<ForwardRow>, StoreError>;
+    /// Replaces what a partition last said it requested.
+    fn set_related(&mut self, row: &RelatedRow) -> Result<(), StoreError>;
+    fn related(&mut self) -> Result<Vec<RelatedRow>, StoreError>;
+    /// Renames a software release URL in supplies and partitions; a supply
+    /// of `new` already there for a computer wins over the renamed one.
+    fn rename_software(&mut self, old: &str, new: &str) -> Result<(), StoreError>;
 }
 
 /// A storage backend: runs a closure in one transaction, committed when it
@@ -391,6 +426,26 @@ const MIGRATIONS: &[&str] = &[
         username TEXT NOT NULL,
         PRIMARY KEY (kind, reference, username)
      );",
+    // 4: the master's settings, forwarded requests (multimaster) and what
+    // partitions say they requested
+    "CREATE TABLE setting (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+     );
+     CREATE TABLE forwarded_request (
+        reference TEXT NOT NULL,
+        master_url TEXT NOT NULL,
+        software_release TEXT NOT NULL,
+        time REAL NOT NULL,
+        PRIMARY KEY (reference, master_url)
+     );
+     CREATE TABLE related_instance (
+        computer_reference TEXT NOT NULL,
+        partition_reference TEXT NOT NULL,
+        instances TEXT NOT NULL,
+        time REAL NOT NULL,
+        PRIMARY KEY (computer_reference, partition_reference)
+     );",
 ];
 
 /// The schema version this program writes.
@@ -474,6 +529,17 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Copies the whole database to `<database>-backup-<suffix>` (before
+    /// changing URLs in bulk), and returns that path.
+    pub fn backup(&self, suffix: &str) -> Result<PathBuf, StoreError> {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!("-backup-{suffix}"));
+        let target = PathBuf::from(name);
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute("VACUUM INTO ?1", [target.to_string_lossy()])?;
+        Ok(target)
     }
 
     /// The same store, keeping `retention` of the node history.
@@ -927,6 +993,71 @@ impl Tx for SqliteTx<'_> {
             "INSERT INTO grantee (kind, reference, username) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             params![kind, reference, user],
         )?;
+        Ok(())
+    }
+    fn setting(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT value FROM setting WHERE name = ?1")?;
+        Ok(st.query_row([name], |r| r.get(0)).optional()?)
+    }
+    fn set_setting(&mut self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO setting (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![name, value],
+        )?;
+        Ok(())
+    }
+    fn add_forward(&mut self, f: &ForwardRow) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO forwarded_request (reference, master_url, software_release, time) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (reference, master_url) DO UPDATE SET software_release = excluded.software_release, time = excluded.time",
+            params![f.reference, f.master_url, f.software_release, f.time],
+        )?;
+        Ok(())
+    }
+    fn delete_forward(&mut self, reference: &str, master_url: &str) -> Result<(), StoreError> {
+        self.tx.execute("DELETE FROM forwarded_request WHERE reference = ?1 AND master_url = ?2", params![reference, master_url])?;
+        Ok(())
+    }
+    fn forwards(&mut self) -> Result<Vec<ForwardRow>, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT reference, master_url, software_release, time FROM forwarded_request ORDER BY master_url, reference")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ForwardRow { reference: r.get(0)?, master_url: r.get(1)?, software_release: r.get(2)?, time: r.get(3)? })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn set_related(&mut self, row: &RelatedRow) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO related_instance (computer_reference, partition_reference, instances, time) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (computer_reference, partition_reference)
+             DO UPDATE SET instances = excluded.instances, time = excluded.time",
+            params![row.computer_reference, row.partition_reference, row.instances, row.time],
+        )?;
+        Ok(())
+    }
+    fn related(&mut self) -> Result<Vec<RelatedRow>, StoreError> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT computer_reference, partition_reference, instances, time FROM related_instance
+             ORDER BY computer_reference, partition_reference",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(RelatedRow { computer_reference: r.get(0)?, partition_reference: r.get(1)?, instances: r.get(2)?, time: r.get(3)? })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn rename_software(&mut self, old: &str, new: &str) -> Result<(), StoreError> {
+        self.tx.execute(
+            "DELETE FROM software WHERE url = ?1 AND computer_reference IN
+               (SELECT computer_reference FROM software WHERE url = ?2)",
+            params![old, new],
+        )?;
+        self.tx.execute("UPDATE software SET url = ?2 WHERE url = ?1", params![old, new])?;
+        self.tx.execute("UPDATE partition SET software_release = ?2 WHERE software_release = ?1", params![old, new])?;
         Ok(())
     }
 }

@@ -4,6 +4,8 @@
 //! COMP-1234, product `my-product`); every answer must be the Python
 //! proxy's, byte for byte once timestamps (and ports) are normalised.
 
+use std::path::PathBuf;
+
 use serde_json::Value as J;
 use slapos_proxy::{start_background, ProxyConfig};
 
@@ -28,19 +30,75 @@ fn normalise(body: &str) -> String {
     out
 }
 
-/// Steps we do not replay: multimaster forwarding (not implemented yet),
-/// the JSON-RPC API, the panel redirect.
+/// Steps we do not replay: the JSON-RPC API, the panel redirect.
 fn skipped(name: &str, step: &str) -> bool {
-    step.starts_with("multimaster") || step.starts_with("jsonrpc") || name.starts_with("074")
+    step.starts_with("jsonrpc") || name.starts_with("074")
 }
 
 /// Where we answer differently on purpose: malformed input is a 400 with a
-/// message (the Python proxy crashes with a 500).
+/// message (the Python proxy crashes with a 500);
+/// `updateComputerPartitionRelatedInstanceList` is recorded (the Python
+/// proxy has no such route: 404).
 fn deliberate_status(name: &str) -> Option<u16> {
     match &name[..3] {
         "049" | "051" => Some(400),
+        "055" => Some(200),
         _ => None,
     }
+}
+
+/// A fake upstream master (F of the captures): 408 to
+/// `requestComputerPartition`, 404 to anything else.
+fn not_ready_master() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut line, mut length) = (String::new(), 0);
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let _ = reader.read_exact(&mut vec![0; length]);
+            let (status, body) = if line.contains("/requestComputerPartition") {
+                ("408 Request Timeout", "Resource not ready")
+            } else {
+                ("404 Not Found", "Not Found")
+            };
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    url
+}
+
+/// The masters behind A (as in the captures): B (ours, computer COMP-EXT),
+/// F (never ready) and a dead one, each with its software release listed;
+/// returns B and A's multimaster sections.
+fn upstreams(dir: &std::path::Path) -> (slapos_proxy::Background, slapos_proxy::multimaster::Multimaster) {
+    let b = start_background(&ProxyConfig { computer_id: "COMP-EXT".into(), database: dir.join("b.db"), ..Default::default() }).unwrap();
+    let dead = format!("http://127.0.0.1:{}/", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let section = |url: String, sr: &str| slapos_proxy::multimaster::Upstream {
+        url,
+        software_releases: vec![format!("http://example.com/software/{sr}/software.cfg")],
+        ..Default::default()
+    };
+    let mm = slapos_proxy::multimaster::Multimaster {
+        upstreams: vec![
+            section(format!("{}/", b.url()), "forwarded"),
+            section(not_ready_master(), "notready"),
+            section(dead, "dead-master"),
+        ],
+    };
+    (b, mm)
 }
 
 #[test]
@@ -56,17 +114,31 @@ fn our_master_answers_every_captured_request_like_the_python_proxy() {
             .collect(),
         ..Default::default()
     };
+    let (b, multimaster) = upstreams(dir.path());
+    let config = ProxyConfig { multimaster, ..config };
     let master = start_background(&config).unwrap();
+    let steps: J = serde_json::from_str(
+        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/slap-vectors/steps.json")).unwrap(),
+    )
+    .unwrap();
+    // B's address in the captures (the `_master_url` A answers) is ours
+    let captured_b = format!("127.0.0.1:{}", steps["ports"]["proxyB_logger"]);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
     let mut compared = 0;
     let mut failures = Vec::new();
     for (name, v) in vectors() {
-        if v["server"] != "A" || skipped(&name, v["step"].as_str().unwrap_or("")) {
+        let step = v["step"].as_str().unwrap_or("");
+        let server = match v["server"].as_str() {
+            Some("A") => master.url(),
+            Some("B") if step == "multimaster-prepare-B" => b.url(),
+            _ => continue,
+        };
+        if skipped(&name, step) {
             continue;
         }
         let req = &v["request"];
         let method = req["method"].as_str().unwrap();
-        let mut url = format!("{}{}", master.url(), req["path"].as_str().unwrap());
+        let mut url = format!("{server}{}", req["path"].as_str().unwrap());
         if let Some(q) = req["query_string"].as_str().filter(|q| !q.is_empty()) {
             url.push('?');
             url.push_str(q);
@@ -77,18 +149,18 @@ fn our_master_answers_every_captured_request_like_the_python_proxy() {
             if let Some(a) = auth {
                 r = r.header("Authorization", a);
             }
-            r.call().unwrap()
+            r.call().unwrap_or_else(|e| panic!("{name}: {e}"))
         } else {
             let mut r = agent.post(&url).header("Content-Type", "application/x-www-form-urlencoded");
             if let Some(a) = auth {
                 r = r.header("Authorization", a);
             }
-            r.send(req["body"].as_str().unwrap_or("")).unwrap()
+            r.send(req["body"].as_str().unwrap_or("")).unwrap_or_else(|e| panic!("{name}: {e}"))
         };
         let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().unwrap();
+        let body = resp.body_mut().read_to_string().unwrap_or_else(|e| panic!("{name}: {e}"));
         let expected_status = v["response"]["status"].as_u64().unwrap() as u16;
-        let expected_body = v["response"]["body"].as_str().unwrap_or("");
+        let expected_body = v["response"]["body"].as_str().unwrap_or("").replace(&captured_b, &b.addr.to_string());
         compared += 1;
         if let Some(ours) = deliberate_status(&name) {
             if status != ours {
@@ -105,7 +177,7 @@ fn our_master_answers_every_captured_request_like_the_python_proxy() {
             // documents carry ports; the run id is random
             continue;
         }
-        if normalise(&body) != normalise(expected_body) {
+        if normalise(&body) != normalise(&expected_body) {
             failures.push(format!("{name}: body differs\n ours:   {body}\n python: {expected_body}"));
         }
     }

@@ -32,6 +32,11 @@ pub struct StartArgs {
     /// next to the configuration file).
     #[arg(short = 'u', long = "database-uri", value_name = "FILE")]
     pub database_uri: Option<PathBuf>,
+    /// Root of local software releases (default: [slapproxy]
+    /// local_software_release_root, else /): when it moves, software
+    /// releases given as paths under the old root are rebased onto it.
+    #[arg(long = "local-software-release-root", value_name = "DIR")]
+    pub local_software_release_root: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +44,25 @@ pub struct ShowArgs {
     /// Print one JSON document instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Show computers (and usage reports). Without any of these section
+    /// flags, every section is shown.
+    #[arg(long)]
+    pub computers: bool,
+    /// Show software releases.
+    #[arg(long)]
+    pub software: bool,
+    /// Show partitions (and forwarded requests, related instances).
+    #[arg(long)]
+    pub partitions: bool,
+    /// Show shared (slave) instances.
+    #[arg(long)]
+    pub slaves: bool,
+    /// Show instance and published (connection) parameters.
+    #[arg(long)]
+    pub params: bool,
+    /// Show the addresses of the partitions in use.
+    #[arg(long)]
+    pub network: bool,
     /// SQLite database file (default: from the configuration).
     #[arg(short = 'u', long = "database-uri", value_name = "FILE")]
     pub database_uri: Option<PathBuf>,
@@ -63,6 +87,9 @@ pub fn run(cmd: ProxyCommand, global: &Global) -> anyhow::Result<u8> {
             if let Some(d) = args.database_uri {
                 config.database = d;
             }
+            if let Some(r) = args.local_software_release_root {
+                config.local_software_release_root = Some(r);
+            }
             slapos_proxy::run(&config)?;
             Ok(0)
         }
@@ -73,11 +100,20 @@ pub fn run(cmd: ProxyCommand, global: &Global) -> anyhow::Result<u8> {
             };
             let store = SqliteStore::open_read_only(&database)
                 .with_context(|| format!("cannot read the master's database {}", database.display()))?;
-            let snapshot = slapos_proxy::show::snapshot(&store)?;
+            let sections = slapos_proxy::show::Sections {
+                computers: args.computers,
+                software: args.software,
+                partitions: args.partitions,
+                slaves: args.slaves,
+                params: args.params,
+                network: args.network,
+            }
+            .or_all();
+            let snapshot = slapos_proxy::show::filter(slapos_proxy::show::snapshot(&store)?, &sections);
             if args.json {
                 outln!("{}", serde_json::to_string_pretty(&snapshot)?);
             } else {
-                out!("{}", slapos_proxy::show::render_tables(&snapshot));
+                out!("{}", slapos_proxy::show::render_sections(&snapshot, &sections));
             }
             Ok(0)
         }

@@ -278,6 +278,19 @@ fn proxy_show_prints_tables_and_json() {
     assert_eq!(p["parameters"]["greeting"], "hi");
     assert_eq!(p["reported"]["state"], "started");
     assert_eq!(doc["software_releases"][0]["reported"]["state"], "error");
+    // section filters, as SlapOS's: only what is asked
+    let out =
+        Command::new(BIN).args(["proxy", "show", "--software", "--network", "--cfg"]).arg(dir.path().join("slapos.cfg")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Software releases") && text.contains("Network"), "{text}");
+    assert!(text.contains("slappart0"), "the partition in use, in Network: {text}");
+    for absent in ["Computers", "Partitions", "Instance parameters", "greeting"] {
+        assert!(!text.contains(absent), "'{absent}' shown without being asked:\n{text}");
+    }
+    let out = Command::new(BIN).args(["proxy", "show", "--json", "--params", "--cfg"]).arg(dir.path().join("slapos.cfg")).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc.get("software_releases").is_none() && doc.get("computers").is_none(), "{doc}");
+    assert!(doc["partitions"].is_array(), "parameters are read from the partitions: {doc}");
     // a missing database is a clear error
     let out = Command::new(BIN).args(["proxy", "show", "-u", "/nonexistent/proxy.db"]).output().unwrap();
     assert!(!out.status.success());
