@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod boot;
 pub mod cgroup;
 pub mod collect;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod fsafe;
 pub mod instance;
 pub mod names;
 pub mod node;
+pub mod partition;
 pub mod process;
 pub mod procstat;
 pub mod progress;

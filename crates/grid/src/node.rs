@@ -1,5 +1,7 @@
 //! What every node command shares: the configuration, the master client,
-//! the node's supervisord, the pid-file lock and the exit codes (`node.md` §3).
+//! the node's supervisord, the pid-file lock and the errors that stop a run
+//! (`node.md` §3). Exit codes are the program's: library functions return
+//! typed outcomes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,18 +11,8 @@ use slap::client::{ClientConfig, SlapClient, SlapError};
 use slap::model::Computer;
 
 use crate::config::NodeConfig;
-use crate::supervisor::Supervisor;
-
-/// slapgrid's exit codes.
-pub const SUCCESS: u8 = 0;
-/// A run failed.
-pub const FAIL: u8 = 1;
-/// A promise failed.
-pub const PROMISE_FAIL: u8 = 2;
-/// The master was unreachable: offline mode, services kept running.
-pub const OFFLINE_SUCCESS: u8 = 3;
-/// Another run holds the pid-file lock.
-pub const ALREADY_RUNNING: u8 = 10;
+use crate::partition::SelectError;
+use crate::supervisor::{Supervisor, SupervisorError};
 
 #[derive(Debug, thiserror::Error)]
 /// Why a node run cannot start or proceed.
@@ -47,6 +39,15 @@ pub enum NodeError {
     /// The master refused or did not answer.
     #[error(transparent)]
     Master(#[from] SlapError),
+    /// The node's supervisord cannot be launched or refused a call.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// The partitions asked for cannot be selected.
+    #[error(transparent)]
+    Select(#[from] SelectError),
+    /// Offline processing could not start the services again.
+    #[error(transparent)]
+    Offline(SupervisorError),
 }
 
 /// The node: configuration, master, supervisord.
@@ -157,16 +158,40 @@ pub fn free_space(path: &Path) -> std::io::Result<u64> {
 }
 
 /// slapgrid's `DiskSpaceError`, with its message.
-pub fn check_free_space(path: &Path, required: u64, option: &str) -> Result<(), String> {
-    let available = free_space(path).map_err(|e| format!("cannot read the free space of {}: {e}", path.display()))?;
+#[derive(Debug, thiserror::Error)]
+pub enum SpaceError {
+    /// `statvfs` failed.
+    #[error("cannot read the free space of {}: {source}", .path.display())]
+    Unknown {
+        /// The path asked about.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Less than the option asks.
+    #[error("Not enough space for {}: available {}, required {} (option '{option}')", .path.display(), mib(*.available), mib(*.required))]
+    NotEnough {
+        /// The path asked about.
+        path: PathBuf,
+        /// Bytes free for non-root users.
+        available: u64,
+        /// Bytes the option requires.
+        required: u64,
+        /// The option (`software_min_free_space`, `instance_min_free_space`).
+        option: String,
+    },
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Checks that the filesystem of `path` has `required` bytes free (the
+/// value of `option`).
+pub fn check_free_space(path: &Path, required: u64, option: &str) -> Result<(), SpaceError> {
+    let available = free_space(path).map_err(|source| SpaceError::Unknown { path: path.to_path_buf(), source })?;
     if available < required {
-        let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
-        return Err(format!(
-            "Not enough space for {}: available {}, required {} (option '{option}')",
-            path.display(),
-            mib(available),
-            mib(required)
-        ));
+        return Err(SpaceError::NotEnough { path: path.to_path_buf(), available, required, option: option.to_string() });
     }
     Ok(())
 }
@@ -213,7 +238,7 @@ mod tests {
     fn free_space_is_checked_against_the_option() {
         let d = tempfile::tempdir().unwrap();
         assert!(check_free_space(&d.path().join("not/yet"), 1, "software_min_free_space").is_ok());
-        let e = check_free_space(d.path(), u64::MAX, "instance_min_free_space").unwrap_err();
+        let e = check_free_space(d.path(), u64::MAX, "instance_min_free_space").unwrap_err().to_string();
         assert!(e.starts_with("Not enough space for ") && e.ends_with("(option 'instance_min_free_space')"), "{e}");
     }
 

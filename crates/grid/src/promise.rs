@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::fsafe::{self, Dir, Kind};
+use crate::partition::{chown_tree, output, Owner};
 
 /// The outcome of one promise.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,11 +142,13 @@ pub fn run_legacy(path: &Path, partition: &Path, owner: Option<(u32, u32)>, time
 }
 
 /// Why the promises of a partition did not pass.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PromiseFailure {
     /// A promise failed: `Promise '<name>' failed with output: <message>`.
+    #[error("{0}")]
     Failed(String),
     /// The promises could not be run at all.
+    #[error("{0}")]
     Error(String),
 }
 
@@ -303,10 +306,9 @@ pub fn run_all(
     node: &crate::node::Node,
     p: &slap::model::ComputerPartition,
     pp: &Path,
-    owner: &crate::instance::Owner,
+    owner: &Owner,
     force: bool,
     check_anomaly: bool,
-    log: &crate::instance::PartitionLog,
 ) -> Result<(), PromiseFailure> {
     let id = p.partition_id.as_str();
     let timeout = node.cfg.promise_timeout;
@@ -319,7 +321,7 @@ pub fn run_all(
     if plugins.is_empty() && legacy_count == 0 {
         return Ok(());
     }
-    log.info(&format!("Checking {id} promises..."));
+    tracing::info!("Checking {id} promises...");
     if check_anomaly && !force && !plugins.is_empty() && all_cached_and_passing(pp, &plugins) {
         // nothing is due: spare the start of the software's Python
         return Ok(());
@@ -330,16 +332,16 @@ pub fn run_all(
         if let (Err(PromiseFailure::Failed(m)), true) = (&r, check_anomaly && !force) {
             let title = m.split('\'').nth(1).unwrap_or_default();
             match node.client.bang(&node.cfg.computer_id, id, &format!("Promise {title} is failing")) {
-                Ok(()) => log.warn(&format!("Banged the master: promise {title} is failing")),
-                Err(e) => log.warn(&format!("could not bang the master: {e}")),
+                Ok(()) => tracing::warn!("Banged the master: promise {title} is failing"),
+                Err(e) => tracing::warn!("could not bang the master: {e}"),
             }
         }
         r
     } else {
-        run_with_python(node, p, pp, owner, &plugins, legacy_count, force, check_anomaly, log)
+        run_with_python(node, p, pp, owner, &plugins, legacy_count, force, check_anomaly)
     };
     // the partition's user owns its promise state
-    crate::instance::chown_tree(pp, ".slapgrid", owner.uid, owner.gid);
+    chown_tree(pp, ".slapgrid", owner.uid, owner.gid);
     result
 }
 
@@ -370,12 +372,11 @@ fn run_with_python(
     node: &crate::node::Node,
     p: &slap::model::ComputerPartition,
     pp: &Path,
-    owner: &crate::instance::Owner,
+    owner: &Owner,
     plugins: &[PathBuf],
     legacy_count: usize,
     force: bool,
     check_anomaly: bool,
-    log: &crate::instance::PartitionLog,
 ) -> Result<(), PromiseFailure> {
     let id = p.partition_id.as_str();
     let sp = crate::decision::software_path(&node.cfg.software_root, p.software_release_url().unwrap_or_default());
@@ -390,7 +391,7 @@ fn run_with_python(
             plugins[0].display()
         ))
     })?;
-    log.info(&format!("Switching to {id}'s python at {python}"));
+    tracing::info!("Switching to {id}'s python at {python}");
     let (cert, key) = match &node.cfg.certificate_repository_path {
         Some(r) => (r.join(format!("{id}.crt")).display().to_string(), r.join(format!("{id}.key")).display().to_string()),
         None => ("None".to_string(), "None".to_string()),
@@ -427,9 +428,9 @@ fn run_with_python(
     // the .slapgrid tree must be the partition user's before it writes there
     let to = nix::unistd::geteuid().is_root().then_some((owner.uid, owner.gid));
     let _ = Dir::open_nofollow(pp).and_then(|pd| pd.create_dir_all(Path::new(".slapgrid"), 0o755, to));
-    crate::instance::chown_tree(pp, ".slapgrid", owner.uid, owner.gid);
+    chown_tree(pp, ".slapgrid", owner.uid, owner.gid);
     let total = Duration::from_secs((plugins.len() + legacy_count) as u64 * node.cfg.promise_timeout.as_secs() + 10);
-    let out = crate::process::run_as_owner(&python, &args, pp, &[("HOME", owner.home.as_str())], Some(total), |l| log.output(l))
+    let out = crate::process::run_as_owner(&python, &args, pp, &[("HOME", owner.home.as_str())], Some(total), |l| output(id, l))
         .map_err(|e| PromiseFailure::Error(format!("cannot run {python}: {e}")))?;
     match out.code {
         Some(0) => Ok(()),

@@ -10,81 +10,196 @@ use std::path::Path;
 
 use slap::model::{ComputerPartition, InstanceState};
 
+use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
+use quick_xml::{Reader, Writer};
+
 use crate::fsafe::{self, Dir, Kind};
-use crate::instance::{select_partitions, Owner};
-use crate::node::{self, Node};
+use crate::node::{Node, NodeError};
+use crate::partition::{chown_tree, output, select_partitions, Owner};
 use crate::process::{run_as_owner, run_as_owner_of};
 
 pub use crate::procstat::{usage_of_uid, Usage};
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+/// One `<movement>` of a partition's consumption report, as XML events
+/// (whitespace between elements dropped), its `<reference>` already the
+/// partition's id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Movement(Vec<Event<'static>>);
+
+impl Movement {
+    /// The movement as compact XML.
+    pub fn to_xml(&self) -> String {
+        let mut w = Writer::new(Vec::new());
+        for e in &self.0 {
+            // (writing to memory cannot fail)
+            let _ = w.write_event(e.borrow());
+        }
+        String::from_utf8_lossy(&w.into_inner()).into_owned()
+    }
+}
+
+/// Writes `<name>text</name>` (text escaped).
+fn element(w: &mut Writer<Vec<u8>>, name: &str, text: &str) -> std::io::Result<()> {
+    w.create_element(name).write_text_content(BytesText::new(text))?;
+    Ok(())
+}
+
+/// Writes the `<movement>` of one resource of one partition.
+fn usage_movement(w: &mut Writer<Vec<u8>>, partition: &str, resource: &str, quantity: f64) -> std::io::Result<()> {
+    w.write_event(Event::Start(BytesStart::new("movement")))?;
+    for (name, text) in [
+        ("resource", resource),
+        ("title", resource),
+        ("reference", partition),
+        ("quantity", &format!("{quantity:.3}")),
+        ("price", "0.00"),
+        ("VAT", "None"),
+        ("category", "None"),
+    ] {
+        element(w, name, text)?;
+    }
+    w.write_event(Event::End(BytesEnd::new("movement")))
+}
+
+/// The journal document, written through `w`.
+fn write_journal(
+    w: &mut Writer<Vec<u8>>,
+    computer_id: &str,
+    stop_date: &str,
+    usages: &[(String, Usage)],
+    extra: &[Movement],
+) -> std::io::Result<()> {
+    w.write_event(Event::Start(BytesStart::new("journal")))?;
+    w.write_event(Event::Start(BytesStart::new("transaction").with_attributes([("type", "Sale Packing List")])))?;
+    for (name, text) in [("title", "Resource consumptions"), ("start_date", ""), ("stop_date", stop_date), ("reference", computer_id)] {
+        element(w, name, text)?;
+    }
+    for name in ["currency", "payment_mode", "category"] {
+        element(w, name, "")?;
+    }
+    w.create_element("arrow").with_attribute(("type", "Administration")).write_inner_content(|w| {
+        element(w, "source", "")?;
+        element(w, "destination", "")
+    })?;
+    for event in extra.iter().flat_map(|m| &m.0) {
+        w.write_event(event.borrow())?;
+    }
+    for (partition, u) in usages {
+        usage_movement(w, partition, "CPU Consumption", u.cpu_seconds)?;
+        usage_movement(w, partition, "Memory Consumption", u.memory_mib)?;
+    }
+    w.write_event(Event::End(BytesEnd::new("transaction")))?;
+    w.write_event(Event::End(BytesEnd::new("journal")))
 }
 
 /// The consumption journal slapgrid sends with `useComputer` (one
 /// "Sale Packing List" transaction, one movement per resource and
-/// partition).
-pub fn usage_journal(computer_id: &str, stop_date: &str, usages: &[(String, Usage)], extra_movements: &[String]) -> String {
-    let mut movements = String::new();
-    for m in extra_movements {
-        movements.push_str("    ");
-        movements.push_str(m.trim());
-        movements.push('\n');
-    }
-    for (partition, u) in usages {
-        for (resource, quantity) in [("CPU Consumption", u.cpu_seconds), ("Memory Consumption", u.memory_mib)] {
-            movements.push_str(&format!(
-                "    <movement>\n      <resource>{resource}</resource>\n      <title>{resource}</title>\n      <reference>{}</reference>\n      <quantity>{quantity:.3}</quantity>\n      <price>0.00</price>\n      <VAT>None</VAT>\n      <category>None</category>\n    </movement>\n",
-                xml_escape(partition)
-            ));
-        }
-    }
-    format!(
-        "<?xml version='1.0' encoding='utf-8'?>\n<journal>\n  <transaction type=\"Sale Packing List\">\n    <title>Resource consumptions</title>\n    <start_date></start_date>\n    <stop_date>{stop_date}</stop_date>\n    <reference>{}</reference>\n    <currency></currency>\n    <payment_mode></payment_mode>\n    <category></category>\n    <arrow type=\"Administration\">\n      <source></source>\n      <destination></destination>\n    </arrow>\n{movements}  </transaction>\n</journal>\n",
-        xml_escape(computer_id)
-    )
+/// partition, after the movements the partitions reported themselves).
+pub fn usage_journal(computer_id: &str, stop_date: &str, usages: &[(String, Usage)], extra_movements: &[Movement]) -> String {
+    let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+    // (writing to memory cannot fail)
+    let _ = write_journal(&mut w, computer_id, stop_date, usages, extra_movements);
+    format!("<?xml version='1.0' encoding='utf-8'?>\n{}\n", String::from_utf8_lossy(&w.into_inner()))
 }
 
 /// The `<movement>` elements of a partition's consumption report, each with
-/// its `<reference>` replaced by the partition id; None when the document
-/// is not well-formed XML or holds no movement.
-pub fn partition_movements(xml: &str, partition_id: &str) -> Option<Vec<String>> {
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut depth_ok = false;
+/// the content of its first `<reference>` replaced by the partition id;
+/// None when the document is not well-formed XML or holds no movement.
+pub fn partition_movements(xml: &str, partition_id: &str) -> Option<Vec<Movement>> {
+    let mut reader = Reader::from_str(xml);
+    reader.config_mut().trim_text(true);
+    reader.config_mut().check_end_names = true;
+    let mut out = Vec::new();
+    let mut current: Option<MovementParse> = None;
+    let mut depth = 0usize;
     loop {
-        match reader.read_event() {
-            Ok(quick_xml::events::Event::Eof) => break,
-            Ok(quick_xml::events::Event::Start(_)) => depth_ok = true,
-            Ok(_) => {}
-            Err(_) => return None,
+        let event = reader.read_event().ok()?.into_owned();
+        match &event {
+            Event::Eof if depth == 0 => break,
+            Event::Eof => return None,
+            Event::Start(_) => depth += 1,
+            Event::End(_) => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+        match current.as_mut() {
+            Some(m) => {
+                if m.push(event, partition_id) {
+                    out.extend(current.take().map(|m| Movement(m.events)));
+                }
+            }
+            None => match event {
+                Event::Start(ref s) if s.name().as_ref() == b"movement" => current = Some(MovementParse::new(event)),
+                Event::Empty(ref s) if s.name().as_ref() == b"movement" => out.push(Movement(vec![event])),
+                _ => {}
+            },
         }
     }
-    if !depth_ok {
-        return None;
-    }
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find("<movement") {
-        let after = &rest[start..];
-        let end = after.find("</movement>")? + "</movement>".len();
-        let m = &after[..end];
-        let m = match (m.find("<reference>"), m.find("</reference>")) {
-            (Some(a), Some(b)) if a < b => {
-                format!("{}<reference>{}</reference>{}", &m[..a], xml_escape(partition_id), &m[b + "</reference>".len()..])
-            }
-            _ => m.to_string(),
-        };
-        out.push(m);
-        rest = &after[end..];
-    }
     (!out.is_empty()).then_some(out)
+}
+
+/// A `<movement>` being read.
+struct MovementParse {
+    events: Vec<Event<'static>>,
+    /// Elements open inside the movement.
+    depth: usize,
+    /// The first `<reference>` was seen.
+    referenced: bool,
+    /// Inside that `<reference>` (the depth it opened at): its content is
+    /// dropped.
+    in_reference: Option<usize>,
+}
+
+impl MovementParse {
+    fn new(start: Event<'static>) -> MovementParse {
+        MovementParse { events: vec![start], depth: 0, referenced: false, in_reference: None }
+    }
+
+    /// Takes the next event; true when it closed the movement.
+    fn push(&mut self, event: Event<'static>, partition_id: &str) -> bool {
+        let is_reference = |s: &BytesStart| s.name().as_ref() == b"reference";
+        match &event {
+            Event::Start(s) if !self.referenced && is_reference(s) => {
+                self.referenced = true;
+                self.in_reference = Some(self.depth);
+                self.depth += 1;
+                self.events.push(event);
+                self.events.push(Event::Text(BytesText::new(partition_id).into_owned()));
+                return false;
+            }
+            Event::Empty(s) if !self.referenced && is_reference(s) => {
+                self.referenced = true;
+                self.events.push(Event::Start(BytesStart::new("reference")));
+                self.events.push(Event::Text(BytesText::new(partition_id).into_owned()));
+                self.events.push(Event::End(BytesEnd::new("reference")));
+                return false;
+            }
+            Event::Start(_) => self.depth += 1,
+            Event::End(_) if self.depth == 0 => {
+                self.events.push(event);
+                return true;
+            }
+            Event::End(_) => {
+                self.depth -= 1;
+                if self.in_reference == Some(self.depth) {
+                    self.in_reference = None;
+                    self.events.push(event);
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        if self.in_reference.is_none() {
+            self.events.push(event);
+        }
+        false
+    }
 }
 
 /// Runs the partition's `etc/report/*` scripts (as its user, each given a
 /// fresh file name under `var/xml_report/`), then collects the reports of
 /// the partition (its `var/xml_report/` and `instance_root/var/xml_report/<id>/`).
 /// Valid reports are consumed (deleted); invalid ones stay, with a warning.
-fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
+fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<Movement> {
     let cfg = &node.cfg;
     let id = p.partition_id.as_str();
     let Ok(pid) = crate::names::PartitionId::parse(id) else { return Vec::new() };
@@ -100,7 +215,7 @@ fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
             if let Ok(owner) = Owner::of(&pp) {
                 let to = nix::unistd::geteuid().is_root().then_some((owner.uid, owner.gid));
                 let _ = pd.create_dir_all(Path::new("var/xml_report"), 0o755, to);
-                crate::instance::chown_tree(&pp, "var", owner.uid, owner.gid);
+                chown_tree(&pp, "var", owner.uid, owner.gid);
             }
         }
         for (i, script) in scripts.iter().enumerate() {
@@ -113,9 +228,8 @@ fn partition_reports(node: &Node, p: &ComputerPartition) -> Vec<String> {
             let target = xml_dir.join(format!("{}-{}-{i}.xml", chrono::Utc::now().format("%Y%m%d%H%M%S"), std::process::id()));
             let (program, args) = (script.display().to_string(), [target.display().to_string()]);
             let timeout = Some(std::time::Duration::from_secs(600));
-            let ok = run_as_owner_of(&pp, &program, &args, &report_dir, &[], timeout, |l| tracing::info!("[{id}] {l}"))
-                .map(|o| o.success)
-                .unwrap_or(false);
+            let ok =
+                run_as_owner_of(&pp, &program, &args, &report_dir, &[], timeout, |l| output(id, l)).map(|o| o.success).unwrap_or(false);
             if !ok {
                 let name = script.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let _ = node.client.partition_error(&cfg.computer_id, id, &format!("Script '{name}' failed."), None);
@@ -168,18 +282,53 @@ pub fn retention_allows(pp: &Path, now: f64) -> Result<bool, std::io::Error> {
     }
 }
 
-fn destroy_partition(node: &Node, p: &ComputerPartition) -> Result<(), String> {
+/// Why a partition was not destroyed (reported to the master).
+#[derive(Debug, thiserror::Error)]
+pub enum DestroyError {
+    /// The partition id is invalid.
+    #[error(transparent)]
+    Name(#[from] crate::names::NameError),
+    /// supervisord could not stop its programs.
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
+    /// A file of the partition (the retention lock, the destroy script).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// `sbin/destroy` failed (its output).
+    #[error("Destroy script {} failed:\n{output}", .script.display())]
+    Script {
+        /// The script.
+        script: std::path::PathBuf,
+        /// What it said.
+        output: String,
+    },
+    /// The partition directory cannot be emptied.
+    #[error("cannot empty {}: {source}", .path.display())]
+    Empty {
+        /// The partition directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The master refused `destroyedComputerPartition`.
+    #[error(transparent)]
+    Master(#[from] slap::client::SlapError),
+}
+
+/// Destroys one partition (`node.md` §7.7): stop, retention, `sbin/destroy`
+/// as its user, its certificate, its files, then the report.
+fn destroy_partition(node: &Node, p: &ComputerPartition) -> Result<(), DestroyError> {
     let cfg = &node.cfg;
     let id = p.partition_id.as_str();
     // (select_partitions already refused invalid ids: this is the proof, again, before destruction)
-    let pp = crate::names::PartitionId::parse(id).map_err(|e| e.to_string())?.dir(&cfg.instance_root);
+    let pp = crate::names::PartitionId::parse(id)?.dir(&cfg.instance_root);
     tracing::info!("Destroying Computer Partition {id}...");
-    node.supervisor.stop_partition(id).map_err(|e| e.to_string())?;
+    node.supervisor.stop_partition(id)?;
     if let Err(e) = node.client.partition_stopped(&cfg.computer_id, id) {
         tracing::debug!("stoppedComputerPartition for {id}: {e}");
     }
     let now = chrono::Utc::now().timestamp() as f64;
-    if !retention_allows(&pp, now).map_err(|e| e.to_string())? {
+    if !retention_allows(&pp, now)? {
         tracing::info!("Computer Partition {id} is kept until its retention delay expires.");
         return Ok(());
     }
@@ -189,12 +338,10 @@ fn destroy_partition(node: &Node, p: &ComputerPartition) -> Result<(), String> {
         .and_then(|pd| pd.metadata(Path::new("sbin/destroy")))
         .is_ok_and(|m| matches!(m.kind, Kind::File | Kind::Symlink));
     if has_destroy {
-        let out = run_as_owner(&destroy.display().to_string(), &[], &pp, &[], Some(std::time::Duration::from_secs(3600)), |l| {
-            tracing::info!("[{id}] {l}")
-        })
-        .map_err(|e| e.to_string())?;
+        let hour = Some(std::time::Duration::from_secs(3600));
+        let out = run_as_owner(&destroy.display().to_string(), &[], &pp, &[], hour, |l| output(id, l))?;
         if !out.success {
-            return Err(format!("Destroy script {} failed:\n{}", destroy.display(), out.output));
+            return Err(DestroyError::Script { script: destroy, output: out.output });
         }
     }
     if let Some(repo) = cfg.certificate_repository_path.as_deref().and_then(|r| Dir::open(r).ok()) {
@@ -202,43 +349,38 @@ fn destroy_partition(node: &Node, p: &ComputerPartition) -> Result<(), String> {
             let _ = repo.remove_file(Path::new(&format!("{id}.{ext}")));
         }
     }
-    empty_partition(&pp).map_err(|e| format!("cannot empty {}: {e}", pp.display()))?;
+    empty_partition(&pp).map_err(|source| DestroyError::Empty { path: pp.clone(), source })?;
     match node.client.partition_destroyed(&cfg.computer_id, id) {
         Ok(_) => {}
         Err(e) if e.is_not_found() || e.status() == Some(500) => tracing::debug!("destroyedComputerPartition for {id}: {e}"),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     }
     tracing::info!("Destroyed Computer Partition {id}.");
     Ok(())
 }
 
-/// `slapos node report`: returns the exit code.
-pub fn run(node: &Node) -> u8 {
-    let cfg = &node.cfg;
-    if let Err(e) = node.supervisor.ensure_running() {
-        tracing::error!("{e}");
-        return node::FAIL;
+/// How a `node report` run went.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReportSummary {
+    /// Partitions whose usage was measured.
+    pub measured: Vec<String>,
+    /// Partitions destroyed (or kept for their retention delay).
+    pub destroyed: Vec<String>,
+    /// Partitions that could not be destroyed, with why (reported).
+    pub not_destroyed: Vec<(String, String)>,
+}
+
+impl ReportSummary {
+    /// Every partition to destroy was (slapgrid's exit code 0, else 1).
+    pub fn is_clean(&self) -> bool {
+        self.not_destroyed.is_empty()
     }
-    let computer = match node.computer() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            return node::FAIL;
-        }
-    };
-    let partitions = match select_partitions(node, &computer.partitions, &[], false) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!("{e}");
-            return node::FAIL;
-        }
-    };
-    // usage of the partitions that run something
+}
+
+/// The usage of the partitions that run something, as their users' processes.
+fn usages(cfg: &crate::config::NodeConfig, partitions: &[&ComputerPartition]) -> Vec<(String, Usage)> {
     let mut usages = Vec::new();
-    for p in &partitions {
-        if p.requested_state == Some(InstanceState::Destroyed) {
-            continue;
-        }
+    for p in partitions.iter().filter(|p| p.requested_state != Some(InstanceState::Destroyed)) {
         let pp = cfg.instance_root.join(&p.partition_id);
         let Ok(owner) = Owner::of(&pp) else { continue };
         if owner.uid == 0 || owner.uid == nix::unistd::getuid().as_raw() {
@@ -251,24 +393,37 @@ pub fn run(node: &Node) -> u8 {
             usages.push((p.partition_id.clone(), u));
         }
     }
-    // what the partitions report themselves
-    let mut movements = Vec::new();
-    for p in &partitions {
-        movements.extend(partition_reports(node, p));
-    }
-    // computer reports, sent as they are
-    if let Ok(dir) = Dir::open_below(&cfg.instance_root, &Path::new("var/xml_report").join(&cfg.computer_id)) {
-        for (name, _) in dir.entries(Path::new(".")).unwrap_or_default() {
-            let name = Path::new(&name);
-            let Ok(text) = dir.read_to_string(name, fsafe::LARGE) else { continue };
-            match node.client.use_computer(&cfg.computer_id, &text) {
-                Ok(()) => {
-                    let _ = dir.remove_file(name);
-                }
-                Err(err) => tracing::warn!("could not send {}: {err}", dir.path().join(name).display()),
+    usages
+}
+
+/// The computer's own reports (`instance_root/var/xml_report/<computer>`),
+/// sent as they are and deleted once sent.
+fn send_computer_reports(node: &Node) {
+    let cfg = &node.cfg;
+    let Ok(dir) = Dir::open_below(&cfg.instance_root, &Path::new("var/xml_report").join(&cfg.computer_id)) else { return };
+    for (name, _) in dir.entries(Path::new(".")).unwrap_or_default() {
+        let name = Path::new(&name);
+        let Ok(text) = dir.read_to_string(name, fsafe::LARGE) else { continue };
+        match node.client.use_computer(&cfg.computer_id, &text) {
+            Ok(()) => {
+                let _ = dir.remove_file(name);
             }
+            Err(err) => tracing::warn!("could not send {}: {err}", dir.path().join(name).display()),
         }
     }
+}
+
+/// `slapos node report`: usage and reports sent, then the partitions the
+/// master says to destroy destroyed.
+pub fn run(node: &Node) -> Result<ReportSummary, NodeError> {
+    let cfg = &node.cfg;
+    node.supervisor.ensure_running()?;
+    let computer = node.computer()?;
+    let partitions = select_partitions(node, &computer.partitions, &[], false)?;
+    let usages = usages(cfg, &partitions);
+    // what the partitions report themselves
+    let movements: Vec<Movement> = partitions.iter().flat_map(|p| partition_reports(node, p)).collect();
+    send_computer_reports(node);
     if !usages.is_empty() || !movements.is_empty() {
         let stop = chrono::Local::now().format("%Y-%m-%d at %H:%M:%S").to_string();
         let journal = usage_journal(&cfg.computer_id, &stop, &usages, &movements);
@@ -276,20 +431,20 @@ pub fn run(node: &Node) -> u8 {
             tracing::warn!("could not send the usage report: {e}");
         }
     }
-    let mut failed = false;
+    let mut summary = ReportSummary { measured: usages.into_iter().map(|(id, _)| id).collect(), ..Default::default() };
     for p in partitions.iter().filter(|p| p.requested_state == Some(InstanceState::Destroyed)) {
-        if let Err(e) = destroy_partition(node, p) {
-            tracing::error!("Computer Partition {} not destroyed: {e}", p.partition_id);
-            let _ = node.client.partition_error(&cfg.computer_id, &p.partition_id, &e, None);
-            failed = true;
+        match destroy_partition(node, p) {
+            Ok(()) => summary.destroyed.push(p.partition_id.clone()),
+            Err(e) => {
+                let e = e.to_string();
+                tracing::error!("Computer Partition {} not destroyed: {e}", p.partition_id);
+                let _ = node.client.partition_error(&cfg.computer_id, &p.partition_id, &e, None);
+                summary.not_destroyed.push((p.partition_id.clone(), e));
+            }
         }
     }
     tracing::info!("Finished usage reports.");
-    if failed {
-        node::FAIL
-    } else {
-        node::SUCCESS
-    }
+    Ok(summary)
 }
 
 #[cfg(test)]
@@ -317,8 +472,8 @@ mod tests {
         let xml = "<?xml version='1.0'?><journal><transaction><movement><resource>CPU</resource><reference>whatever</reference><quantity>2</quantity></movement><movement><resource>RAM</resource></movement></transaction></journal>";
         let m = partition_movements(xml, "slappart3").unwrap();
         assert_eq!(m.len(), 2);
-        assert!(m[0].contains("<reference>slappart3</reference>") && !m[0].contains("whatever"));
-        assert_eq!(m[1], "<movement><resource>RAM</resource></movement>");
+        assert!(m[0].to_xml().contains("<reference>slappart3</reference>") && !m[0].to_xml().contains("whatever"));
+        assert_eq!(m[1].to_xml(), "<movement><resource>RAM</resource></movement>");
         assert_eq!(partition_movements("<journal><movement>", "p"), None);
         assert_eq!(partition_movements("<journal/>", "p"), None);
         let j = usage_journal("C", "d", &[], &m);

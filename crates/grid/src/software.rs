@@ -67,15 +67,18 @@ pub enum SoftwareError {
         /// The tail of buildout's output.
         output: String,
     },
-    /// Any other failure (bootstrap, disk space, I/O).
-    #[error("{0}")]
-    Other(String),
-}
-
-impl From<std::io::Error> for SoftwareError {
-    fn from(e: std::io::Error) -> Self {
-        SoftwareError::Other(e.to_string())
-    }
+    /// A file or program of the software path.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The filesystem has less than `software_min_free_space`.
+    #[error(transparent)]
+    Space(#[from] node::SpaceError),
+    /// The software's `buildout.cfg` cannot hold the URL or a part list.
+    #[error(transparent)]
+    Template(#[from] crate::templates::TemplateError),
+    /// `[slapos] buildout` is not a program on PATH.
+    #[error("buildout program '{0}' not found (set [slapos] buildout)")]
+    NoBuildout(String),
 }
 
 /// The owner of the software root, to give what root creates in a software
@@ -131,7 +134,7 @@ pub fn garbage(software_root: &Path, available: &[PathBuf]) -> Vec<PathBuf> {
 pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Result<(), SoftwareError> {
     let cfg = &node.cfg;
     let sp = url.hash().dir(&cfg.software_root);
-    node::check_free_space(&sp, cfg.software_min_free_space, "software_min_free_space").map_err(SoftwareError::Other)?;
+    node::check_free_space(&sp, cfg.software_min_free_space, "software_min_free_space")?;
     // the software root and its paths are the software user's: never through their links
     let root = Dir::open(&cfg.software_root)?;
     let owner = software_owner(&root)?;
@@ -148,8 +151,7 @@ pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Resu
     }
     let buildout_cfg = sp.join("buildout.cfg");
     if !sd.exists(Path::new("buildout.cfg")) {
-        let text = crate::templates::software_buildout(url, &cfg.shared_part_list, &cfg.build_time_part_list)
-            .map_err(|e| SoftwareError::Other(e.to_string()))?;
+        let text = crate::templates::software_buildout(url, &cfg.shared_part_list, &cfg.build_time_part_list)?;
         sd.write(Path::new("buildout.cfg"), text.as_bytes(), 0o644, owner)?;
     }
     let mut args = vec![format!("buildout:extends-cache={}", extends_cache.display()), format!("buildout:directory={}", sp.display())];
@@ -180,8 +182,7 @@ pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Resu
     if skip_bootstrap {
         sd.write(marker, b"", 0o644, owner)?;
     } else {
-        let buildout = node::which(&cfg.buildout)
-            .ok_or_else(|| SoftwareError::Other(format!("buildout program '{}' not found (set [slapos] buildout)", cfg.buildout)))?;
+        let buildout = node::which(&cfg.buildout).ok_or_else(|| SoftwareError::NoBuildout(cfg.buildout.clone()))?;
         let mut boot = args.clone();
         boot.push("bootstrap".into());
         tracing::info!("Bootstrapping buildout in {} with {}", sp.display(), buildout.display());
@@ -227,89 +228,45 @@ fn asctime() -> String {
     chrono::Local::now().format("%a %b %e %H:%M:%S %Y").to_string()
 }
 
-/// `slapos node software`: returns the exit code.
-pub fn run(node: &Node, opts: &SoftwareOptions) -> Result<u8, SlapError> {
+/// What became of one release in a `node software` run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Not selected by `--only-sr`.
+    Skipped,
+    /// Already installed.
+    UpToDate,
+    /// Built, reported `available`, `.completed` written.
+    Installed,
+    /// Removed, reported `destroyed`.
+    Destroyed,
+    /// Refused (invalid URL) or failed: the text reported to the master.
+    Failed(String),
+}
+
+/// The releases of a `node software` run and what became of each.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SoftwareSummary {
+    /// `(URL, outcome)` in the master's order.
+    pub releases: Vec<(String, ReleaseOutcome)>,
+}
+
+impl SoftwareSummary {
+    /// No release failed (slapgrid's exit code 0, else 1).
+    pub fn is_clean(&self) -> bool {
+        !self.releases.iter().any(|(_, o)| matches!(o, ReleaseOutcome::Failed(_)))
+    }
+}
+
+/// `slapos node software`: every supplied release built or destroyed as
+/// the master says; an unreachable master stops the run.
+pub fn run(node: &Node, opts: &SoftwareOptions) -> Result<SoftwareSummary, SlapError> {
     let cfg = &node.cfg;
     let computer = node.computer()?;
     tracing::info!("Processing software releases...");
-    let mut clean = true;
+    let mut summary = SoftwareSummary::default();
     for sr in &computer.software_releases {
-        // the gate: a release with an invalid URL is neither built nor destroyed
-        let valid = match SoftwareUrl::parse(&sr.url) {
-            Ok(u) => u,
-            Err(e) => {
-                let text = format!("Software release refused: {e}");
-                tracing::error!("{text}");
-                match node.client.software_release_error(&sr.url, &cfg.computer_id, &text) {
-                    Err(e) if e.is_unreachable() => return Err(e),
-                    Err(e) => tracing::warn!("could not report the refused release: {e}"),
-                    Ok(()) => {}
-                }
-                clean = false;
-                continue;
-            }
-        };
-        let url = valid.as_str();
-        let sp = valid.hash().dir(&cfg.software_root);
-        let key = sp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let completed = sp.join(".completed");
-        let action = software_action(sr.state(), is_completed(&sp), opts.selects(url, &key), opts.force);
-        let result: Result<(), String> = match action {
-            SoftwareAction::Skip => {
-                tracing::debug!("Skipping software release {url} (not selected by --only-sr)");
-                Ok(())
-            }
-            SoftwareAction::UpToDate => {
-                tracing::info!("Software release {url} is already installed in {}", sp.display());
-                Ok(())
-            }
-            SoftwareAction::Install => {
-                tracing::info!("Installing software release {url}...");
-                match node.client.software_release_building(url, &cfg.computer_id) {
-                    Err(e) if !e.is_not_found() => tracing::warn!("could not report building {url}: {e}"),
-                    _ => {}
-                }
-                let started = std::time::Instant::now();
-                match install(node, &valid, opts.force, opts.buildout_debug) {
-                    Ok(()) => {
-                        node.client.software_release_available(url, &cfg.computer_id)?;
-                        match Dir::open_nofollow(&sp).and_then(|sd| sd.write(Path::new(".completed"), asctime().as_bytes(), 0o644, None)) {
-                            Ok(()) => {
-                                tracing::info!("Software release {url} installed in {:.1} s.", started.elapsed().as_secs_f64());
-                                Ok(())
-                            }
-                            Err(e) => Err(format!("cannot write {}: {e}", completed.display())),
-                        }
-                    }
-                    Err(e) => {
-                        let text = e.to_string();
-                        tracing::error!("{}", text.lines().next().unwrap_or_default());
-                        node.client.software_release_error(url, &cfg.computer_id, &text)?;
-                        Err(text)
-                    }
-                }
-            }
-            SoftwareAction::Destroy => {
-                if sp.exists() {
-                    tracing::info!("Destroying {url} in {}...", sp.display());
-                }
-                match destroy(&sp) {
-                    Ok(()) => {
-                        node.client.software_release_destroyed(url, &cfg.computer_id)?;
-                        tracing::info!("Destroyed {url}.");
-                        Ok(())
-                    }
-                    Err(e) => {
-                        let text = format!("Cannot remove {}: {e}", sp.display());
-                        node.client.software_release_error(url, &cfg.computer_id, &text)?;
-                        Err(text)
-                    }
-                }
-            }
-        };
-        if result.is_err() {
-            clean = false;
-        }
+        let outcome = release(node, &sr.url, sr.state(), opts)?;
+        summary.releases.push((sr.url.clone(), outcome));
     }
     if opts.garbage_collect {
         let available: Vec<PathBuf> = computer
@@ -327,7 +284,84 @@ pub fn run(node: &Node, opts: &SoftwareOptions) -> Result<u8, SlapError> {
         }
     }
     tracing::info!("Finished software releases.");
-    Ok(if clean { node::SUCCESS } else { node::FAIL })
+    Ok(summary)
+}
+
+/// One release: the gate of its URL, then what [`software_action`] says.
+fn release(node: &Node, raw_url: &str, state: SoftwareState, opts: &SoftwareOptions) -> Result<ReleaseOutcome, SlapError> {
+    let cfg = &node.cfg;
+    // the gate: a release with an invalid URL is neither built nor destroyed
+    let valid = match SoftwareUrl::parse(raw_url) {
+        Ok(u) => u,
+        Err(e) => {
+            let text = format!("Software release refused: {e}");
+            tracing::error!("{text}");
+            match node.client.software_release_error(raw_url, &cfg.computer_id, &text) {
+                Err(e) if e.is_unreachable() => return Err(e),
+                Err(e) => tracing::warn!("could not report the refused release: {e}"),
+                Ok(()) => {}
+            }
+            return Ok(ReleaseOutcome::Failed(text));
+        }
+    };
+    let url = valid.as_str();
+    let sp = valid.hash().dir(&cfg.software_root);
+    let key = sp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match software_action(state, is_completed(&sp), opts.selects(url, &key), opts.force) {
+        SoftwareAction::Skip => {
+            tracing::debug!("Skipping software release {url} (not selected by --only-sr)");
+            Ok(ReleaseOutcome::Skipped)
+        }
+        SoftwareAction::UpToDate => {
+            tracing::info!("Software release {url} is already installed in {}", sp.display());
+            Ok(ReleaseOutcome::UpToDate)
+        }
+        SoftwareAction::Install => build(node, &valid, &sp, opts),
+        SoftwareAction::Destroy => {
+            if sp.exists() {
+                tracing::info!("Destroying {url} in {}...", sp.display());
+            }
+            match destroy(&sp) {
+                Ok(()) => {
+                    node.client.software_release_destroyed(url, &cfg.computer_id)?;
+                    tracing::info!("Destroyed {url}.");
+                    Ok(ReleaseOutcome::Destroyed)
+                }
+                Err(e) => {
+                    let text = format!("Cannot remove {}: {e}", sp.display());
+                    node.client.software_release_error(url, &cfg.computer_id, &text)?;
+                    Ok(ReleaseOutcome::Failed(text))
+                }
+            }
+        }
+    }
+}
+
+/// Builds a release, reports it `available`, then writes `.completed`
+/// (never before the master knows).
+fn build(node: &Node, url: &SoftwareUrl, sp: &Path, opts: &SoftwareOptions) -> Result<ReleaseOutcome, SlapError> {
+    let cfg = &node.cfg;
+    let url_text = url.as_str();
+    tracing::info!("Installing software release {url_text}...");
+    match node.client.software_release_building(url_text, &cfg.computer_id) {
+        Err(e) if !e.is_not_found() => tracing::warn!("could not report building {url_text}: {e}"),
+        _ => {}
+    }
+    let started = std::time::Instant::now();
+    if let Err(e) = install(node, url, opts.force, opts.buildout_debug) {
+        let text = e.to_string();
+        tracing::error!("{}", text.lines().next().unwrap_or_default());
+        node.client.software_release_error(url_text, &cfg.computer_id, &text)?;
+        return Ok(ReleaseOutcome::Failed(text));
+    }
+    node.client.software_release_available(url_text, &cfg.computer_id)?;
+    match Dir::open_nofollow(sp).and_then(|sd| sd.write(Path::new(".completed"), asctime().as_bytes(), 0o644, None)) {
+        Ok(()) => {
+            tracing::info!("Software release {url_text} installed in {:.1} s.", started.elapsed().as_secs_f64());
+            Ok(ReleaseOutcome::Installed)
+        }
+        Err(e) => Ok(ReleaseOutcome::Failed(format!("cannot write {}: {e}", sp.join(".completed").display()))),
+    }
 }
 
 /// The directory of a release (for people and tests).

@@ -1,0 +1,122 @@
+//! `slapos node boot` (`node.md` §3): after a reboot, format until it
+//! succeeds (the master may not answer yet), bang the computer, and forget
+//! every partition's `.timestamp` so that the next instance run
+//! reprocesses everything.
+//!
+//! Formatting is the program's (`slapos node format`, another crate): it
+//! is given as a function that makes one attempt.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::fsafe::Dir;
+use crate::node::Node;
+
+/// What `node boot` was asked.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    /// Time between two attempts (of format, of the bang).
+    pub interval: Duration,
+    /// Give up after this long (`None`: never).
+    pub timeout: Option<Duration>,
+    /// `[slapformat] partition_base_name`: the partitions whose
+    /// `.timestamp` is forgotten.
+    pub partition_base_name: String,
+}
+
+/// How one attempt to format the node ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatAttempt {
+    /// Formatted.
+    Done,
+    /// The master does not answer yet (`node format`'s exit code 2).
+    MasterDown,
+    /// Failed otherwise (its exit code, none when killed by a signal).
+    Failed(Option<i32>),
+}
+
+/// How `node boot` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootOutcome {
+    /// Formatted, banged; this many partitions will be reprocessed.
+    Booted {
+        /// Partitions whose `.timestamp` was removed.
+        forgotten: usize,
+    },
+    /// `--timeout` passed before formatting succeeded.
+    FormatGaveUp,
+    /// `--timeout` passed before the master took the bang.
+    BangGaveUp,
+}
+
+/// `slapos node boot`: `format` makes one attempt to format the node (an
+/// error to run it ends the boot).
+pub fn boot(node: &Node, opts: &BootOptions, mut format: impl FnMut() -> std::io::Result<FormatAttempt>) -> std::io::Result<BootOutcome> {
+    let start = Instant::now();
+    let expired = || opts.timeout.is_some_and(|t| start.elapsed() > t);
+    let secs = opts.interval.as_secs();
+    loop {
+        match format()? {
+            FormatAttempt::Done => break,
+            FormatAttempt::MasterDown => tracing::warn!("the master does not answer yet: formatting again in {secs} s"),
+            FormatAttempt::Failed(code) => tracing::warn!("node format exited with {code:?}: again in {secs} s"),
+        }
+        if expired() {
+            tracing::error!("node boot gave up after {} s", opts.timeout.unwrap_or_default().as_secs());
+            return Ok(BootOutcome::FormatGaveUp);
+        }
+        std::thread::sleep(opts.interval);
+    }
+    while let Err(e) = node.client.computer_bang(&node.cfg.computer_id, "Reboot") {
+        tracing::warn!("cannot bang the master yet ({e}): again in {secs} s");
+        if expired() {
+            return Ok(BootOutcome::BangGaveUp);
+        }
+        std::thread::sleep(opts.interval);
+    }
+    let forgotten = forget_timestamps(&node.cfg.instance_root, &opts.partition_base_name)?;
+    tracing::info!("Node booted: formatted, master banged, {forgotten} partition(s) will be reprocessed by the next instance run.");
+    Ok(BootOutcome::Booted { forgotten })
+}
+
+/// Removes `.timestamp` from every partition directory named
+/// `<base>…` of `instance_root` (the directory not followed when it is a
+/// link); how many were removed.
+pub fn forget_timestamps(instance_root: &Path, base: &str) -> std::io::Result<usize> {
+    let mut forgotten = 0;
+    for e in std::fs::read_dir(instance_root)?.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(base) {
+            continue;
+        }
+        let Ok(pd) = Dir::open_nofollow(&e.path()) else { continue };
+        if pd.remove_file(Path::new(".timestamp")).is_ok() {
+            forgotten += 1;
+        }
+    }
+    Ok(forgotten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_partitions_timestamps_are_forgotten_never_through_a_link() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("srv");
+        for p in ["slappart0", "slappart1", "other"] {
+            std::fs::create_dir_all(root.join(p)).unwrap();
+            std::fs::write(root.join(p).join(".timestamp"), "1").unwrap();
+        }
+        std::fs::remove_file(root.join("slappart1/.timestamp")).unwrap();
+        // a partition that is a link to elsewhere: its target keeps its file
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join(".timestamp"), "1").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("slappart2")).unwrap();
+        assert_eq!(forget_timestamps(&root, "slappart").unwrap(), 1);
+        assert!(!root.join("slappart0/.timestamp").exists());
+        assert!(root.join("other/.timestamp").exists() && elsewhere.join(".timestamp").exists());
+        assert!(forget_timestamps(&d.path().join("missing"), "slappart").is_err());
+    }
+}
