@@ -22,6 +22,8 @@ pub struct BootOptions {
     /// `[slapformat] partition_base_name`: the partitions whose
     /// `.timestamp` is forgotten.
     pub partition_base_name: String,
+    /// `node boot -m`: the message of the bang (SlapOS's default: `Reboot`).
+    pub message: String,
 }
 
 /// How one attempt to format the node ended.
@@ -67,7 +69,7 @@ pub fn boot(node: &Node, opts: &BootOptions, mut format: impl FnMut() -> std::io
         }
         std::thread::sleep(opts.interval);
     }
-    while let Err(e) = node.client.computer_bang(&node.cfg.computer_id, "Reboot") {
+    while let Err(e) = node.client.computer_bang(&node.cfg.computer_id, &opts.message) {
         tracing::warn!("cannot bang the master yet ({e}): again in {secs} s");
         if expired() {
             return Ok(BootOutcome::BangGaveUp);

@@ -42,8 +42,11 @@ pub const MAX_DEPTH: usize = 400;
 /// What an entry is, as seen without following it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link (never followed by this module).
     Symlink,
     /// A FIFO, socket or device.
     Other,
@@ -52,12 +55,17 @@ pub enum Kind {
 /// An entry's metadata, not following a link.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Meta {
+    /// What the entry is.
     pub kind: Kind,
     /// Permission bits (`0o7777`).
     pub mode: u32,
+    /// The owner's uid.
     pub uid: u32,
+    /// The owner's gid.
     pub gid: u32,
+    /// The size in bytes.
     pub size: u64,
+    /// The number of hard links (a file root writes or reads has one).
     pub nlink: u64,
     /// Modification time, in seconds since the epoch.
     pub mtime: f64,

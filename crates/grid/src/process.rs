@@ -50,7 +50,9 @@ pub(crate) fn close_inherited_fds_on_exec() {
 /// Who a program runs as: resolved in the parent, applied in the child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The user id the child takes (`setuid`).
     pub uid: u32,
+    /// The primary group id the child takes (`setgid`).
     pub gid: u32,
     /// The supplementary groups (the user's, from the group database,
     /// with `gid` first); `[gid]` for a uid without a user entry.

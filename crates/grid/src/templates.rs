@@ -24,7 +24,16 @@ use crate::names::{self, NameError, PartitionId, ProgramName, SoftwareUrl};
 pub enum TemplateError {
     /// A value the file's format cannot hold.
     #[error("cannot write {field} '{shown}' into {file}: {reason}")]
-    Refused { file: &'static str, field: &'static str, shown: String, reason: String },
+    Refused {
+        /// The generated file (`buildout.cfg`, `supervisord.conf`…).
+        file: &'static str,
+        /// The field of that file the value was for.
+        field: &'static str,
+        /// The value, as shown to people (escaped, cut).
+        shown: String,
+        /// Why the format cannot hold it.
+        reason: String,
+    },
     /// An invalid name.
     #[error(transparent)]
     Name(#[from] NameError),

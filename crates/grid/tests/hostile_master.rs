@@ -634,14 +634,15 @@ fn run_case(case: &Case, owners: Option<&Owners>, tally: &Mutex<Tally>) -> Resul
     let software = slapos_grid::software::SoftwareOptions { garbage_collect: true, ..Default::default() };
     // a document that does not decode is an error, never a panic
     match slapos_grid::software::run(&node, &software) {
-        Ok(code) => prop_assert!([0, 1].contains(&code), "node software exited {code}"),
+        Ok(_summary) => {}
         Err(_) => tally.lock().unwrap().undecodable += 1,
     }
     let opts = slapos_grid::instance::InstanceOptions { workers: 2, default_deadline: Duration::from_secs(30), ..Default::default() };
-    let code = slapos_grid::instance::run(&node, &opts);
-    prop_assert!([0, 1, 2].contains(&code), "node instance exited {code}");
-    let code = slapos_grid::report::run(&node);
-    prop_assert!([0, 1].contains(&code), "node report exited {code}");
+    // the master answers: never offline (slapgrid's 3); an error is a typed one
+    let run = slapos_grid::instance::run(&node, &opts);
+    prop_assert!(!matches!(run, Ok(slapos_grid::instance::InstanceRun::Offline)), "node instance went offline against a live master");
+    // node report: a summary or a typed error, never a panic
+    let _ = slapos_grid::report::run(&node);
 
     let changed = differences(&before, &snapshot(site.base.path(), &site.roots()));
     prop_assert!(changed.is_empty(), "changed outside the roots: {changed:#?}");

@@ -21,7 +21,9 @@ use std::time::Duration;
 use slap::marshal::Value;
 use slap::model::{Computer, ComputerPartition, InstanceState, SoftwareRelease};
 use slapos_grid::config::{NodeConfig, NodeOverrides};
+use slapos_grid::instance::{InstanceOptions, InstanceRun, RunStatus};
 use slapos_grid::node::Node;
+use slapos_grid::software::ReleaseOutcome;
 
 const COMPUTER: &str = "COMP-HOSTILE";
 
@@ -330,8 +332,9 @@ fn node_software_refuses_a_url_that_could_inject_buildout_lines() {
     let master = FakeMaster::start(&c);
     let n = TestNode::new(&master, None);
     let before = snapshot(n.dir.path(), &[]);
-    let code = slapos_grid::software::run(n.node(), &Default::default()).unwrap();
-    assert_eq!(code, slapos_grid::node::FAIL);
+    let summary = slapos_grid::software::run(n.node(), &Default::default()).unwrap();
+    assert!(!summary.is_clean());
+    assert!(summary.releases.iter().all(|(_, o)| matches!(o, ReleaseOutcome::Failed(_))), "{summary:?}");
     assert_unchanged(&before, &snapshot(n.dir.path(), &[]), "nothing built, nothing written");
     let errors = master.errors();
     assert_eq!(errors.len(), refused.len(), "{errors:?}");
@@ -385,8 +388,8 @@ fn needs_venv_hostile_partition_ids_touch_nothing_outside_the_roots() {
     let roots = [n.instance_root().join("var"), n.instance_root().join("etc"), n.instance_root().join("sv.sock"), n.dir.path().join("run")];
     let (victims_before, node_before) = (snapshot(b, &[]), snapshot(n.dir.path(), &roots));
     let opts = slapos_grid::instance::InstanceOptions { workers: 2, default_deadline: Duration::from_secs(60), ..Default::default() };
-    slapos_grid::instance::run(n.node(), &opts);
-    slapos_grid::report::run(n.node());
+    let _ = slapos_grid::instance::run(n.node(), &opts);
+    let _ = slapos_grid::report::run(n.node());
     assert_unchanged(&victims_before, &snapshot(b, &[]), "outside the roots: nothing written, nothing emptied");
     assert_unchanged(&node_before, &snapshot(n.dir.path(), &roots), "nothing written for refused partitions");
     // the master hears only about the partition whose id is valid
@@ -454,7 +457,7 @@ fn needs_root_an_etc_service_file_name_cannot_make_supervisord_run_root_programs
         (user.uid, user.gid),
     );
     let opts = slapos_grid::instance::InstanceOptions { workers: 1, default_deadline: Duration::from_secs(60), ..Default::default() };
-    assert_eq!(slapos_grid::instance::run(n.node(), &opts), slapos_grid::node::FAIL);
+    assert_eq!(instance_status(&n, &opts), RunStatus::Failed);
     let errors = master.errors();
     assert!(
         errors.iter().any(|(p, m)| p == "slappart0" && m.starts_with("invalid program file name 'etc/service/x\\n[program:evil]")),
@@ -466,10 +469,18 @@ fn needs_root_an_etc_service_file_name_cannot_make_supervisord_run_root_programs
     assert!(!n.instance_root().join("pwned").exists() && !Path::new("/pwned").exists());
     // the same partition with the file gone: deployed, as its user
     std::fs::remove_file(n.instance_root().join("slappart0/etc/service").join(evil)).unwrap();
-    assert_eq!(slapos_grid::instance::run(n.node(), &opts), slapos_grid::node::SUCCESS);
+    assert_eq!(instance_status(&n, &opts), RunStatus::Success);
     let text = std::fs::read_to_string(&conf).unwrap();
     assert!(text.contains(&format!("\nuser={}\ngroup={}\n", user.uid, user.gid)), "{text}");
     assert_eq!(supervised(&n), ["slappart0:ok-on-watch"]);
+}
+
+/// How `node instance` went on `n` (the master is up: never offline).
+fn instance_status(n: &TestNode, opts: &InstanceOptions) -> RunStatus {
+    match slapos_grid::instance::run(n.node(), opts) {
+        Ok(InstanceRun::Processed(summary)) => summary.status(),
+        other => panic!("node instance did not process the partitions: {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------- the other name sources
@@ -496,8 +507,8 @@ fn needs_venv_partition_file_names_are_refused_naming_the_file() {
     partition_dir(&n, "slappart2", &[("etc/service/100%(ENV_X)s", "#!/bin/sh\n")], owner);
     partition_dir(&n, "slappart3", &[("etc/report/usage=1", "#!/bin/sh\n")], owner);
     let opts = slapos_grid::instance::InstanceOptions { workers: 2, default_deadline: Duration::from_secs(60), ..Default::default() };
-    assert_eq!(slapos_grid::instance::run(n.node(), &opts), slapos_grid::node::FAIL);
-    slapos_grid::report::run(n.node());
+    assert_eq!(instance_status(&n, &opts), RunStatus::Failed);
+    let _ = slapos_grid::report::run(n.node());
     let errors = master.errors();
     let said = |id: &str, text: &str| errors.iter().any(|(p, m)| p == id && m.contains(text));
     assert!(said("slappart0", "invalid program file name 'etc/run/a]b'"), "{errors:?}");

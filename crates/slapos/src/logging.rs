@@ -142,7 +142,9 @@ pub fn init(global: &Global) -> anyhow::Result<()> {
         }
         None => None,
     };
-    tracing_subscriber::registry().with(console).with(file).try_init()?;
+    // each partition's lines also go to its .slapgrid/log/instance.log
+    let partitions = slapos_grid::instance::log::layer();
+    tracing_subscriber::registry().with(console).with(file).with(partitions).try_init()?;
     Ok(())
 }
 

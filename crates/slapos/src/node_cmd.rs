@@ -5,12 +5,43 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use slapos_config::{node_config_path, Config};
+use slapos_grid::boot::{BootOptions, BootOutcome, FormatAttempt};
 use slapos_grid::config::{NodeConfig, NodeOverrides};
-use slapos_grid::instance::InstanceOptions;
+use slapos_grid::instance::{InstanceOptions, InstanceRun, RunStatus, RunSummary};
 use slapos_grid::node::{self, Node, PidLock};
 use slapos_grid::software::SoftwareOptions;
 
 use crate::Global;
+
+/// slapgrid's exit codes: the grid crate returns typed outcomes, mapped
+/// here.
+mod exit {
+    /// Everything went well.
+    pub const SUCCESS: u8 = 0;
+    /// A run failed.
+    pub const FAIL: u8 = 1;
+    /// A promise failed.
+    pub const PROMISE_FAIL: u8 = 2;
+    /// The master was unreachable: offline mode, services kept running.
+    pub const OFFLINE_SUCCESS: u8 = 3;
+    /// Another run holds the pid-file lock.
+    pub const ALREADY_RUNNING: u8 = 10;
+}
+
+/// The exit code of a `node instance|promise` run.
+fn summary_code(s: &RunSummary) -> u8 {
+    match s.status() {
+        RunStatus::Success => exit::SUCCESS,
+        RunStatus::PromiseFailed => exit::PROMISE_FAIL,
+        RunStatus::Failed => exit::FAIL,
+    }
+}
+
+/// The exit code of a run that stopped on `e` (logged).
+fn failed(e: impl std::fmt::Display) -> u8 {
+    tracing::error!("{e}");
+    exit::FAIL
+}
 
 /// Options of every slapgrid command (`node.md` §3), including the 0.4
 /// ones that override the configuration file.
@@ -242,9 +273,8 @@ pub struct BootArgs {
     pub message: String,
 }
 
-/// `slapos node boot`: after a reboot, format until it succeeds (the master
-/// may not answer yet), bang the computer, and forget every partition's
-/// `.timestamp` so that the next instance run reprocesses everything.
+/// `slapos node boot` (see [`slapos_grid::boot`]): this program's `node
+/// format` is what formats.
 pub fn boot(args: BootArgs, global: &Global) -> anyhow::Result<u8> {
     let path = node_config_path(global.cfg.as_deref());
     let config = Config::load(&path)?;
@@ -252,46 +282,28 @@ pub fn boot(args: BootArgs, global: &Global) -> anyhow::Result<u8> {
         config.get_first(&["slapformat"], "partition_base_name").map(str::trim).filter(|v| !v.is_empty()).unwrap_or("slappart").to_string();
     let node = load_plain(global)?;
     let exe = std::env::current_exe()?;
-    let start = std::time::Instant::now();
-    let expired = || args.timeout > 0 && start.elapsed() > Duration::from_secs(args.timeout);
-    loop {
+    let opts = BootOptions {
+        interval: Duration::from_secs(args.interval),
+        timeout: (args.timeout > 0).then(|| Duration::from_secs(args.timeout)),
+        partition_base_name: base,
+        message: args.message.clone(),
+    };
+    let format = || {
         let mut format = std::process::Command::new(&exe);
         format.args(["node", "format", "--now", "--cfg"]).arg(&path);
         if args.local {
             format.arg("--local");
         }
-        let status = format.status()?;
-        match status.code() {
-            Some(0) => break,
-            Some(2) => tracing::warn!("the master does not answer yet: formatting again in {} s", args.interval),
-            code => tracing::warn!("node format exited with {code:?}: again in {} s", args.interval),
-        }
-        if expired() {
-            tracing::error!("node boot gave up after {} s", args.timeout);
-            return Ok(1);
-        }
-        std::thread::sleep(Duration::from_secs(args.interval));
-    }
-    loop {
-        match node.client.computer_bang(&node.cfg.computer_id, &args.message) {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!("cannot bang the master yet ({e}): again in {} s", args.interval);
-                if expired() {
-                    return Ok(1);
-                }
-                std::thread::sleep(Duration::from_secs(args.interval));
-            }
-        }
-    }
-    let mut forgotten = 0;
-    for e in std::fs::read_dir(&node.cfg.instance_root)?.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&base) && std::fs::remove_file(e.path().join(".timestamp")).is_ok() {
-            forgotten += 1;
-        }
-    }
-    tracing::info!("Node booted: formatted, master banged, {forgotten} partition(s) will be reprocessed by the next instance run.");
-    Ok(0)
+        Ok(match format.status()?.code() {
+            Some(0) => FormatAttempt::Done,
+            Some(2) => FormatAttempt::MasterDown,
+            code => FormatAttempt::Failed(code),
+        })
+    };
+    Ok(match slapos_grid::boot::boot(&node, &opts, format)? {
+        BootOutcome::Booted { .. } => exit::SUCCESS,
+        BootOutcome::FormatGaveUp | BootOutcome::BangGaveUp => exit::FAIL,
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -363,12 +375,9 @@ fn lock(path: &std::path::Path) -> Result<PidLock, u8> {
         Ok(l) => Ok(l),
         Err(e @ node::NodeError::AlreadyRunning { .. }) => {
             tracing::info!("{e}");
-            Err(node::ALREADY_RUNNING)
+            Err(exit::ALREADY_RUNNING)
         }
-        Err(e) => {
-            tracing::error!("{e}");
-            Err(node::FAIL)
-        }
+        Err(e) => Err(failed(e)),
     }
 }
 
@@ -392,13 +401,11 @@ pub fn software(args: SoftwareArgs, global: &Global) -> anyhow::Result<u8> {
         garbage_collect: args.garbage_collect,
         buildout_debug: args.grid.buildout_debug,
     };
-    match slapos_grid::software::run(&node, &opts) {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            tracing::error!("{e}");
-            Ok(node::FAIL)
-        }
-    }
+    Ok(match slapos_grid::software::run(&node, &opts) {
+        Ok(summary) if summary.is_clean() => exit::SUCCESS,
+        Ok(_) => exit::FAIL,
+        Err(e) => failed(e),
+    })
 }
 
 pub fn instance(args: InstanceArgs, global: &Global) -> anyhow::Result<u8> {
@@ -419,7 +426,11 @@ pub fn instance(args: InstanceArgs, global: &Global) -> anyhow::Result<u8> {
         default_deadline: Duration::from_secs(3600),
         buildout_debug: args.grid.buildout_debug,
     };
-    Ok(slapos_grid::instance::run(&node, &opts))
+    Ok(match slapos_grid::instance::run(&node, &opts) {
+        Ok(InstanceRun::Processed(summary)) => summary_code(&summary),
+        Ok(InstanceRun::Offline) => exit::OFFLINE_SUCCESS,
+        Err(e) => failed(e),
+    })
 }
 
 pub fn report(args: ReportArgs, global: &Global) -> anyhow::Result<u8> {
@@ -429,7 +440,11 @@ pub fn report(args: ReportArgs, global: &Global) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     node.check_structure()?;
-    Ok(slapos_grid::report::run(&node))
+    Ok(match slapos_grid::report::run(&node) {
+        Ok(summary) if summary.is_clean() => exit::SUCCESS,
+        Ok(_) => exit::FAIL,
+        Err(e) => failed(e),
+    })
 }
 
 pub fn promise(args: PromiseArgs, global: &Global) -> anyhow::Result<u8> {
@@ -439,7 +454,10 @@ pub fn promise(args: PromiseArgs, global: &Global) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     node.check_structure()?;
-    Ok(slapos_grid::instance::check_promises(&node, &split_list(&args.only_cp), default_workers()))
+    Ok(match slapos_grid::instance::check_promises(&node, &split_list(&args.only_cp), default_workers()) {
+        Ok(summary) => summary_code(&summary),
+        Err(e) => failed(e),
+    })
 }
 
 fn load_plain(global: &Global) -> anyhow::Result<Node> {
