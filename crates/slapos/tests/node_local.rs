@@ -223,6 +223,10 @@ fn needs_venv_deploys_the_example_survives_supervisord_and_master_failures() {
     assert!(c.dir.path().join("srv/slapgrid/etc/supervisord.conf.d/slappart0.conf").exists());
     let result = std::fs::read_to_string(pp.join(".slapgrid/promise/result/check-http.status.json")).unwrap();
     assert!(result.contains("\"failed\": false"), "{result}");
+    // the partition's own log: the lines of its span, buildout's output among them
+    let log = std::fs::read_to_string(pp.join(".slapgrid/log/instance.log")).unwrap();
+    assert!(log.contains("INFO     slapos.grid Processing Computer Partition slappart0."), "{log}");
+    assert!(log.contains("slapos.grid [slappart0] ") && !log.contains("slappart1"), "{log}");
     // the master knows: started
     let show = c.show();
     let p0 = show["partitions"].as_array().unwrap().iter().find(|p| p["partition"] == "slappart0").unwrap().clone();
