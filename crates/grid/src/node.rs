@@ -218,8 +218,16 @@ impl PidLock {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let mut f = std::fs::File::create(path).map_err(err)?;
-        write!(f, "{}", std::process::id()).map_err(err)?;
+        // written whole, then renamed: a reader never sees half a pid
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let written =
+            std::fs::File::create(&tmp).and_then(|mut f| write!(f, "{}", std::process::id())).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
         Ok(PidLock { path: path.to_path_buf() })
     }
 }

@@ -496,4 +496,33 @@ mod tests {
         assert!(!retention_allows(&pp, 1000.0 + 3600.0).unwrap());
         assert!(retention_allows(&pp, 1000.0 + 86400.0).unwrap());
     }
+
+    #[test]
+    fn names_are_escaped_and_the_journal_reads_back() {
+        let report = "<j><movement><resource>R&amp;D</resource><x><reference>old<b/></reference></x></movement></j>";
+        let m = partition_movements(report, "a&<b").unwrap();
+        assert_eq!(m[0].to_xml(), "<movement><resource>R&amp;D</resource><x><reference>a&amp;&lt;b</reference></x></movement>");
+        let j = usage_journal("C&D", "d", &[("p<1".into(), Usage { cpu_seconds: 1.0, memory_mib: 2.0, processes: 1 })], &m);
+        assert!(j.starts_with("<?xml version='1.0' encoding='utf-8'?>\n<journal>\n  <transaction type=\"Sale Packing List\">\n"));
+        assert!(j.contains("\n    <reference>C&amp;D</reference>\n") && j.contains("\n      <reference>p&lt;1</reference>\n"), "{j}");
+        assert!(j.contains("\n    <movement>\n      <resource>R&amp;D</resource>\n"), "{j}");
+        // well-formed: every movement, the partition's first
+        let again = partition_movements(&j, "z").unwrap();
+        assert_eq!(again.len(), 3);
+        assert!(again[0].to_xml().contains("<resource>R&amp;D</resource>"));
+    }
+
+    #[test]
+    fn only_movement_elements_count_and_only_their_first_reference_changes() {
+        assert_eq!(partition_movements("<j><movements><reference>r</reference></movements></j>", "p"), None);
+        let m =
+            partition_movements("<j><movement><reference>1</reference><reference>2</reference></movement><movement/></j>", "p").unwrap();
+        assert_eq!(m[0].to_xml(), "<movement><reference>p</reference><reference>2</reference></movement>");
+        assert_eq!(m[1].to_xml(), "<movement/>");
+        let empty_ref = partition_movements("<j><movement><reference/></movement></j>", "p").unwrap();
+        assert_eq!(empty_ref[0].to_xml(), "<movement><reference>p</reference></movement>");
+        assert_eq!(partition_movements("<j><movement></j>", "p"), None, "mismatched end tag");
+        assert_eq!(partition_movements("<j><movement>", "p"), None, "unclosed");
+        assert_eq!(partition_movements("not xml at all", "p"), None);
+    }
 }

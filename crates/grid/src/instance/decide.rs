@@ -1,15 +1,59 @@
-//! Deciding: what to do with one partition, from what the master says and
+//! Deciding: what to do with each partition, from what the master says and
 //! what the partition and its software hold, read without changing
 //! anything ([`observe`]), then decided by the pure
-//! [`decision::decide`](crate::decision::decide).
+//! [`decision::decide`](crate::decision::decide). A run makes the
+//! [`Plan`] of every selected partition before any worker acts.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use slap::model::ComputerPartition;
 
-use crate::decision::{decide, Decision};
+use crate::config::NodeConfig;
+use crate::decision::{decide, software_path, Decision};
 use crate::fsafe::{self, Dir};
+
+/// What a run will do with one partition, decided before anything is done.
+#[derive(Debug)]
+pub(crate) struct Plan<'p> {
+    /// The partition, as the master gives it.
+    pub p: &'p ComputerPartition,
+    /// Its directory (`instance_root/<id>`, the id validated).
+    pub pp: PathBuf,
+    /// Its software path, when the master gives a software release.
+    pub sp: Option<PathBuf>,
+    /// What was read and decided, or why the partition cannot be read.
+    pub decided: Result<(Observed, Decision), String>,
+}
+
+impl Plan<'_> {
+    /// One line for the log: the partition and what will be done.
+    pub fn describe(&self) -> String {
+        let id = &self.p.partition_id;
+        match &self.decided {
+            Ok((_, Decision::Free)) => format!("{id}: free, left alone"),
+            Ok((_, Decision::UpToDate { state })) => format!("{id}: up to date ({state:?}): promises and report only"),
+            Ok((_, Decision::Process { state, reason })) => format!("{id}: process to {state:?} ({reason})"),
+            Ok((_, Decision::UnknownState(s))) => format!("{id}: unsupported requested state '{s}'"),
+            Err(e) => format!("{id}: {e}"),
+        }
+    }
+}
+
+/// The plan of partition `p` (`--force`: process even when up to date).
+pub(crate) fn plan_partition<'p>(cfg: &NodeConfig, p: &'p ComputerPartition, force: bool) -> Plan<'p> {
+    let pp = cfg.instance_root.join(&p.partition_id);
+    let sp = p.software_release_url().map(|u| software_path(&cfg.software_root, u));
+    let decided = match Dir::open_nofollow(&pp) {
+        Ok(pd) => {
+            let seen = observe(&pd, sp.as_deref());
+            let decision = plan(p, &seen, cfg.maximum_periodicity, force);
+            Ok((seen, decision))
+        }
+        Err(e) => Err(format!("cannot open the partition: {e}")),
+    };
+    Plan { p, pp, sp, decided }
+}
 
 /// The periodicity of a software release, from `<sp>/periodicity`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -231,9 +231,14 @@ pub fn run(node: &Node, opts: &InstanceOptions) -> Result<InstanceRun, NodeError
     };
     let selected = select_partitions(node, &computer.partitions, &opts.only, true)?;
     tracing::info!("Processing computer partitions ({} to check, {} at once)...", selected.len(), opts.workers.max(1));
+    // plan, then apply: every partition is decided before any is touched
+    let plans: Vec<decide::Plan> = selected.iter().map(|p| decide::plan_partition(&node.cfg, p, opts.force)).collect();
+    for plan in &plans {
+        tracing::debug!("Plan: {}", plan.describe());
+    }
     let run = run::Run { node, opts, supervisord_launched };
     let workers = if opts.buildout_debug { 1 } else { opts.workers };
-    let outcomes = parallel(&selected, workers, |p| run.partition(p));
+    let outcomes = parallel(&plans, workers, |plan| run.partition(plan));
     if let Some(Outcome::MasterDown(m)) = outcomes.iter().find(|o| matches!(o, Outcome::MasterDown(_))) {
         tracing::error!("{m}");
         return offline(node);

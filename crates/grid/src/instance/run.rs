@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use slap::client::SlapError;
 use slap::model::{ComputerPartition, InstanceState};
 
-use super::decide::{observe, plan, Periodicity};
+use super::decide::{Periodicity, Plan};
 use super::log::PartitionScope;
 use super::{InstanceOptions, Outcome};
-use crate::decision::{software_path, Decision};
+use crate::decision::Decision;
 use crate::fsafe::{self, Dir, Kind};
 use crate::names::{self, NameError, PartitionId, ProgramName, SoftwareUrl};
 use crate::node::{Node, SpaceError};
@@ -135,19 +135,20 @@ pub(super) struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// One partition, start to end: never panics, always an outcome.
-    pub fn partition(&self, p: &ComputerPartition) -> Outcome {
+    /// Applies the plan of one partition, start to end: never panics,
+    /// always an outcome.
+    pub fn partition(&self, plan: &Plan) -> Outcome {
         let cfg = &self.node.cfg;
+        let (p, pp, sp) = (plan.p, plan.pp.clone(), plan.sp.clone());
         let id = p.partition_id.as_str();
-        let pp = cfg.instance_root.join(id);
-        let sp = p.software_release_url().map(|u| software_path(&cfg.software_root, u));
+        let (seen, decision) = match &plan.decided {
+            Ok((seen, decision)) => (seen, decision.clone()),
+            Err(e) => return Outcome::Failed(e.clone()),
+        };
         let pd = match Dir::open_nofollow(&pp) {
             Ok(d) => d,
             Err(e) => return Outcome::Failed(format!("cannot open the partition: {e}")),
         };
-        // plan, then apply
-        let seen = observe(&pd, sp.as_deref());
-        let decision = plan(p, &seen, cfg.maximum_periodicity, self.opts.force);
         if let (Periodicity::Invalid, Some(sd)) = (seen.periodicity, sp.as_deref().and_then(|s| Dir::open_nofollow(s).ok())) {
             let _ = sd.remove_file(Path::new("periodicity"));
         }
