@@ -102,8 +102,8 @@ pub fn run(c: &WatchdogConfig, input: &mut impl BufRead, output: &mut impl Write
                 }
             }
             match SlapClient::new(cc).and_then(|client| client.bang(&c.computer_id, &partition, &message)) {
-                Ok(()) => eprintln!("watchdog: banged the master: {message}"),
-                Err(e) => eprintln!("watchdog: could not bang the master ({message}): {e}"),
+                Ok(()) => tracing::info!("watchdog: banged the master: {message}"),
+                Err(e) => tracing::warn!("watchdog: could not bang the master ({message}): {e}"),
             }
         }
         output.write_all(b"RESULT 2\nOK")?;
