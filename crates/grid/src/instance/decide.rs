@@ -22,8 +22,9 @@ pub(crate) struct Plan<'p> {
     pub pp: PathBuf,
     /// Its software path, when the master gives a software release.
     pub sp: Option<PathBuf>,
-    /// What was read and decided, or why the partition cannot be read.
-    pub decided: Result<(Observed, Decision), String>,
+    /// What was read and decided, or why the partition directory cannot
+    /// be opened.
+    pub decided: std::io::Result<(Observed, Decision)>,
 }
 
 impl Plan<'_> {
@@ -35,7 +36,7 @@ impl Plan<'_> {
             Ok((_, Decision::UpToDate { state })) => format!("{id}: up to date ({state:?}): promises and report only"),
             Ok((_, Decision::Process { state, reason })) => format!("{id}: process to {state:?} ({reason})"),
             Ok((_, Decision::UnknownState(s))) => format!("{id}: unsupported requested state '{s}'"),
-            Err(e) => format!("{id}: {e}"),
+            Err(e) => format!("{id}: cannot open the partition: {e}"),
         }
     }
 }
@@ -44,14 +45,11 @@ impl Plan<'_> {
 pub(crate) fn plan_partition<'p>(cfg: &NodeConfig, p: &'p ComputerPartition, force: bool) -> Plan<'p> {
     let pp = cfg.instance_root.join(&p.partition_id);
     let sp = p.software_release_url().map(|u| software_path(&cfg.software_root, u));
-    let decided = match Dir::open_nofollow(&pp) {
-        Ok(pd) => {
-            let seen = observe(&pd, sp.as_deref());
-            let decision = plan(p, &seen, cfg.maximum_periodicity, force);
-            Ok((seen, decision))
-        }
-        Err(e) => Err(format!("cannot open the partition: {e}")),
-    };
+    let decided = Dir::open_nofollow(&pp).map(|pd| {
+        let seen = observe(&pd, sp.as_deref());
+        let decision = plan(p, &seen, cfg.maximum_periodicity, force);
+        (seen, decision)
+    });
     Plan { p, pp, sp, decided }
 }
 

@@ -143,7 +143,7 @@ impl Run<'_> {
         let id = p.partition_id.as_str();
         let (seen, decision) = match &plan.decided {
             Ok((seen, decision)) => (seen, decision.clone()),
-            Err(e) => return Outcome::Failed(e.clone()),
+            Err(e) => return Outcome::Failed(format!("cannot open the partition: {e}")),
         };
         let pd = match Dir::open_nofollow(&pp) {
             Ok(d) => d,
