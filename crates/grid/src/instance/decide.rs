@@ -132,6 +132,30 @@ mod tests {
     }
 
     #[test]
+    fn the_software_periodicity_and_the_stamp_make_the_plan() {
+        use crate::decision::Decision;
+        use slap::model::InstanceState::Started;
+        let d = tempfile::tempdir().unwrap();
+        let (pp, sp) = (d.path().join("slappart0"), d.path().join("software"));
+        std::fs::create_dir_all(&pp).unwrap();
+        std::fs::create_dir_all(&sp).unwrap();
+        let mut p = ComputerPartition::free("C", "slappart0");
+        p.requested_state = Some(Started);
+        p.software_release = Some(slap::model::SoftwareRelease::new("http://sr", "C"));
+        p.parameters = Some([("timestamp".to_string(), slap::marshal::Value::str("17"))].into());
+        let pd = Dir::open_nofollow(&pp).unwrap();
+        let decided = |force| plan(&p, &observe(&pd, Some(&sp)), 86400, force);
+        assert_eq!(decided(false), Decision::Process { state: Started, reason: "never deployed" });
+        std::fs::write(pp.join(".timestamp"), "17").unwrap();
+        assert_eq!(decided(false), Decision::UpToDate { state: Started });
+        assert_eq!(decided(true), Decision::Process { state: Started, reason: "forced" });
+        std::fs::write(sp.join("periodicity"), "0").unwrap();
+        assert_eq!(decided(false), Decision::Process { state: Started, reason: "periodicity 0" });
+        let shown = Plan { p: &p, pp: pp.clone(), sp: None, decided: Ok((observe(&pd, Some(&sp)), decided(false))) }.describe();
+        assert_eq!(shown, "slappart0: process to Started (periodicity 0)");
+    }
+
+    #[test]
     fn the_stamp_and_its_age_are_read_without_a_change() {
         let d = tempfile::tempdir().unwrap();
         let pd = Dir::open_nofollow(d.path()).unwrap();

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
@@ -91,13 +91,15 @@ fn open(pp: &Path, owner: &Owner) -> std::io::Result<File> {
     Ok(f)
 }
 
-/// The layer that writes the events of partition spans to their files,
-/// from `INFO` up (debug lines stay on the console).
+/// The layer that writes the events of partition spans to their files:
+/// those of this crate and of the SLAP client, from `INFO` up (debug lines
+/// and other libraries' lines stay on the console).
 pub fn layer<S>() -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    PartitionFiles.with_filter(LevelFilter::INFO)
+    let ours = Targets::new().with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO).with_target("slap", LevelFilter::INFO);
+    PartitionFiles.with_filter(ours)
 }
 
 /// The partition id a span carries (kept in its extensions).
@@ -192,6 +194,7 @@ mod tests {
                 tracing::debug!("not in the file");
                 crate::partition::output("slappart0", "buildout says hi");
                 tracing::warn!(code = 3, "careful");
+                tracing::info!(target: "another_library", "not ours");
             }
             let _scope = PartitionScope::enter(&b, "slappart1", &me(&b));
             tracing::error!("broken");
