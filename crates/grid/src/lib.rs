@@ -1,13 +1,17 @@
-//! # slapos-grid — `slapos node software|instance|report|promise`
+//! # slapos-grid — `slapos node software|instance|report|promise|boot`
 //!
 //! Installs software releases with the real zc.buildout ([`software`]),
-//! instantiates computer partitions in parallel ([`instance`]), runs their
-//! services under the node's real supervisord ([`supervisor`]), checks
-//! promises ([`promise`]), reports usage and destroys partitions
-//! ([`report`]), samples usage into the node's history ([`collect`], from
-//! [`procstat`] and [`cgroup`]), and bangs the master when a watched service fails
-//! ([`watchdog`]). The decisions are pure ([`decision`], [`templates`],
-//! [`config`], [`names`]: the grammar of every outside name); the effects are thin ([`process`], [`supervisor`]).
+//! instantiates computer partitions in parallel ([`instance`]: decided,
+//! then run, each in its own log span), runs their services under the
+//! node's real supervisord ([`supervisor`]), checks promises
+//! ([`promise`]), reports usage and destroys partitions ([`report`]),
+//! samples usage into the node's history ([`collect`], from [`procstat`]
+//! and [`cgroup`]),
+//! bangs the master when a watched service fails ([`watchdog`]) and boots
+//! the node ([`boot`]). The decisions are pure ([`decision`],
+//! [`templates`], [`config`], [`names`]: the grammar of every outside
+//! name); the effects are thin ([`fsafe`], [`process`], [`supervisor`]).
+//! Runs return typed outcomes; exit codes are the program's.
 
 #![warn(missing_docs)]
 

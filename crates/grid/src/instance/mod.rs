@@ -7,8 +7,8 @@
 //! partition never blocks the others. Master calls and supervisord
 //! updates are the only shared points (supervisord updates are serialised).
 //!
-//! Deciding ([`decide`]: what the partition holds, read, then the pure
-//! decision), running ([`run`]: the effects) and logging ([`log`]: the
+//! Deciding (`decide`: what the partition holds, read, then the pure
+//! decision), running (`run`: the effects) and logging ([`log`]: the
 //! partition's span and its file) are apart; this module selects the
 //! partitions, runs the pool and sums the outcomes up as a [`RunSummary`]
 //! (the program maps it to slapgrid's exit codes).

@@ -2,7 +2,7 @@
 //! certificate, the instance buildout, the programs under supervisord, the
 //! promises, the reports to the master, `.timestamp` last (`node.md` §5).
 //! What to do was decided before ([`super::decide`]); every effect in the
-//! partition directory goes through [`fsafe`](crate::fsafe).
+//! partition directory goes through [`fsafe`].
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
