@@ -11,7 +11,6 @@ use slap::client::{ClientConfig, SlapClient, SlapError};
 use slap::model::Computer;
 
 use crate::config::NodeConfig;
-use crate::partition::SelectError;
 use crate::supervisor::{Supervisor, SupervisorError};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +41,14 @@ pub enum NodeError {
     /// The node's supervisord cannot be launched or refused a call.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
-    /// The partitions asked for cannot be selected.
-    #[error(transparent)]
-    Select(#[from] SelectError),
+    /// `--only-cp` names a partition the master does not list.
+    #[error("Computer Partition '{id}' does not exist on computer {computer_id} (--only-cp)")]
+    UnknownPartition {
+        /// The id asked for.
+        id: String,
+        /// The node's computer.
+        computer_id: String,
+    },
     /// Offline processing could not start the services again.
     #[error(transparent)]
     Offline(SupervisorError),

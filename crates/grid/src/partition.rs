@@ -10,7 +10,7 @@ use slap::model::ComputerPartition;
 
 use crate::fsafe::Dir;
 use crate::names;
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 
 /// The partition's owner, from the directory (ownership decides, not
 /// names).
@@ -65,19 +65,6 @@ pub(crate) fn output(id: &str, line: &str) {
     tracing::info!("[{id}] {line}");
 }
 
-/// Why no partition can be selected.
-#[derive(Debug, thiserror::Error)]
-pub enum SelectError {
-    /// `--only-cp` names a partition the master does not list.
-    #[error("Computer Partition '{id}' does not exist on computer {computer_id} (--only-cp)")]
-    UnknownPartition {
-        /// The id asked for.
-        id: String,
-        /// The node's computer.
-        computer_id: String,
-    },
-}
-
 /// The partitions `node instance`, `report` and `promise` work on: unknown
 /// `--only-cp` ids are an error; partitions with an invalid id or software
 /// URL are refused (reported when `report_missing` and their id is valid);
@@ -88,9 +75,9 @@ pub fn select_partitions<'a>(
     partitions: &'a [ComputerPartition],
     only: &[String],
     report_missing: bool,
-) -> Result<Vec<&'a ComputerPartition>, SelectError> {
+) -> Result<Vec<&'a ComputerPartition>, NodeError> {
     if let Some(o) = only.iter().find(|o| !partitions.iter().any(|p| &p.partition_id == *o)) {
-        return Err(SelectError::UnknownPartition { id: o.clone(), computer_id: node.cfg.computer_id.clone() });
+        return Err(NodeError::UnknownPartition { id: o.clone(), computer_id: node.cfg.computer_id.clone() });
     }
     let report = |id: &str, msg: &str| {
         tracing::error!("{msg}");
