@@ -101,6 +101,55 @@ pub fn forget_timestamps(instance_root: &Path, base: &str) -> std::io::Result<us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{NodeConfig, NodeOverrides};
+
+    /// A node of `root` whose master answers every call with `status`.
+    fn node(root: &Path, status: u16) -> (Node, test_support::Canned) {
+        let master = test_support::canned(status, "");
+        let text = format!(
+            "[slapos]\ncomputer_id = COMP-1\nmaster_url = {}\nsoftware_root = {r}\ninstance_root = {r}\n",
+            master.url,
+            r = root.display()
+        );
+        let cfg = NodeConfig::from_config(&slapos_config::Config::parse(&text).unwrap(), &NodeOverrides::default()).unwrap();
+        (Node::new(cfg).unwrap(), master)
+    }
+
+    fn opts(timeout_ms: Option<u64>) -> BootOptions {
+        BootOptions {
+            interval: Duration::from_millis(1),
+            timeout: timeout_ms.map(Duration::from_millis),
+            partition_base_name: "slappart".into(),
+        }
+    }
+
+    #[test]
+    fn formats_until_it_works_then_bangs_and_forgets() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("slappart0")).unwrap();
+        std::fs::write(d.path().join("slappart0/.timestamp"), "1").unwrap();
+        let (node, master) = node(d.path(), 200);
+        let mut attempts = vec![FormatAttempt::Done, FormatAttempt::Failed(Some(1)), FormatAttempt::MasterDown];
+        let outcome = boot(&node, &opts(None), || Ok(attempts.pop().unwrap())).unwrap();
+        assert_eq!(outcome, BootOutcome::Booted { forgotten: 1 });
+        assert!(attempts.is_empty(), "three attempts");
+        assert!(!d.path().join("slappart0/.timestamp").exists());
+        let received = master.received.lock().unwrap();
+        let bangs: Vec<_> = received.iter().filter(|r| r.target.ends_with("/computerBang")).map(|r| r.form()).collect();
+        assert_eq!(bangs.len(), 1, "{received:?}");
+        assert!(bangs[0].contains(&("message".into(), "Reboot".into())), "{bangs:?}");
+    }
+
+    #[test]
+    fn the_timeout_gives_up_formatting_or_banging() {
+        let d = tempfile::tempdir().unwrap();
+        let (node, _master) = node(d.path(), 200);
+        assert_eq!(boot(&node, &opts(Some(20)), || Ok(FormatAttempt::MasterDown)).unwrap(), BootOutcome::FormatGaveUp);
+        let (refusing, _master) = node(d.path(), 500);
+        assert_eq!(boot(&refusing, &opts(Some(20)), || Ok(FormatAttempt::Done)).unwrap(), BootOutcome::BangGaveUp);
+        let failed = boot(&refusing, &opts(None), || Err(std::io::Error::other("no slapos program")));
+        assert_eq!(failed.unwrap_err().to_string(), "no slapos program");
+    }
 
     #[test]
     fn only_the_partitions_timestamps_are_forgotten_never_through_a_link() {
