@@ -104,7 +104,7 @@ mod tests {
     use crate::config::{NodeConfig, NodeOverrides};
 
     /// A node of `root` whose master answers every call with `status`.
-    fn node(root: &Path, status: u16) -> (Node, test_support::Canned) {
+    fn test_node(root: &Path, status: u16) -> (Node, test_support::Canned) {
         let master = test_support::canned(status, "");
         let text = format!(
             "[slapos]\ncomputer_id = COMP-1\nmaster_url = {}\nsoftware_root = {r}\ninstance_root = {r}\n",
@@ -128,7 +128,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("slappart0")).unwrap();
         std::fs::write(d.path().join("slappart0/.timestamp"), "1").unwrap();
-        let (node, master) = node(d.path(), 200);
+        let (node, master) = test_node(d.path(), 200);
         let mut attempts = vec![FormatAttempt::Done, FormatAttempt::Failed(Some(1)), FormatAttempt::MasterDown];
         let outcome = boot(&node, &opts(None), || Ok(attempts.pop().unwrap())).unwrap();
         assert_eq!(outcome, BootOutcome::Booted { forgotten: 1 });
@@ -143,9 +143,9 @@ mod tests {
     #[test]
     fn the_timeout_gives_up_formatting_or_banging() {
         let d = tempfile::tempdir().unwrap();
-        let (node, _master) = node(d.path(), 200);
+        let (node, _master) = test_node(d.path(), 200);
         assert_eq!(boot(&node, &opts(Some(20)), || Ok(FormatAttempt::MasterDown)).unwrap(), BootOutcome::FormatGaveUp);
-        let (refusing, _master) = node(d.path(), 500);
+        let (refusing, _master) = test_node(d.path(), 500);
         assert_eq!(boot(&refusing, &opts(Some(20)), || Ok(FormatAttempt::Done)).unwrap(), BootOutcome::BangGaveUp);
         let failed = boot(&refusing, &opts(None), || Err(std::io::Error::other("no slapos program")));
         assert_eq!(failed.unwrap_err().to_string(), "no slapos program");
