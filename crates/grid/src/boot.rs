@@ -120,6 +120,7 @@ mod tests {
             interval: Duration::from_millis(1),
             timeout: timeout_ms.map(Duration::from_millis),
             partition_base_name: "slappart".into(),
+            message: "Reboot".into(),
         }
     }
 

@@ -35,7 +35,7 @@ fn corpus() -> &'static Corpus {
         for (_, capture) in test_support::vectors() {
             let request = &capture["request"];
             let body = request["body"].as_str().unwrap_or_default();
-            texts.extend(form_urlencoded::parse(body.as_bytes()).map(|(_, v)| v.into_owned()));
+            texts.extend(url::form_urlencoded::parse(body.as_bytes()).map(|(_, v)| v.into_owned()));
             texts.extend(request["query"].as_array().into_iter().flatten().filter_map(|kv| kv[1].as_str().map(str::to_string)));
             texts.push(capture["response"]["body"].as_str().unwrap_or_default().to_string());
         }
