@@ -522,10 +522,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/computerBang", p(computer_bang))
         .route("/updateComputerPartitionRelatedInstanceList", p(related_instances))
         .merge(crate::hateoas::router())
-        .merge(crate::identity::router())
-        // every route is authorized by proxy::rules (a route without a rule is refused)
-        .route_layer(axum::middleware::from_fn_with_state(app.clone(), crate::rules::authorize))
         .merge(crate::relay::router())
+        .merge(crate::identity::router())
+        // every route is authorized by proxy::rules (a route without a rule
+        // is refused): routes merged after this layer would escape it
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), crate::rules::authorize))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), too_large))
         .layer(DefaultBodyLimit::max(max_body))

@@ -138,7 +138,12 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/softwareInstanceError", Rule::Instance(F("computer_id"), F("computer_partition_id"))),
     ("/softwareInstanceBang", Rule::Instance(F("computer_id"), F("computer_partition_id"))),
     ("/softwareInstanceRename", Rule::Instance(F("computer_id"), F("computer_partition_id"))),
+    ("/updateComputerPartitionRelatedInstanceList", Rule::Hosted(F("computer_id"), F("computer_partition_id"))),
     ("/requestComputerPartition", Rule::Request),
+    // the frontend bypass's relay reaches any host: only for identified callers
+    ("/http_proxy/{scheme}/{netloc}", Rule::Authenticated),
+    ("/http_proxy/{scheme}/{netloc}/", Rule::Authenticated),
+    ("/http_proxy/{scheme}/{netloc}/{*path}", Rule::Authenticated),
     ("/hateoas", Rule::People),
     ("/hateoas/", Rule::People),
     ("/hateoas/partitions/{title}", Rule::Tree(Path)),

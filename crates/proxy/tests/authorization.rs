@@ -307,6 +307,13 @@ fn call_of(route: &str, rule: Rule, who: Who, site: &Site) -> (&'static str, Str
             f
         }
         "/softwareInstanceError" => [cp(C1, Q), vec![("error_log", "e".into())]].concat(),
+        "/updateComputerPartitionRelatedInstanceList" => {
+            [cp(C1, Q), vec![("instance_reference_xml", enc(&Value::List(Vec::new())))]].concat()
+        }
+        // a closed loopback port: allowed callers get the relay's 523
+        "/http_proxy/{scheme}/{netloc}" => return ("GET", "/http_proxy/http/127.0.0.1:9".into(), vec![]),
+        "/http_proxy/{scheme}/{netloc}/" => return ("GET", "/http_proxy/http/127.0.0.1:9/".into(), vec![]),
+        "/http_proxy/{scheme}/{netloc}/{*path}" => return ("GET", "/http_proxy/http/127.0.0.1:9/x".into(), vec![]),
         "/softwareInstanceBang" => [cp(C1, Q), vec![("message", "m".into())]].concat(),
         "/softwareInstanceRename" => [cp(C1, Q), vec![("new_name", "child".into())]].concat(),
         "/requestComputerPartition" => match &site.callers[&who].partition {
