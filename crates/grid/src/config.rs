@@ -27,7 +27,12 @@ pub enum NodeConfigError {
     Inconsistent(String),
     /// A file or directory an option names is not there.
     #[error("option '{key}': {path} does not exist")]
-    NotFound { key: &'static str, path: String },
+    NotFound {
+        /// The option that names the file.
+        key: &'static str,
+        /// The path that does not exist.
+        path: String,
+    },
 }
 
 /// Command-line values that override the file (the 0.4 options too).
@@ -51,6 +56,7 @@ pub struct NodeOverrides {
     pub master_ca_file: Option<PathBuf>,
     /// `--key_file` and `--cert_file`: the node's client certificate.
     pub key_file: Option<PathBuf>,
+    /// `--cert_file` / `[slapos] cert_file`: the node's certificate for the master (with `key_file`).
     pub cert_file: Option<PathBuf>,
     /// `--certificate_repository_path`: where the partitions' certificates
     /// are kept.
@@ -62,6 +68,7 @@ pub struct NodeOverrides {
     pub maximal_delay: Option<u64>,
     /// `--supervisord-socket` and `--supervisord-configuration-path`.
     pub supervisord_socket: Option<PathBuf>,
+    /// `--supervisord-configuration-path`: accepted as slapgrid does, which ignores it too (a warning names a different path).
     pub supervisord_configuration_path: Option<PathBuf>,
 }
 
@@ -96,6 +103,7 @@ pub struct NodeConfig {
     /// `<instance_root>/etc/supervisord.conf`); so does the node, which
     /// warns when they differ from those paths.
     pub supervisord_socket: Option<PathBuf>,
+    /// `--supervisord-configuration-path` as given (accepted and ignored, as slapgrid).
     pub supervisord_configuration_path: Option<PathBuf>,
     /// The buildout to bootstrap with (default: `buildout` on PATH).
     pub buildout: String,

@@ -30,10 +30,23 @@ const SKEW: Duration = Duration::from_secs(3600);
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A file of the CA's directory cannot be read or written.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     #[error("{path}: not a usable key or certificate: {message}")]
-    Invalid { path: PathBuf, message: String },
+    /// A file of the CA's directory is not a usable certificate or key.
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     #[error("cannot sign a certificate: {0}")]
+    /// rcgen could not make or sign a certificate.
     Sign(#[from] rcgen::Error),
 }
 
@@ -43,7 +56,12 @@ pub enum Subject {
     /// A computer (node), by its id (`COMP-…` on SlapOS).
     Computer(String),
     /// A software instance: its partition on its computer.
-    Partition { computer: String, partition: String },
+    Partition {
+        /// The computer hosting the partition.
+        computer: String,
+        /// The partition id (`slappartN`).
+        partition: String,
+    },
     /// A person.
     User(String),
     /// The master's administrator.
@@ -91,6 +109,7 @@ impl Subject {
 /// A certificate just issued, with its new private key.
 #[derive(Debug, Clone)]
 pub struct Issued {
+    /// The certificate (PEM), signed by the master's CA.
     pub certificate_pem: String,
     /// The private key (PEM). It is handed to its owner once, never stored
     /// by the master (except the master's own HTTPS key and the

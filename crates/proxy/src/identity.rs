@@ -36,9 +36,13 @@ type Shared = Arc<App>;
 /// `partition_certificate_days`, `token_hours`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Validity {
+    /// Computer certificates (`computer_certificate_days`, default 365).
     pub computer: Duration,
+    /// User certificates (`user_certificate_days`, default 365).
     pub user: Duration,
+    /// Partition certificates (`partition_certificate_days`, default 30).
     pub partition: Duration,
+    /// One-time tokens (`token_hours`, default 24).
     pub token: Duration,
 }
 
@@ -69,6 +73,7 @@ pub enum Security {
         /// The master's own certificate and key (`cert_file`, `key_file`);
         /// None: issued by the CA.
         files: Option<(PathBuf, PathBuf)>,
+        /// How long what the CA issues stays valid.
         validity: Validity,
     },
 }
@@ -125,7 +130,9 @@ impl Security {
 
 /// The identity side of a running master (present only with TLS).
 pub struct Authority {
+    /// The master's certificate authority (`ca_dir`).
     pub ca: Ca,
+    /// How long what it issues stays valid.
     pub validity: Validity,
 }
 

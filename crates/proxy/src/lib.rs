@@ -142,7 +142,9 @@ fn describe(config: &Config) -> String {
 /// A master ready to serve: its shared state and, with TLS, its server
 /// configuration.
 pub struct Opened {
+    /// The master's shared state, for the routes.
     pub app: Arc<http::App>,
+    /// The HTTPS configuration (None: plain HTTP, the local cloud).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 

@@ -34,12 +34,14 @@ pub struct Upstream {
     pub url: String,
     /// Client key and certificate (required for an https master, as SlapOS).
     pub key: Option<PathBuf>,
+    /// The client certificate that goes with `key`.
     pub cert: Option<PathBuf>,
     /// CA certificates that verify an https master (`master_ca_file`);
     /// without it the web PKI roots do (the Python proxy verifies nothing).
     pub ca: Option<PathBuf>,
     /// Request as this partition of the other master (`computer`, `partition`).
     pub computer: Option<String>,
+    /// The partition of `computer` to request as.
     pub partition: Option<String>,
     /// Software releases always forwarded there.
     pub software_releases: Vec<String>,
@@ -48,6 +50,7 @@ pub struct Upstream {
 /// Every `[multimaster/<url>]` section, in file order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Multimaster {
+    /// The other masters, in file order.
     pub upstreams: Vec<Upstream>,
 }
 
@@ -80,6 +83,7 @@ impl Multimaster {
         Multimaster { upstreams }
     }
 
+    /// No other master is configured.
     pub fn is_empty(&self) -> bool {
         self.upstreams.is_empty()
     }

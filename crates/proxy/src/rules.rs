@@ -36,7 +36,12 @@ pub enum Identity {
     /// A node, by its computer id.
     Computer(String),
     /// A software instance: its partition on its computer.
-    Partition { computer: String, partition: String },
+    Partition {
+        /// The computer hosting the partition.
+        computer: String,
+        /// The partition id (`slappartN`).
+        partition: String,
+    },
     /// A person.
     User(String),
     /// The master's administrator: everything.
@@ -167,8 +172,11 @@ pub const EVERYONE: &str = "*";
 /// `X-SlapPartition` header.
 #[derive(Debug, Clone, Default)]
 pub struct Call {
+    /// The form and query fields.
     pub fields: Vec<(String, String)>,
+    /// The route's path parameter (a title or a computer reference).
     pub path: Option<String>,
+    /// The `X-SlapPartition` header: (computer, partition).
     pub authorization: Option<(String, String)>,
     /// Bounds of a marshalled field read here (the format report).
     pub marshal: slap::marshal::Limits,

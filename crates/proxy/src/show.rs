@@ -148,9 +148,11 @@ fn table(title: &str, header: &[&str], rows: Vec<Vec<String>>) -> String {
 pub struct Sections {
     /// Computers and usage reports.
     pub computers: bool,
+    /// Software releases supplied and their build states.
     pub software: bool,
     /// Partitions, forwarded requests and related instances.
     pub partitions: bool,
+    /// Shared (slave) instances.
     pub slaves: bool,
     /// Instance and connection parameters.
     pub params: bool,

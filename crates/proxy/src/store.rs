@@ -188,7 +188,9 @@ pub struct ForwardRow {
     pub reference: String,
     /// The master it went to (as configured).
     pub master_url: String,
+    /// The software release requested.
     pub software_release: String,
+    /// When it was last forwarded, seconds since the epoch.
     pub time: f64,
 }
 
@@ -196,10 +198,13 @@ pub struct ForwardRow {
 /// (`updateComputerPartitionRelatedInstanceList`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RelatedRow {
+    /// The computer of the partition that reported.
     pub computer_reference: String,
+    /// The partition that reported.
     pub partition_reference: String,
     /// Instance titles, one per line.
     pub instances: String,
+    /// When it reported, seconds since the epoch.
     pub time: f64,
 }
 
@@ -300,6 +305,7 @@ pub trait Tx {
 
     /// Records an issued certificate.
     fn add_certificate(&mut self, row: &CertificateRow) -> Result<(), StoreError>;
+    /// The certificate with that serial, if the CA issued it.
     fn certificate(&mut self, serial: &str) -> Result<Option<CertificateRow>, StoreError>;
     /// Revokes every valid certificate of (kind, name, computer) at `time`;
     /// how many were revoked.
@@ -315,13 +321,17 @@ pub trait Tx {
     fn grant(&mut self, kind: &str, reference: &str, user: &str) -> Result<(), StoreError>;
     /// A value of the master's own settings (`local_software_release_root`).
     fn setting(&mut self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Sets a value of the master's own settings.
     fn set_setting(&mut self, name: &str, value: &str) -> Result<(), StoreError>;
     /// Records (or refreshes) a forwarded request.
     fn add_forward(&mut self, row: &ForwardRow) -> Result<(), StoreError>;
+    /// Forgets a forwarded request.
     fn delete_forward(&mut self, reference: &str, master_url: &str) -> Result<(), StoreError>;
+    /// Every forwarded request (`proxy show`).
     fn forwards(&mut self) -> Result<Vec<ForwardRow>, StoreError>;
     /// Replaces what a partition last said it requested.
     fn set_related(&mut self, row: &RelatedRow) -> Result<(), StoreError>;
+    /// What every partition last said it requested (`proxy show`).
     fn related(&mut self) -> Result<Vec<RelatedRow>, StoreError>;
     /// Renames a software release URL in supplies and partitions; a supply
     /// of `new` already there for a computer wins over the renamed one.
