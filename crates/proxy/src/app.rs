@@ -34,6 +34,8 @@ pub struct App {
     pub multimaster: Multimaster,
     /// The client of `/http_proxy/` (the frontend bypass's relay).
     pub relay: crate::relay::Relay,
+    /// The binary cache (`/shacache`), when its directories are configured.
+    pub shacache: Option<Arc<crate::shacache::Options>>,
 }
 
 impl App {
@@ -41,7 +43,7 @@ impl App {
     pub fn new(store: SqliteStore, site: Site, run_id: String, limits: Limits) -> App {
         let decoders = Arc::new(Semaphore::new(limits.decode_workers.max(1)));
         let relay = crate::relay::Relay::new(limits.relay_max_response);
-        App { store, site, run_id, limits, decoders, identity: None, multimaster: Multimaster::default(), relay }
+        App { store, site, run_id, limits, decoders, identity: None, multimaster: Multimaster::default(), relay, shacache: None }
     }
 
     /// The same state, forwarding requests as `multimaster` says.

@@ -530,6 +530,9 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), too_large))
         .layer(DefaultBodyLimit::max(max_body))
+        // the binary cache streams its bodies within its own limits, and
+        // applies the same authorize layer itself (shacache::router)
+        .merge(crate::shacache::router(app.clone()))
         .layer(axum::middleware::from_fn(access_log))
         .layer(axum::middleware::map_response(werkzeug_reason))
         .with_state(app)

@@ -31,6 +31,7 @@ pub mod multimaster;
 pub mod relay;
 pub mod rules;
 pub mod server;
+pub mod shacache;
 pub mod show;
 pub mod software_root;
 pub mod store;
@@ -74,6 +75,8 @@ pub struct ProxyConfig {
     /// `local_software_release_root`: local software release paths are
     /// rebased onto it when it changes.
     pub local_software_release_root: Option<PathBuf>,
+    /// The binary cache (`shacache_*` options), if any.
+    pub shacache: Option<shacache::Options>,
 }
 
 /// Default port of `slapos proxy start` (as in SlapOS).
@@ -120,6 +123,7 @@ impl ProxyConfig {
             security,
             multimaster: multimaster::Multimaster::from_config(config),
             local_software_release_root: get("local_software_release_root").map(PathBuf::from),
+            shacache: shacache::Options::from_config(config)?,
         })
     }
 }
@@ -157,6 +161,10 @@ pub fn open_app(config: &ProxyConfig) -> anyhow::Result<Opened> {
     let run_id: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
     let site = master::Site { computer_id: config.computer_id.clone(), software_products: config.software_products.clone() };
     let mut app = app::App::new(store, site, run_id, config.limits).with_multimaster(config.multimaster.clone());
+    if let Some(o) = &config.shacache {
+        o.create_dirs().map_err(|e| anyhow::anyhow!("cannot create the shacache directories: {e}"))?;
+        app.shacache = Some(Arc::new(o.clone()));
+    }
     let mut tls = None;
     if let identity::Security::Tls { ca_dir, files, validity } = &config.security {
         let authority = identity::Authority { ca: ca::Ca::open_or_create(ca_dir)?, validity: *validity };

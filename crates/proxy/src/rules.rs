@@ -111,6 +111,9 @@ pub enum Rule {
     /// becomes theirs) on a computer open to them; a partition for its own
     /// children in its tree, as itself (`X-SlapPartition`).
     Request,
+    /// The binary cache: reading (GET) is public; storing is for computers
+    /// (nodes upload what they built). The body is not read to decide.
+    Cache,
 }
 
 use Arg::{Field as F, FormatReport, Path};
@@ -158,6 +161,11 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/identity/grant", Rule::Administrator),
     ("/Person_requestComputer", Rule::Token),
     ("/Person_getCertificate", Rule::Token),
+    ("/shacache/cache", Rule::Cache),
+    ("/shacache/cache/", Rule::Cache),
+    ("/shacache/cache/{sha512}", Rule::Cache),
+    ("/shacache/dir/{key}", Rule::Cache),
+    ("/shacache/update", Rule::Administrator),
 ];
 
 /// The rule of a route (as the router spells it).
@@ -182,6 +190,8 @@ pub struct Call {
     pub marshal: slap::marshal::Limits,
     /// The computer requests go to without a `computer_guid`.
     pub default_computer: String,
+    /// Whether the call only reads (GET or HEAD).
+    pub reads: bool,
 }
 
 impl Call {
@@ -299,6 +309,8 @@ pub fn decide(tx: &mut dyn Tx, who: &Identity, rule: Rule, call: &Call) -> Resul
             }
         }
         Rule::Request => request(tx, who, call),
+        Rule::Cache if call.reads || matches!(who, I::Computer(_)) => Ok(Ok(())),
+        Rule::Cache => deny("only computers may store in the binary cache".into()),
     }
 }
 
@@ -441,7 +453,14 @@ pub async fn authorize(
     let Some(rule) = rule_of(&route) else {
         return refuse(&Identity::Anonymous, &route, "this route has no rule");
     };
-    let bytes = match axum::body::to_bytes(body, app.limits.max_request_size).await {
+    // the binary cache decides without the body (it streams to disk)
+    let streamed = matches!(rule, Rule::Cache);
+    let (bytes, body) = if streamed {
+        (Ok(axum::body::Bytes::new()), Some(body))
+    } else {
+        (axum::body::to_bytes(body, app.limits.max_request_size).await, None)
+    };
+    let bytes: axum::body::Bytes = match bytes {
         Ok(b) => b,
         Err(_) => {
             let max = app.limits.max_request_size;
@@ -453,6 +472,7 @@ pub async fn authorize(
         authorization: crate::http::parse_authorization(&parts.headers),
         marshal: app.limits.marshal,
         default_computer: app.site.computer_id.clone(),
+        reads: parts.method == Method::GET || parts.method == Method::HEAD,
         ..Call::default()
     };
     let form = if parts.method == Method::GET { parts.uri.query().unwrap_or("").as_bytes().to_vec() } else { bytes.to_vec() };
@@ -473,7 +493,7 @@ pub async fn authorize(
     .await;
     match decided {
         Ok(Ok((who, Ok(())))) => {
-            let mut req = Request::from_parts(parts, Body::from(bytes));
+            let mut req = Request::from_parts(parts, body.unwrap_or_else(|| Body::from(bytes)));
             req.extensions_mut().insert(who);
             next.run(req).await
         }
