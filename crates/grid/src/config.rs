@@ -138,6 +138,8 @@ pub struct NodeConfig {
     pub software_min_free_space: u64,
     /// `instance_min_free_space`, in bytes.
     pub instance_min_free_space: u64,
+    /// `[networkcache]`: the binary cache of software releases, if any.
+    pub networkcache: Option<crate::networkcache::Options>,
 }
 
 /// slapos.human's `human2bytes`: `1000M`, `1 G`, `2Gi`, `512k`, `10 MB`,
@@ -254,6 +256,7 @@ impl NodeConfig {
             },
             software_min_free_space: size("software_min_free_space")?,
             instance_min_free_space: size("instance_min_free_space")?,
+            networkcache: crate::networkcache::Options::from_config(config),
         })
     }
 }

@@ -23,6 +23,7 @@ pub mod decision;
 pub mod fsafe;
 pub mod instance;
 pub mod names;
+pub mod networkcache;
 pub mod node;
 pub mod partition;
 pub mod process;

@@ -135,6 +135,10 @@ pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Resu
     let cfg = &node.cfg;
     let sp = url.hash().dir(&cfg.software_root);
     node::check_free_space(&sp, cfg.software_min_free_space, "software_min_free_space")?;
+    let cache = cfg.networkcache.as_ref();
+    if cache.is_some_and(|nc| crate::networkcache::install_from_cache(nc, url.as_str(), &cfg.software_root, &sp)) {
+        return Ok(());
+    }
     // the software root and its paths are the software user's: never through their links
     let root = Dir::open(&cfg.software_root)?;
     let owner = software_owner(&root)?;
@@ -205,6 +209,9 @@ pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Resu
     }
     if skip_bootstrap {
         let _ = sd.remove_file(marker);
+    }
+    if let Some(nc) = cache {
+        crate::networkcache::upload_built(nc, url.as_str(), &cfg.software_root, &sp);
     }
     Ok(())
 }

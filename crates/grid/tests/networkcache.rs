@@ -1,0 +1,155 @@
+//! The node's binary cache against the master's `/shacache`: a release
+//! packed, signed and uploaded is installed back from the cache; an entry
+//! signed by a key the node does not trust, a blacklisted URL or an entry
+//! built for another architecture is not used (and nothing is left behind).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use slapos_grid::networkcache::{self, Machine, Options};
+use slapos_proxy::{start_background, Background, ProxyConfig};
+
+const URL: &str = "http://sr.example/software.cfg";
+
+fn md5_hex(s: &str) -> String {
+    let out = Command::new("md5sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    let mut out = out;
+    out.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap()[..32].to_string()
+}
+
+/// A self-signed RSA key pair: (key file, certificate PEM).
+fn key_pair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let (k, c) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.crt")));
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &format!("/CN={name}")])
+        .arg("-keyout")
+        .arg(&k)
+        .arg("-out")
+        .arg(&c)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "openssl req failed");
+    (k, std::fs::read_to_string(c).unwrap())
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+    _master: Background,
+    options: Options,
+    root: PathBuf,
+    other_cert: String,
+}
+
+fn site() -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ProxyConfig {
+        computer_id: "COMP-1".into(),
+        database: dir.path().join("proxy.db"),
+        shacache: Some(slapos_proxy::shacache::Options::under(dir.path())),
+        ..Default::default()
+    };
+    let master = start_background(&config).unwrap();
+    let (key, cert) = key_pair(dir.path(), "signer");
+    let (_, other_cert) = key_pair(dir.path(), "other");
+    let base = format!("{}/shacache", master.url());
+    let options = Options {
+        download_cache_url: Some(format!("{base}/cache")),
+        download_dir_url: Some(format!("{base}/dir")),
+        upload_cache_url: Some(format!("{base}/cache")),
+        upload_dir_url: Some(format!("{base}/dir")),
+        signature_private_key_file: Some(key),
+        signature_certificates: vec![cert],
+        ..Options::default()
+    };
+    let root = dir.path().join("soft");
+    std::fs::create_dir(&root).unwrap();
+    if nix::unistd::geteuid().is_root() {
+        // the node never runs tar as root: the software root is nobody's here
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&root, Some(65534), Some(65534)).unwrap();
+    }
+    Site { dir, _master: master, options, root, other_cert }
+}
+
+impl Site {
+    fn sp(&self) -> PathBuf {
+        self.root.join(md5_hex(URL))
+    }
+
+    /// "Builds" the release and uploads it, then empties the software root.
+    fn build_and_upload(&self) {
+        let sp = self.sp();
+        std::fs::create_dir_all(sp.join("bin")).unwrap();
+        std::fs::write(sp.join("bin/hello"), "#!/bin/sh\necho hello\n").unwrap();
+        std::fs::write(sp.join("buildout.cfg"), "[buildout]\n").unwrap();
+        networkcache::upload_built(&self.options, URL, &self.root, &sp);
+        std::fs::remove_dir_all(&sp).unwrap();
+    }
+
+    fn root_entries(&self) -> Vec<String> {
+        std::fs::read_dir(&self.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    }
+}
+
+#[test]
+fn a_release_uploaded_is_installed_from_the_cache() {
+    let s = site();
+    s.build_and_upload();
+    networkcache::try_install(&s.options, URL, &s.root, &s.sp()).unwrap();
+    assert_eq!(std::fs::read_to_string(s.sp().join("bin/hello")).unwrap(), "#!/bin/sh\necho hello\n");
+    assert_eq!(s.root_entries(), vec![md5_hex(URL)], "temporary files left behind");
+    // an installed release is never overwritten
+    assert!(!networkcache::install_from_cache(&s.options, URL, &s.root, &s.sp()));
+    let _ = &s.dir;
+}
+
+#[test]
+fn an_entry_signed_by_an_untrusted_key_is_not_used() {
+    let mut s = site();
+    s.build_and_upload();
+    s.options.signature_certificates = vec![s.other_cert.clone()];
+    let err = networkcache::lookup(&s.options, URL, &md5_hex(URL), &Machine::this()).unwrap_err();
+    assert!(err.contains("no usable entry among 1"), "{err}");
+    assert!(!networkcache::install_from_cache(&s.options, URL, &s.root, &s.sp()));
+    assert!(s.root_entries().is_empty(), "{:?}", s.root_entries());
+}
+
+#[test]
+fn a_blacklisted_url_is_not_downloaded() {
+    let mut s = site();
+    s.build_and_upload();
+    s.options.download_blacklist = vec!["http://sr.example/".into()];
+    let err = networkcache::lookup(&s.options, URL, &md5_hex(URL), &Machine::this()).unwrap_err();
+    assert!(err.contains("blacklisted"), "{err}");
+    assert!(!networkcache::install_from_cache(&s.options, URL, &s.root, &s.sp()));
+}
+
+#[test]
+fn an_entry_for_another_architecture_or_os_is_not_used() {
+    let s = site();
+    s.build_and_upload();
+    let here = Machine::this();
+    let elsewhere = Machine { multiarch: "sparc64-linux-gnu".into(), ..here.clone() };
+    assert!(networkcache::lookup(&s.options, URL, &md5_hex(URL), &elsewhere).is_err());
+    let other_os = Machine { os: ["debian".into(), "3.1".into(), String::new()], ..here.clone() };
+    if here.os[0] != "debian" || !here.os[1].starts_with('3') {
+        assert!(networkcache::lookup(&s.options, URL, &md5_hex(URL), &other_os).is_err());
+    }
+    assert!(networkcache::lookup(&s.options, URL, &md5_hex(URL), &here).is_ok());
+}
+
+#[test]
+fn debian_minor_versions_match_and_others_must_be_equal() {
+    let m = |id: &str, v: &str, c: &str| Machine { multiarch: "x86_64-linux-gnu".into(), os: [id.into(), v.into(), c.into()] };
+    assert!(m("debian", "12.4", "bookworm").runs("x86_64-linux-gnu", &["Debian".into(), "12".into(), "".into()]));
+    assert!(!m("debian", "12", "").runs("x86_64-linux-gnu", &["debian".into(), "11".into(), "".into()]));
+    assert!(!m("ubuntu", "22.04", "jammy").runs("x86_64-linux-gnu", &["ubuntu".into(), "22.10".into(), "kinetic".into()]));
+    assert!(!m("debian", "12", "").runs("aarch64-linux-gnu", &["debian".into(), "12".into(), "".into()]));
+    let os = networkcache::os_release("PRETTY_NAME=\"Debian GNU/Linux 12\"\nID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n");
+    assert_eq!(os, ["debian".to_string(), "12".into(), "bookworm".into()]);
+}
