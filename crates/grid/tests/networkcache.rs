@@ -153,3 +153,63 @@ fn debian_minor_versions_match_and_others_must_be_equal() {
     let os = networkcache::os_release("PRETTY_NAME=\"Debian GNU/Linux 12\"\nID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n");
     assert_eq!(os, ["debian".to_string(), "12".into(), "bookworm".into()]);
 }
+
+const PYTHON_PEER: &str = r#"
+import io, json, sys
+from slapos.libnetworkcache import NetworkcacheClient
+mode, cache, dir_, key, keyfile, certfile, meta = sys.argv[1:8]
+cert = open(certfile).read()
+nc = NetworkcacheClient(cache, dir_, signature_private_key_file=keyfile, signature_certificate_list=[cert])
+if mode == "upload":
+    print(nc.upload(io.BytesIO(b"not a tarball"), key, **json.loads(meta)))
+else:
+    print(len(list(nc.select(key))))
+"#;
+
+/// The project's venv (`$SLAPOS_VENV`), with slapos.libnetworkcache.
+fn venv_python() -> PathBuf {
+    let venv = std::env::var("SLAPOS_VENV").unwrap_or_else(|_| "/var/cache/slapos-e2e/venv-1.26.1".into());
+    let py = Path::new(&venv).join("bin/python3");
+    assert!(py.exists(), "needs the venv: {} is missing (set SLAPOS_VENV)", py.display());
+    py
+}
+
+#[test]
+#[ignore = "needs the venv"]
+fn needs_venv_entries_signed_by_the_python_library_and_by_ours_verify_both_ways() {
+    let python = venv_python();
+    let s = site();
+    let (key_file, cert) = key_pair(s.dir.path(), "both");
+    let cert_file = s.dir.path().join("both.crt");
+    let here = Machine::this();
+    let meta = serde_json::json!({"software_url": URL, "multiarch": here.multiarch, "os": here.os}).to_string();
+    let o = Options { signature_private_key_file: Some(key_file.clone()), signature_certificates: vec![cert], ..s.options.clone() };
+    let peer = |mode: &str, key: &str| {
+        let out = Command::new(&python)
+            .args(["-c", PYTHON_PEER, mode, o.upload_cache_url.as_deref().unwrap(), o.upload_dir_url.as_deref().unwrap(), key])
+            .arg(&key_file)
+            .arg(&cert_file)
+            .arg(&meta)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // theirs → ours
+    peer("upload", "python-key");
+    networkcache::lookup(&o, URL, "python-key", &here).unwrap();
+    // ours → theirs
+    let tarball = s.dir.path().join("t.tar.gz");
+    std::fs::write(&tarball, b"ours").unwrap();
+    let meta_map = serde_json::from_str(&meta).unwrap();
+    networkcache::upload(
+        o.upload_cache_url.as_deref().unwrap(),
+        o.upload_dir_url.as_deref().unwrap(),
+        "rust-key",
+        &tarball,
+        meta_map,
+        Some(&key_file),
+    )
+    .unwrap();
+    assert_eq!(peer("select", "rust-key"), "1");
+}
