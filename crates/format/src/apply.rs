@@ -68,6 +68,7 @@ pub fn run(cfg: &FormatConfig, mode: Mode, json: bool) -> anyhow::Result<u8> {
     partition_paths.dedup();
     let resources: Vec<PathBuf> = partition_paths.iter().map(|p| p.join(".slapos-resource")).collect();
     let mut paths = vec![cfg.instance_root.clone(), cfg.software_root.clone()];
+    paths.extend(cfg.certificate_repository_path.clone());
     paths.extend(partition_paths);
     if !cfg.alter_user {
         users.push(invoking.clone());

@@ -74,6 +74,9 @@ pub struct FormatConfig {
     pub instance_root: PathBuf,
     /// `[slapos] software_root`: where software releases are built.
     pub software_root: PathBuf,
+    /// `[slapos] certificate_repository_path`: where the node keeps the
+    /// partitions' certificates; created 0700, as SlapOS's format does.
+    pub certificate_repository_path: Option<PathBuf>,
     /// `[slapformat] computer_xml`: the state file (`.slapos.xml`).
     pub computer_xml: PathBuf,
     /// `[slapformat] computer_json`: the state also as JSON, if set.
@@ -211,6 +214,7 @@ impl FormatConfig {
             master_url,
             instance_root: abs(PathBuf::from(instance_root)),
             software_root: abs(PathBuf::from(software_root)),
+            certificate_repository_path: nonempty("certificate_repository_path").map(|p| abs(PathBuf::from(p))),
             computer_xml: abs(computer_xml),
             computer_json: o.computer_json.clone().or_else(|| nonempty("computer_json").map(PathBuf::from)).map(abs),
             partition_amount,

@@ -99,6 +99,9 @@ impl Node {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
         std::os::unix::fs::chown(d.join("opt/slapgrid"), Some(software.uid), Some(software.gid)).unwrap();
+        // certificate_repository_path, as node format makes it (slapgrid requires it)
+        std::fs::create_dir_all(d.join("etc/ssl/partition_pki")).unwrap();
+        std::fs::set_permissions(d.join("etc/ssl/partition_pki"), std::fs::Permissions::from_mode(0o700)).unwrap();
         let victim = d.join("victim");
         std::fs::write(victim.join("file"), "precious").unwrap();
         std::fs::write(victim.join("dir/inner"), "inner").unwrap();

@@ -1,5 +1,6 @@
 //! Directories: the instance and software roots (0755, the software root
-//! owned by the software user) and the partitions (0750, owned by their
+//! owned by the software user), `certificate_repository_path` (0700, as
+//! SlapOS's format makes it) and the partitions (0750, owned by their
 //! user), created or repaired.
 
 use std::path::Path;
@@ -14,6 +15,9 @@ pub(super) fn steps(cfg: &FormatConfig, obs: &Observed, state: &ComputerState) -
     let mut steps = Vec::new();
     dir(&mut steps, obs, &cfg.instance_root, 0o755, None);
     dir(&mut steps, obs, &cfg.software_root, 0o755, cfg.alter_user.then_some(cfg.software_user.as_str()));
+    if let Some(pki) = &cfg.certificate_repository_path {
+        dir(&mut steps, obs, pki, 0o700, None);
+    }
     for p in &state.partitions {
         dir(&mut steps, obs, &p.path, 0o750, cfg.alter_user.then_some(p.user.as_str()));
     }
@@ -67,5 +71,18 @@ mod tests {
         cfg.alter_user = false;
         let text: Vec<String> = steps(&cfg, &obs, &state).iter().map(Step::to_string).collect();
         assert_eq!(text, ["chmod 755 /opt/slapgrid"]);
+    }
+
+    #[test]
+    fn the_certificate_repository_is_made_0700_and_kept_so() {
+        let mut cfg = super::super::tests::config("partition_amount = 1\nalter_network = false");
+        cfg.certificate_repository_path = Some("/etc/opt/slapos/ssl/partition_pki".into());
+        let state = crate::plan::plan(&cfg, None, &Observed::default(), "root", &mut crate::plan::Picker::new(1)).unwrap().state;
+        let text: Vec<String> = steps(&cfg, &Observed::default(), &state).iter().map(Step::to_string).collect();
+        assert!(text.iter().any(|s| s.contains("/etc/opt/slapos/ssl/partition_pki") && s.contains("700")), "{text:?}");
+        let mut obs = Observed::default();
+        obs.paths.insert("/etc/opt/slapos/ssl/partition_pki".into(), PathInfo { mode: 0o755, uid: 0, gid: 0 });
+        let text: Vec<String> = steps(&cfg, &obs, &state).iter().map(Step::to_string).collect();
+        assert!(text.contains(&"chmod 700 /etc/opt/slapos/ssl/partition_pki".to_string()), "{text:?}");
     }
 }
