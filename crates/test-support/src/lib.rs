@@ -64,25 +64,7 @@ pub struct Canned {
 /// Starts a [`Canned`] server on a free loopback port (it lives as long as
 /// the test process).
 pub fn canned(status: u16, body: &'static str) -> Canned {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let rec = received.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            if let Some(r) = read_request(&stream) {
-                rec.lock().unwrap().push(r);
-            }
-            let mut s = stream;
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status} X\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Canned { url, received }
+    serve(move |_| (status, body.to_string()))
 }
 
 /// Starts a loopback server whose answer to each request is
