@@ -1059,6 +1059,7 @@ fn unescape_second_level(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use test_support::reference_bomb;
 
     fn dict(pairs: &[(&str, Value)]) -> Value {
         Value::Dict(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
@@ -1135,26 +1136,6 @@ mod tests {
         // document text in messages is cut
         let long = format!("<marshal><int>{}</int></marshal>", "9x".repeat(1 << 20));
         assert!(decode(&long).unwrap_err().message.len() < 200);
-    }
-
-    /// `levels` lists, each holding `fanout` references to the one before;
-    /// the first holds `fanout` strings of `leaf` bytes: about 1.7 KB that
-    /// expand to `fanout^levels` values.
-    fn reference_bomb(fanout: usize, levels: usize, leaf: usize) -> String {
-        let mut s = String::from("<marshal><list id=\"i1\"><list id=\"i2\">");
-        for _ in 0..fanout {
-            s.push_str(&format!("<string>{}</string>", "x".repeat(leaf)));
-        }
-        s.push_str("</list>");
-        for l in 1..levels {
-            s.push_str(&format!("<list id=\"i{}\">", l + 2));
-            for _ in 0..fanout {
-                s.push_str(&format!("<reference id=\"i{}\"/>", l + 1));
-            }
-            s.push_str("</list>");
-        }
-        s.push_str("</list></marshal>");
-        s
     }
 
     fn limit_of(r: Result<Value, DecodeError>) -> (LimitKind, u64) {

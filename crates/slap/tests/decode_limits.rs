@@ -6,27 +6,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use slap::marshal::{decode, DecodeErrorKind, LimitKind};
+use test_support::reference_bomb;
 
 const CHILD: &str = "SLAP_DECODE_LIMITS_CHILD";
-
-/// `levels` lists, each holding `fanout` references to the one before; the
-/// first holds `fanout` strings of `leaf` bytes.
-fn reference_bomb(fanout: usize, levels: usize, leaf: usize) -> String {
-    let mut s = String::from("<marshal><list id=\"i1\"><list id=\"i2\">");
-    for _ in 0..fanout {
-        s.push_str(&format!("<string>{}</string>", "x".repeat(leaf)));
-    }
-    s.push_str("</list>");
-    for l in 1..levels {
-        s.push_str(&format!("<list id=\"i{}\">", l + 2));
-        for _ in 0..fanout {
-            s.push_str(&format!("<reference id=\"i{}\"/>", l + 1));
-        }
-        s.push_str("</list>");
-    }
-    s.push_str("</list></marshal>");
-    s
-}
 
 fn vm_hwm_kb() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");

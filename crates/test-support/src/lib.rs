@@ -151,6 +151,27 @@ pub fn vectors() -> Vec<(String, serde_json::Value)> {
     v
 }
 
+/// A back-reference bomb for the marshal decoder: `levels` lists, each
+/// holding `fanout` references to the one before; the first holds `fanout`
+/// strings of `leaf` bytes: a small document that expands to
+/// `fanout^levels` values.
+pub fn reference_bomb(fanout: usize, levels: usize, leaf: usize) -> String {
+    let mut s = String::from("<marshal><list id=\"i1\"><list id=\"i2\">");
+    for _ in 0..fanout {
+        s.push_str(&format!("<string>{}</string>", "x".repeat(leaf)));
+    }
+    s.push_str("</list>");
+    for l in 1..levels {
+        s.push_str(&format!("<list id=\"i{}\">", l + 2));
+        for _ in 0..fanout {
+            s.push_str(&format!("<reference id=\"i{}\"/>", l + 1));
+        }
+        s.push_str("</list>");
+    }
+    s.push_str("</list></marshal>");
+    s
+}
+
 /// Fails the calling test unless it runs as root. For the tests marked
 /// `#[ignore = "needs root"]`: run as root they do their work, run otherwise
 /// (`cargo test -- --ignored` as a user) they fail saying why.
