@@ -10,9 +10,7 @@
 //! (removed on drop, even on failure).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -24,55 +22,40 @@ use slapos_grid::config::{NodeConfig, NodeOverrides};
 use slapos_grid::instance::{InstanceOptions, InstanceRun, RunStatus};
 use slapos_grid::node::Node;
 use slapos_grid::software::ReleaseOutcome;
+use test_support::tree::{differences, snapshot};
 
 const COMPUTER: &str = "COMP-HOSTILE";
 
 // ---------------------------------------------------------------- the master
 
-/// The POSTs a master received: `(method, form)`.
-type Posts = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
-
 /// A loopback master serving one computer document and recording every
-/// POST as `(method, form)`.
+/// request (the node's reports are its POSTs).
 struct FakeMaster {
     url: String,
-    posts: Posts,
+    received: Arc<Mutex<Vec<test_support::Received>>>,
 }
 
 impl FakeMaster {
     fn start(computer: &Computer) -> FakeMaster {
         let doc = slap::marshal::encode(&computer.to_value()).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let posts: Posts = Arc::default();
-        let rec = posts.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let Some((method, target, body)) = read_request(&stream) else { continue };
-                let path = target.split('?').next().unwrap_or_default().trim_start_matches('/').to_string();
-                let (status, answer) = match (method.as_str(), path.as_str()) {
-                    ("GET", "getFullComputerInformation") => (200, doc.clone()),
-                    ("GET", _) => (404, String::new()),
-                    _ => {
-                        let form = form_decode(&body);
-                        rec.lock().unwrap().push((path, form));
-                        (200, String::new())
-                    }
-                };
-                let mut s = stream;
-                let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}", answer.len());
-            }
+        let master = test_support::serve(move |r| match (r.method.as_str(), r.path()) {
+            ("GET", "getFullComputerInformation") => (200, doc.clone()),
+            ("GET", _) => (404, String::new()),
+            _ => (200, String::new()),
         });
-        FakeMaster { url, posts }
+        FakeMaster { url: master.url, received: master.received }
+    }
+
+    /// Every POST received: `(method, form)`.
+    fn posts(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        let received = self.received.lock().unwrap();
+        received.iter().filter(|r| r.method != "GET").map(|r| (r.path().to_string(), r.form().into_iter().collect())).collect()
     }
 
     /// The `error_log`/`message` of every error report, with its partition.
     fn errors(&self) -> Vec<(String, String)> {
-        self.posts
-            .lock()
-            .unwrap()
-            .iter()
+        self.posts()
+            .into_iter()
             .filter(|(m, _)| m.ends_with("Error"))
             .map(|(_, f)| {
                 let who = f.get("computer_partition_id").or(f.get("url")).cloned().unwrap_or_default();
@@ -83,55 +66,8 @@ impl FakeMaster {
 
     /// Every partition id the node named in a call.
     fn partitions_named(&self) -> Vec<String> {
-        self.posts.lock().unwrap().iter().filter_map(|(_, f)| f.get("computer_partition_id").cloned()).collect()
+        self.posts().into_iter().filter_map(|(_, f)| f.get("computer_partition_id").cloned()).collect()
     }
-}
-
-fn read_request(stream: &TcpStream) -> Option<(String, String, String)> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next()?.to_string(), parts.next()?.to_string());
-    let mut len = 0;
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some((method, target, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// `application/x-www-form-urlencoded`, enough for what the node sends.
-fn form_decode(body: &str) -> BTreeMap<String, String> {
-    let decode = |s: &str| {
-        let bytes = s.replace('+', " ").into_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' && i + 2 < bytes.len() {
-                if let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("x"), 16) {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-            }
-            out.push(bytes[i]);
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    body.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
 }
 
 fn partition(id: &str, state: InstanceState, url: &str) -> ComputerPartition {
@@ -211,53 +147,9 @@ fn require_root() {
     assert!(nix::unistd::geteuid().is_root(), "this test needs root (run the slow tier as root: cargo test -- --include-ignored)");
 }
 
-/// Every entry under `root` (not following links) but `skip`, with what
-/// could change: kind, size, mode, owner, mtime, content of files.
-fn snapshot(root: &Path, skip: &[PathBuf]) -> BTreeMap<PathBuf, String> {
-    fn walk(p: &Path, skip: &[PathBuf], out: &mut BTreeMap<PathBuf, String>) {
-        if skip.iter().any(|s| p.starts_with(s)) {
-            return;
-        }
-        let Ok(m) = std::fs::symlink_metadata(p) else { return };
-        let content = if m.is_file() {
-            std::fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        // (a directory's size and times change with its entries, which are listed)
-        let (len, mtime) = if m.is_dir() { (0, 0) } else { (m.len(), m.mtime_nsec()) };
-        out.insert(p.to_path_buf(), format!("{:?} {len} {:o} {}:{} {mtime} {content}", m.file_type(), m.mode(), m.uid(), m.gid()));
-        if m.is_dir() {
-            for e in std::fs::read_dir(p).unwrap().flatten() {
-                walk(&e.path(), skip, out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, skip, &mut out);
-    out
-}
-
 /// Fails with the paths that differ between two snapshots.
 fn assert_unchanged(before: &BTreeMap<PathBuf, String>, after: &BTreeMap<PathBuf, String>, what: &str) {
-    let keys: std::collections::BTreeSet<&PathBuf> = before.keys().chain(after.keys()).collect();
-    let changed: Vec<String> = keys
-        .into_iter()
-        .filter(|k| before.get(*k) != after.get(*k))
-        .map(|k| {
-            format!(
-                "{} ({})",
-                k.display(),
-                if !before.contains_key(k) {
-                    "created"
-                } else if !after.contains_key(k) {
-                    "removed"
-                } else {
-                    "changed"
-                }
-            )
-        })
-        .collect();
+    let changed = differences(before, after);
     assert!(changed.is_empty(), "{what}: {changed:#?}");
 }
 

@@ -16,6 +16,7 @@
 
 pub mod exercise;
 pub mod tls;
+pub mod tree;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
