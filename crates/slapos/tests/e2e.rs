@@ -76,6 +76,7 @@ use std::time::{Duration, Instant};
 use md5::{Digest, Md5};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Group, Pid, User};
+use test_support::netns::{BridgeNamespace, TestUsers};
 
 /// Our `slapos` (the test build of this crate's binary).
 const OURS: &str = env!("CARGO_BIN_EXE_slapos");
@@ -320,8 +321,8 @@ struct Site {
     ns: String,
     work: PathBuf,
     /// Users and groups this run may create (none existed before it).
-    users: Vec<String>,
-    ns_created: bool,
+    users: TestUsers,
+    netns: Option<BridgeNamespace>,
     master: Option<Child>,
     timings: Vec<(String, Duration, Option<i32>)>,
 }
@@ -342,7 +343,8 @@ impl Site {
         let base = std::env::var("SLAPOS_E2E_WORKDIR").unwrap_or_else(|_| "/tmp".into());
         let work = tempfile::Builder::new().prefix(&format!("slapos-e2e-{}-", mode.name)).tempdir_in(base).unwrap().keep();
         let ns = format!("slaptest-e2e-{}{pid}", mode.tag);
-        let mut site = Site { mode, venv, prefix, ns, work, users, ns_created: false, master: None, timings: Vec::new() };
+        let users = TestUsers(users);
+        let mut site = Site { mode, venv, prefix, ns, work, users, netns: None, master: None, timings: Vec::new() };
         eprintln!("[e2e {}] work dir {}, namespace {}, users {}*", mode.name, site.work.display(), site.ns, site.prefix);
         site.lay_out();
         site.create_namespace();
@@ -429,20 +431,7 @@ impl Site {
     /// The namespace: loopback, and a bridge `br0` (a veth port gives it
     /// carrier) with the ULA fd00:e2e::1/64.
     fn create_namespace(&mut self) {
-        run_ok(Command::new("ip").args(["netns", "add", &self.ns]));
-        self.ns_created = true;
-        for cmd in [
-            "ip link set lo up",
-            "ip link add br0 type bridge",
-            "ip link add br0p0 type veth peer name br0p1",
-            "ip link set br0p0 master br0",
-            "ip link set br0p0 up",
-            "ip link set br0p1 up",
-            "ip link set br0 up",
-            "ip -6 addr add fd00:e2e::1/64 dev br0 nodad",
-        ] {
-            run_ok(Command::new("ip").args(["netns", "exec", &self.ns]).args(cmd.split(' ')));
-        }
+        self.netns = Some(BridgeNamespace::create(&self.ns, "fd00:e2e::1/64"));
     }
 
     /// `program …` inside the namespace, with the venv first on PATH (buildout,
@@ -572,16 +561,11 @@ impl Drop for Site {
             let _ = master.kill();
             let _ = master.wait();
         }
-        if self.ns_created {
+        if self.netns.is_some() {
             self.kill_leftovers();
-            let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         }
-        for user in &self.users {
-            let _ = Command::new("userdel").arg(user).stderr(Stdio::null()).status();
-            if Group::from_name(user).ok().flatten().is_some() {
-                let _ = Command::new("groupdel").arg(user).status();
-            }
-        }
+        drop(self.netns.take());
+        drop(std::mem::replace(&mut self.users, TestUsers(Vec::new())));
         self.remove_watchdog_logs();
         if std::env::var("SLAPOS_E2E_KEEP").as_deref() == Ok("1") {
             eprintln!("[e2e {}] work dir kept: {}", self.mode.name, self.work.display());
@@ -748,7 +732,3 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-fn run_ok(command: &mut Command) {
-    let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
-}

@@ -7,61 +7,37 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use test_support::netns::{BridgeNamespace, TestUsers};
+
 const BIN: &str = env!("CARGO_BIN_EXE_slapos");
 
+/// Field order is drop order: the namespace goes, then the users.
 struct Sandbox {
     ns: String,
+    _netns: BridgeNamespace,
+    _users: TestUsers,
     /// Prefix of the users and groups this test creates (`slaptest...`).
     prefix: String,
     /// Prefix of its taps (interface names are at most 15 bytes).
     tap: String,
-    partitions: usize,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-        let mut users = vec![format!("{}soft", self.prefix)];
-        users.extend((0..self.partitions).map(|i| format!("{}user{i}", self.prefix)));
-        for u in users {
-            let _ = Command::new("userdel").arg(&u).output();
-            let _ = Command::new("groupdel").arg(&u).output();
-        }
-    }
-}
-
-fn sh(args: &[&str]) {
-    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn sandbox(tag: char, partitions: usize) -> Sandbox {
     test_support::require_root();
     let id = std::process::id() % 100000;
+    let ns = format!("tfmt{tag}{id}");
+    let prefix = format!("slaptest{tag}{id}");
+    let mut users = vec![format!("{prefix}soft")];
+    users.extend((0..partitions).map(|i| format!("{prefix}user{i}")));
     let s = Sandbox {
-        ns: format!("tfmt{tag}{id}"),
-        prefix: format!("slaptest{tag}{id}"),
+        _netns: BridgeNamespace::create(&ns, "fd00:7e57::1/64"),
+        _users: TestUsers(users),
+        ns,
+        prefix,
         tap: format!("st{tag}{id}tap"),
-        partitions,
         dir: tempfile::tempdir().unwrap(),
     };
-    let ns = s.ns.clone();
-    sh(&["ip", "netns", "add", &ns]);
-    for cmd in [
-        "ip link set lo up",
-        "ip link add br0 type bridge",
-        "ip link add br0p0 type veth peer name br0p1",
-        "ip link set br0p0 master br0",
-        "ip link set br0p0 up",
-        "ip link set br0p1 up",
-        "ip link set br0 up",
-        "ip -6 addr add fd00:7e57::1/64 dev br0 nodad",
-    ] {
-        let mut args = vec!["ip", "netns", "exec", &ns];
-        args.extend(cmd.split(' '));
-        sh(&args);
-    }
     std::fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     s
 }

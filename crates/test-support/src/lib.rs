@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod exercise;
+pub mod netns;
 pub mod tls;
 pub mod tree;
 
