@@ -110,18 +110,7 @@ impl Node {
         std::fs::write(victim.join("dir/run-me"), "#!/bin/sh\necho ran\n").unwrap();
         std::fs::set_permissions(victim.join("dir/run-me"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let port = support::free_port();
-        let cfg = d.join("etc/slapos.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[slapos]\ncomputer_id = local\nmaster_url = http://127.0.0.1:{port}\nsoftware_root = {d}/opt/slapgrid\ninstance_root = {d}/srv/slapgrid\ncertificate_repository_path = {d}/etc/ssl/partition_pki\nbuildout = {venv}/bin/buildout\npidfile_software = {d}/var/run/sr.pid\npidfile_instance = {d}/var/run/cp.pid\npidfile_report = {d}/var/run/ur.pid\n\n[slapformat]\npartition_amount = 1\ncomputer_xml = {d}/var/slapos.xml\ninterface_name = lo\ncreate_tap = false\n\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {d}/var/proxy.db\n",
-                d = d.display(),
-                venv = venv.display()
-            ),
-        )
-        .unwrap();
-        let client_cfg = d.join("etc/slapos-client.cfg");
-        std::fs::write(&client_cfg, format!("[slapos]\nmaster_url = http://127.0.0.1:{port}\n")).unwrap();
+        let (cfg, client_cfg) = support::local_node_config(d, &venv, port, 1, Some(&d.join("etc/ssl/partition_pki")));
         let mut node = Node { dir, venv, cfg, client_cfg, master: None, tenant, software, victim };
         node.start_master(port);
         node.ok(&["node", "format", "--local", "--now"], 0);

@@ -58,18 +58,7 @@ impl Cloud {
         let text = std::fs::read_to_string(sr.join("software.cfg.in")).unwrap().replace("@SR_DIR@", sr.to_str().unwrap());
         std::fs::write(sr.join("software.cfg"), text).unwrap();
         let port = test_support::free_port();
-        let cfg = d.join("etc/slapos.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[slapos]\ncomputer_id = local\nmaster_url = http://127.0.0.1:{port}\nsoftware_root = {d}/opt/slapgrid\ninstance_root = {d}/srv/slapgrid\nbuildout = {venv}/bin/buildout\npidfile_software = {d}/var/run/sr.pid\npidfile_instance = {d}/var/run/cp.pid\npidfile_report = {d}/var/run/ur.pid\n\n[slapformat]\npartition_amount = 2\ncomputer_xml = {d}/var/slapos.xml\ninterface_name = lo\ncreate_tap = false\n\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {d}/var/proxy.db\n",
-                d = d.display(),
-                venv = venv.display()
-            ),
-        )
-        .unwrap();
-        let client_cfg = d.join("etc/slapos-client.cfg");
-        std::fs::write(&client_cfg, format!("[slapos]\nmaster_url = http://127.0.0.1:{port}\n")).unwrap();
+        let (cfg, client_cfg) = test_support::local_node_config(d, &venv, port, 2, None);
         // tempdir is 0700: the node's user must reach it
         std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         chown_tree(d);

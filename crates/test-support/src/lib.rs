@@ -278,3 +278,26 @@ impl Drop for Master {
         let _ = self.child.wait();
     }
 }
+
+/// Writes the configuration of a local test node under `dir` and returns
+/// the paths of `etc/slapos.cfg` and `etc/slapos-client.cfg`: computer
+/// `local` on the loopback interface, with `partitions` partitions, roots
+/// and pid files under `dir`, the buildout of `venv`, and our master on
+/// `port` (database in `dir/var`). With `certificates`, that directory is the
+/// node's `certificate_repository_path`.
+pub fn local_node_config(dir: &Path, venv: &Path, port: u16, partitions: usize, certificates: Option<&Path>) -> (PathBuf, PathBuf) {
+    let d = dir.display();
+    let certificates = certificates.map(|c| format!("certificate_repository_path = {}\n", c.display())).unwrap_or_default();
+    let cfg = dir.join("etc/slapos.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[slapos]\ncomputer_id = local\nmaster_url = http://127.0.0.1:{port}\nsoftware_root = {d}/opt/slapgrid\ninstance_root = {d}/srv/slapgrid\n{certificates}buildout = {venv}/bin/buildout\npidfile_software = {d}/var/run/sr.pid\npidfile_instance = {d}/var/run/cp.pid\npidfile_report = {d}/var/run/ur.pid\n\n[slapformat]\npartition_amount = {partitions}\ncomputer_xml = {d}/var/slapos.xml\ninterface_name = lo\ncreate_tap = false\n\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\ndatabase_uri = {d}/var/proxy.db\n",
+            venv = venv.display()
+        ),
+    )
+    .unwrap();
+    let client_cfg = dir.join("etc/slapos-client.cfg");
+    std::fs::write(&client_cfg, format!("[slapos]\nmaster_url = http://127.0.0.1:{port}\n")).unwrap();
+    (cfg, client_cfg)
+}
