@@ -292,12 +292,23 @@ fn required<const N: usize>(f: &Fields, keys: [&str; N]) -> Result<[String; N], 
     Ok(out)
 }
 
-async fn supply(State(app): State<Shared>, body: Bytes) -> Response {
+/// The handler of most node calls: the fields `keys`, all required, then
+/// `op` on their values in a transaction.
+async fn required_tx<const N: usize>(
+    app: &Shared,
+    body: Bytes,
+    keys: [&'static str; N],
+    op: impl FnOnce(&mut dyn crate::store::Tx, [String; N]) -> Result<Answer, MasterError> + Send + 'static,
+) -> Response {
     let r = async {
-        let [url, c, s] = form(&app, body, |f| required(f, ["url", "computer_id", "state"])).await?;
-        tx(&app, move |t, _| master::supply(t, &url, &c, &s)).await
+        let values = form(app, body, move |f| required(f, keys)).await?;
+        tx(app, move |t, _| op(t, values)).await
     };
     answer(r.await)
+}
+
+async fn supply(State(app): State<Shared>, body: Bytes) -> Response {
+    required_tx(&app, body, ["url", "computer_id", "state"], |t, [url, c, s]| master::supply(t, &url, &c, &s)).await
 }
 
 async fn format_report(State(app): State<Shared>, body: Bytes) -> Response {
@@ -348,19 +359,11 @@ fn report_route(kind: &'static str, state: &'static str, word: &'static str) -> 
 }
 
 async fn software_destroyed(State(app): State<Shared>, body: Bytes) -> Response {
-    let r = async {
-        let [url, c] = form(&app, body, |f| required(f, ["url", "computer_id"])).await?;
-        tx(&app, move |t, _| master::software_destroyed(t, &url, &c)).await
-    };
-    answer(r.await)
+    required_tx(&app, body, ["url", "computer_id"], |t, [url, c]| master::software_destroyed(t, &url, &c)).await
 }
 
 async fn partition_destroyed(State(app): State<Shared>, body: Bytes) -> Response {
-    let r = async {
-        let [c, p] = form(&app, body, |f| required(f, ["computer_id", "computer_partition_id"])).await?;
-        tx(&app, move |t, _| master::partition_destroyed(t, &c, &p)).await
-    };
-    answer(r.await)
+    required_tx(&app, body, ["computer_id", "computer_partition_id"], |t, [c, p]| master::partition_destroyed(t, &c, &p)).await
 }
 
 async fn bang(State(app): State<Shared>, body: Bytes) -> Response {
@@ -374,11 +377,7 @@ async fn bang(State(app): State<Shared>, body: Bytes) -> Response {
 }
 
 async fn rename(State(app): State<Shared>, body: Bytes) -> Response {
-    let r = async {
-        let [c, p, n] = form(&app, body, |f| required(f, ["computer_id", "computer_partition_id", "new_name"])).await?;
-        tx(&app, move |t, _| master::rename(t, &c, &p, &n)).await
-    };
-    answer(r.await)
+    required_tx(&app, body, ["computer_id", "computer_partition_id", "new_name"], |t, [c, p, n]| master::rename(t, &c, &p, &n)).await
 }
 
 async fn use_computer(State(app): State<Shared>, body: Bytes) -> Response {
