@@ -474,24 +474,29 @@ pub fn request(tx: &mut dyn Tx, site: &Site, req: &InstanceRequest) -> Result<An
     }
     let (requester_id, requested_by) = requester(tx, req)?;
     let computer = requested_computer(site, req);
+    let asking = Asking { req, requester_id: &requester_id, requested_by: &requested_by, computer: &computer };
     if req.shared {
         if let Some(fake) = frontend_bypass(req).filter(|_| !req.no_bypass) {
             tracing::warn!("bypassing frontend request {} with a fake partition", req.title);
             return marshalled(&fake);
         }
-        request_shared(tx, req, &requester_id, &requested_by, &computer)
+        request_shared(tx, &asking)
     } else {
-        request_instance(tx, req, &requester_id, &requested_by, &computer)
+        request_instance(tx, &asking)
     }
 }
 
-fn request_instance(
-    tx: &mut dyn Tx,
-    req: &InstanceRequest,
-    requester_id: &str,
-    requested_by: &str,
-    computer: &str,
-) -> Result<Answer, MasterError> {
+/// A request with who asks it and the computer it goes to.
+#[derive(Clone, Copy)]
+struct Asking<'a> {
+    req: &'a InstanceRequest,
+    requester_id: &'a str,
+    requested_by: &'a str,
+    computer: &'a str,
+}
+
+fn request_instance(tx: &mut dyn Tx, asking: &Asking) -> Result<Answer, MasterError> {
+    let Asking { req, requester_id, requested_by, computer } = *asking;
     let xml = dict_to_xml(&req.parameters);
     let mut state = req.state.clone();
     let mut software_type = req.software_type.clone();
@@ -575,13 +580,8 @@ fn software_instance(state: BTreeMap<String, Value>) -> Value {
     Value::Object(Box::new(Object { module: SLAP_MODULE.into(), class: "SoftwareInstance".into(), args: vec![], state }))
 }
 
-fn request_shared(
-    tx: &mut dyn Tx,
-    req: &InstanceRequest,
-    requester_id: &str,
-    requested_by: &str,
-    computer: &str,
-) -> Result<Answer, MasterError> {
+fn request_shared(tx: &mut dyn Tx, asking: &Asking) -> Result<Answer, MasterError> {
+    let Asking { req, requester_id, requested_by, computer } = *asking;
     let software_type = (!req.software_type.is_empty()).then_some(req.software_type.as_str());
     let guid = filter_text(&req.filter, "instance_guid");
     let host_reference = guid.as_deref().map(|g| match g.strip_prefix(computer) {
