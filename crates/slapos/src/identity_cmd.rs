@@ -42,15 +42,8 @@ pub struct UserTokenArgs {
 pub struct RegisterArgs {
     /// The computer id the token was minted for.
     pub node_name: String,
-    /// The master's URL.
-    #[arg(long)]
-    pub master_url: String,
-    /// The master's CA certificate (written next to slapos.cfg as master_ca_file).
-    #[arg(long)]
-    pub master_ca_file: Option<PathBuf>,
-    /// The one-time token of `slapos computer token`.
-    #[arg(long)]
-    pub token: String,
+    #[command(flatten)]
+    pub join: JoinArgs,
     #[arg(long, default_value = "eth0")]
     pub interface_name: String,
     #[arg(long, default_value_t = 10)]
@@ -78,12 +71,22 @@ pub enum ConfigureCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ConfigureClientArgs {
+    #[command(flatten)]
+    pub join: JoinArgs,
+}
+
+/// How to reach the master and the one-time token to spend there (`slapos
+/// node register`, `slapos configure client`).
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// The master's URL.
     #[arg(long)]
     pub master_url: String,
-    /// The master's CA certificate.
+    /// The master's CA certificate (to trust its HTTPS certificate).
     #[arg(long)]
     pub master_ca_file: Option<PathBuf>,
-    /// The one-time token of `slapos user token`.
+    /// The one-time token (`slapos computer token` for a node, `slapos user
+    /// token` for a person).
     #[arg(long)]
     pub token: String,
 }
@@ -111,10 +114,11 @@ pub fn user(cmd: &UserCommand, global: &Global) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Spends `token` at `route` of the master: (certificate, key, CA).
-fn join(master_url: &str, ca: Option<&Path>, route: &str, form: &[(&str, &str)]) -> anyhow::Result<(String, String, String)> {
-    let mut c = ClientConfig::new(master_url);
-    c.ca_file = ca.map(Path::to_path_buf);
+/// Spends the token of `args` at `route` of the master (`form` holds it):
+/// (certificate, key, CA).
+fn join(args: &JoinArgs, route: &str, form: &[(&str, &str)]) -> anyhow::Result<(String, String, String)> {
+    let mut c = ClientConfig::new(&args.master_url);
+    c.ca_file = args.master_ca_file.clone();
     let body = SlapClient::new(c)?.post(route, form, None)?;
     let v: serde_json::Value = serde_json::from_str(&body).context("the master's answer is not JSON")?;
     let get = |k: &str| v[k].as_str().map(str::to_string).with_context(|| format!("no '{k}' in the master's answer"));
@@ -126,24 +130,27 @@ fn write(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the key (0600), the certificate (`cert_mode`) and the master's
+/// CA if it sent one: the `master_ca_file = …` line naming it (empty
+/// without).
+fn install((cert, key, ca): &(String, String, String), cert_file: &Path, cert_mode: u32, key_file: &Path, ca_file: &Path) -> anyhow::Result<String> {
+    write(key_file, key, 0o600)?;
+    write(cert_file, cert, cert_mode)?;
+    if ca.is_empty() {
+        return Ok(String::new());
+    }
+    write(ca_file, ca, 0o644)?;
+    Ok(format!("master_ca_file = {}\n", ca_file.display()))
+}
+
 /// `slapos node register`.
 pub fn register(args: &RegisterArgs) -> anyhow::Result<u8> {
     let dir = &args.slapos_configuration;
     let ssl = dir.join("ssl");
     std::fs::create_dir_all(ssl.join("partition_pki")).with_context(|| format!("cannot create {}", ssl.display()))?;
-    let (cert, key, ca) = join(
-        &args.master_url,
-        args.master_ca_file.as_deref(),
-        "Person_requestComputer",
-        &[("token", &args.token), ("title", &args.node_name)],
-    )?;
-    let (cert_file, key_file, ca_file) = (ssl.join("certificate"), ssl.join("key"), ssl.join("master-ca.crt"));
-    write(&key_file, &key, 0o600)?;
-    write(&cert_file, &cert, 0o600)?;
-    if !ca.is_empty() {
-        write(&ca_file, &ca, 0o644)?;
-    }
-    let ca_line = if ca.is_empty() { String::new() } else { format!("master_ca_file = {}\n", ca_file.display()) };
+    let joined = join(&args.join, "Person_requestComputer", &[("token", &args.join.token), ("title", &args.node_name)])?;
+    let (cert_file, key_file) = (ssl.join("certificate"), ssl.join("key"));
+    let ca_line = install(&joined, &cert_file, 0o600, &key_file, &ssl.join("master-ca.crt"))?;
     let cfg = format!(
         "[slapos]\ncomputer_id = {id}\nmaster_url = {url}\nkey_file = {key}\ncert_file = {cert}\n{ca_line}\
          certificate_repository_path = {pki}\nsoftware_root = {sr}\ninstance_root = {ir}\n\n\
@@ -151,7 +158,7 @@ pub fn register(args: &RegisterArgs) -> anyhow::Result<u8> {
          create_tap = {tap}\npartition_base_name = slappart\nuser_base_name = slapuser\n\n\
          [networkcache]\n",
         id = args.node_name,
-        url = args.master_url,
+        url = args.join.master_url,
         key = key_file.display(),
         cert = cert_file.display(),
         pki = ssl.join("partition_pki").display(),
@@ -177,20 +184,15 @@ pub fn configure(cmd: &ConfigureCommand, global: &Global) -> anyhow::Result<u8> 
     });
     let dir = cfg.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (cert, key, ca) = join(&args.master_url, args.master_ca_file.as_deref(), "Person_getCertificate", &[("token", &args.token)])?;
-    if cert.is_empty() {
+    let joined = join(&args.join, "Person_getCertificate", &[("token", &args.join.token)])?;
+    if joined.0.is_empty() {
         bail!("the master gave no certificate");
     }
-    let (cert_file, key_file, ca_file) = (dir.join("client.crt"), dir.join("client.key"), dir.join("master-ca.crt"));
-    write(&key_file, &key, 0o600)?;
-    write(&cert_file, &cert, 0o644)?;
-    if !ca.is_empty() {
-        write(&ca_file, &ca, 0o644)?;
-    }
-    let ca_line = if ca.is_empty() { String::new() } else { format!("master_ca_file = {}\n", ca_file.display()) };
+    let (cert_file, key_file) = (dir.join("client.crt"), dir.join("client.key"));
+    let ca_line = install(&joined, &cert_file, 0o644, &key_file, &dir.join("master-ca.crt"))?;
     let text = format!(
         "[slapos]\nmaster_url = {}\n\n[slapconsole]\ncert_file = {}\nkey_file = {}\n{ca_line}",
-        args.master_url,
+        args.join.master_url,
         cert_file.display(),
         key_file.display()
     );
