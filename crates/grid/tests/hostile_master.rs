@@ -561,7 +561,6 @@ fn chown(p: &Path, (uid, gid): (u32, u32)) {
     std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
 }
 
-
 // ---------------------------------------------------------------- one case
 
 /// What the cases of a run made the node do (so that a run which refused

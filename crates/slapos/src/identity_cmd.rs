@@ -133,7 +133,13 @@ fn write(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
 /// Writes the key (0600), the certificate (`cert_mode`) and the master's
 /// CA if it sent one: the `master_ca_file = …` line naming it (empty
 /// without).
-fn install((cert, key, ca): &(String, String, String), cert_file: &Path, cert_mode: u32, key_file: &Path, ca_file: &Path) -> anyhow::Result<String> {
+fn install(
+    (cert, key, ca): &(String, String, String),
+    cert_file: &Path,
+    cert_mode: u32,
+    key_file: &Path,
+    ca_file: &Path,
+) -> anyhow::Result<String> {
     write(key_file, key, 0o600)?;
     write(cert_file, cert, cert_mode)?;
     if ca.is_empty() {

@@ -731,4 +731,3 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
-
