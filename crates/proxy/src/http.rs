@@ -153,10 +153,7 @@ async fn tx<R: Send + 'static>(
     app: &Shared,
     f: impl FnOnce(&mut dyn crate::store::Tx, &Site) -> Result<R, MasterError> + Send + 'static,
 ) -> Result<R, MasterError> {
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || app.store.transaction(|t| f(t, &app.site)))
-        .await
-        .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
+    blocking(app, move |app| app.store.transaction(|t| f(t, &app.site))).await
 }
 
 /// Runs `f` in a read-only transaction on the blocking pool.
@@ -164,10 +161,16 @@ async fn read<R: Send + 'static>(
     app: &Shared,
     f: impl FnOnce(&mut dyn crate::store::Tx, &Site) -> Result<R, MasterError> + Send + 'static,
 ) -> Result<R, MasterError> {
+    blocking(app, move |app| app.store.read(|t| f(t, &app.site))).await
+}
+
+/// Runs `work` on the blocking pool.
+async fn blocking<R: Send + 'static>(
+    app: &Shared,
+    work: impl FnOnce(&App) -> Result<R, MasterError> + Send + 'static,
+) -> Result<R, MasterError> {
     let app = app.clone();
-    tokio::task::spawn_blocking(move || app.store.read(|t| f(t, &app.site)))
-        .await
-        .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
+    tokio::task::spawn_blocking(move || work(&app)).await.map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
 }
 
 /// The query arguments (bounded by the size of the request head).
