@@ -254,14 +254,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(pid) = self.supervisord_pid() {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            for _ in 0..100 {
-                if nix::sys::signal::kill(pid, None).is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            support::terminate(pid);
         }
         if let Some(mut m) = self.master.take() {
             let _ = m.kill();

@@ -142,14 +142,7 @@ impl Drop for Cloud {
     fn drop(&mut self) {
         // the supervisord this test's node started, with its programs
         if let Some(pid) = self.supervisord_pid() {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            for _ in 0..100 {
-                if nix::sys::signal::kill(pid, None).is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            test_support::terminate(pid);
         }
         self.stop_master();
     }

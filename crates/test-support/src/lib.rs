@@ -301,3 +301,16 @@ pub fn local_node_config(dir: &Path, venv: &Path, port: u16, partitions: usize, 
     std::fs::write(&client_cfg, format!("[slapos]\nmaster_url = http://127.0.0.1:{port}\n")).unwrap();
     (cfg, client_cfg)
 }
+
+/// Stops the process `pid` (a daemon a test's node started, not a child):
+/// SIGTERM, then waits up to 5 s for it to be gone.
+pub fn terminate(pid: i32) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    for _ in 0..100 {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
