@@ -197,7 +197,7 @@ fn site() -> Site {
     let config = ProxyConfig {
         computer_id: C1.into(),
         host: "127.0.0.1".into(),
-        database: db.clone(),
+        database: slapos_proxy::Database::sqlite(&db),
         security: Security::Tls { ca_dir: dir.path().join("ca"), files: None, validity: Validity::default() },
         shacache: Some(slapos_proxy::shacache::Options::under(dir.path())),
         ..Default::default()

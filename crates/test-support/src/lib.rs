@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod exercise;
+pub mod postgres;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
