@@ -3,7 +3,7 @@
 //! destination, which must be empty. Rows keep their order (which fixes
 //! allocation order and the order of every list a node reads).
 
-use crate::store::{AnyStore, Database, Retention, Store, StoreError, Tx};
+use crate::store::{AnyStore, CertificateRow, Database, ForwardRow, RelatedRow, Retention, Store, StoreError, TokenRow, Tx};
 
 /// How many rows of each kind were copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,6 +22,56 @@ pub struct Copied {
     pub reports: usize,
     /// Usage reports.
     pub usage: usize,
+    /// Issued certificates, tokens, grants and settings.
+    pub identities: usize,
+    /// Forwarded requests and related instances.
+    pub forwards: usize,
+}
+
+/// The rows of identity (certificates, tokens, grants), the master's
+/// settings and multimaster's (forwarded requests, related instances).
+struct Others {
+    certificates: Vec<CertificateRow>,
+    tokens: Vec<TokenRow>,
+    grants: Vec<(String, String, String)>,
+    settings: Vec<(String, String)>,
+    forwards: Vec<ForwardRow>,
+    related: Vec<RelatedRow>,
+}
+
+impl Others {
+    fn read(tx: &mut dyn Tx) -> Result<Others, StoreError> {
+        Ok(Others {
+            certificates: tx.certificates()?,
+            tokens: tx.tokens()?,
+            grants: tx.grants()?,
+            settings: tx.settings()?,
+            forwards: tx.forwards()?,
+            related: tx.related()?,
+        })
+    }
+
+    fn write(&self, tx: &mut dyn Tx) -> Result<(), StoreError> {
+        for c in &self.certificates {
+            tx.add_certificate(c)?;
+        }
+        for t in &self.tokens {
+            tx.add_token(t)?;
+        }
+        for (kind, reference, user) in &self.grants {
+            tx.grant(kind, reference, user)?;
+        }
+        for (name, value) in &self.settings {
+            tx.set_setting(name, value)?;
+        }
+        for f in &self.forwards {
+            tx.add_forward(f)?;
+        }
+        for r in &self.related {
+            tx.set_related(r)?;
+        }
+        Ok(())
+    }
 }
 
 /// Copies everything of `from` into the empty database `to` (created and
@@ -57,6 +107,7 @@ pub fn migrate(from: &Database, to: &Database) -> Result<Copied, anyhow::Error> 
     })?;
     let (computers, partitions, software, slaves, addresses, reports, mut usage) = rows;
     usage.reverse(); // newest first: insert oldest first
+    let others = source.read(Others::read)?;
     destination.transaction(|tx: &mut dyn Tx| -> Result<Copied, anyhow::Error> {
         if !tx.computers()?.is_empty() || !tx.partitions(None)?.is_empty() || !tx.software_releases(None)?.is_empty() {
             anyhow::bail!("{} is not empty: migrate into a new database", to.shown());
@@ -83,6 +134,7 @@ pub fn migrate(from: &Database, to: &Database) -> Result<Copied, anyhow::Error> 
         for u in &usage {
             tx.add_usage(u)?;
         }
+        others.write(tx)?;
         Ok(Copied {
             computers: computers.len(),
             partitions: partitions.len(),
@@ -91,6 +143,8 @@ pub fn migrate(from: &Database, to: &Database) -> Result<Copied, anyhow::Error> 
             addresses: addresses.iter().map(|(_, l)| l.len()).sum(),
             reports: reports.len(),
             usage: usage.len(),
+            identities: others.certificates.len() + others.tokens.len() + others.grants.len() + others.settings.len(),
+            forwards: others.forwards.len() + others.related.len(),
         })
     })
 }

@@ -359,6 +359,14 @@ pub trait Tx {
     /// Renames a software release URL in supplies and partitions; a supply
     /// of `new` already there for a computer wins over the renamed one.
     fn rename_software(&mut self, old: &str, new: &str) -> Result<(), StoreError>;
+    /// Every issued certificate, by serial (for `proxy migrate`).
+    fn certificates(&mut self) -> Result<Vec<CertificateRow>, StoreError>;
+    /// Every token, by hash (for `proxy migrate`).
+    fn tokens(&mut self) -> Result<Vec<TokenRow>, StoreError>;
+    /// Every grant as (kind, reference, user) (for `proxy migrate`).
+    fn grants(&mut self) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// Every setting as (name, value) (for `proxy migrate`).
+    fn settings(&mut self) -> Result<Vec<(String, String)>, StoreError>;
     /// Holds, until the transaction ends, a lock named `name` that other
     /// transactions taking the same name wait for: two masters requesting
     /// the same instance title at once allocate it once. SQLite's single
@@ -1144,6 +1152,40 @@ impl Tx for SqliteTx<'_> {
                 Ok(RelatedRow { computer_reference: r.get(0)?, partition_reference: r.get(1)?, instances: r.get(2)?, time: r.get(3)? })
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn certificates(&mut self) -> Result<Vec<CertificateRow>, StoreError> {
+        let mut st =
+            self.tx.prepare_cached("SELECT serial, kind, name, computer_reference, not_after, revoked FROM certificate ORDER BY serial")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(CertificateRow {
+                    serial: r.get(0)?,
+                    kind: r.get(1)?,
+                    name: r.get(2)?,
+                    computer_reference: r.get(3)?,
+                    not_after: r.get(4)?,
+                    revoked: r.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn tokens(&mut self) -> Result<Vec<TokenRow>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT hash, kind, name, expires, used FROM token ORDER BY hash")?;
+        let rows = st
+            .query_map([], |r| Ok(TokenRow { hash: r.get(0)?, kind: r.get(1)?, name: r.get(2)?, expires: r.get(3)?, used: r.get(4)? }))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn grants(&mut self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT kind, reference, username FROM grantee ORDER BY kind, reference, username")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn settings(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT name, value FROM setting ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
     fn rename_software(&mut self, old: &str, new: &str) -> Result<(), StoreError> {

@@ -50,7 +50,7 @@ fn needs_postgres_a_site_moves_to_postgresql_and_back_with_every_answer_kept() {
     let pg = pg::TestPostgres::start();
     let postgres = Database::Postgres(pg.database("moved"));
     let copied = migrate(&sqlite, &postgres).unwrap();
-    assert!(copied.partitions > 0 && copied.reports > 0, "{copied:?}");
+    assert!(copied.partitions > 0 && copied.reports > 0 && copied.forwards > 0, "{copied:?}");
     assert_eq!(answers(&postgres), before);
     // a second migration into a site that has rows is refused
     let e = migrate(&sqlite, &postgres).unwrap_err().to_string();

@@ -623,6 +623,32 @@ impl Tx for PgTx<'_, '_> {
             .map(|r| RelatedRow { computer_reference: r.get(0), partition_reference: r.get(1), instances: r.get(2), time: r.get(3) })
             .collect())
     }
+    fn certificates(&mut self) -> Result<Vec<CertificateRow>, StoreError> {
+        let rows = self.query("SELECT serial, kind, name, computer_reference, not_after, revoked FROM certificate ORDER BY serial", &[])?;
+        Ok(rows
+            .iter()
+            .map(|r| CertificateRow {
+                serial: r.get(0),
+                kind: r.get(1),
+                name: r.get(2),
+                computer_reference: r.get(3),
+                not_after: r.get(4),
+                revoked: r.get(5),
+            })
+            .collect())
+    }
+    fn tokens(&mut self) -> Result<Vec<TokenRow>, StoreError> {
+        let rows = self.query("SELECT hash, kind, name, expires, used FROM token ORDER BY hash", &[])?;
+        Ok(rows.iter().map(|r| TokenRow { hash: r.get(0), kind: r.get(1), name: r.get(2), expires: r.get(3), used: r.get(4) }).collect())
+    }
+    fn grants(&mut self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = self.query("SELECT kind, reference, username FROM grantee ORDER BY kind, reference, username", &[])?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+    fn settings(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.query("SELECT name, value FROM setting ORDER BY name", &[])?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
     fn rename_software(&mut self, old: &str, new: &str) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM software WHERE url = $1 AND computer_reference IN
