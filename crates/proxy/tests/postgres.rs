@@ -142,3 +142,58 @@ fn needs_postgres_concurrent_allocations_never_share_a_partition() {
         }
     }
 }
+
+/// Identity's and parity's rows on PostgreSQL: a token is taken once (also
+/// from two stores, as from two masters), certificates are revoked by
+/// identity, grants and settings are kept, a renamed software release keeps
+/// one supply per computer.
+#[test]
+#[ignore = "needs PostgreSQL"]
+fn needs_postgres_identity_and_parity_rows_behave_as_on_sqlite() {
+    use slapos_proxy::store::{CertificateRow, TokenRow};
+    let pg = TestPostgres::start();
+    let uri = pg.database("identity");
+    let (a, b) = (PgStore::open(&uri).unwrap(), PgStore::open(&uri).unwrap());
+    let token = TokenRow { hash: "h".into(), kind: "computer".into(), name: "C".into(), expires: 10.0, used: None };
+    a.transaction(|tx: &mut dyn Tx| tx.add_token(&token)).unwrap();
+    let first = a.transaction(|tx: &mut dyn Tx| tx.take_token("h", 1.0)).unwrap().unwrap();
+    let second = b.transaction(|tx: &mut dyn Tx| tx.take_token("h", 2.0)).unwrap().unwrap();
+    assert_eq!((first.used, second.used), (None, Some(1.0)), "taken once, then seen used");
+    let cert = |serial: &str| CertificateRow {
+        serial: serial.into(),
+        kind: "partition".into(),
+        name: "p0".into(),
+        computer_reference: "C".into(),
+        not_after: 99.0,
+        revoked: None,
+    };
+    a.transaction(|tx: &mut dyn Tx| {
+        tx.add_certificate(&cert("1"))?;
+        tx.add_certificate(&cert("2"))?;
+        tx.grant("tree", "T", "alice")?;
+        tx.grant("tree", "T", "alice")?;
+        tx.set_setting("local_software_release_root", "/srv")?;
+        tx.set_setting("local_software_release_root", "/opt")?;
+        for c in ["C", "D"] {
+            tx.upsert_software(&SoftwareRow {
+                url: "/srv/a.cfg".into(),
+                computer_reference: c.into(),
+                requested_state: "available".into(),
+            })?;
+        }
+        tx.upsert_software(&SoftwareRow { url: "/opt/a.cfg".into(), computer_reference: "D".into(), requested_state: "available".into() })
+    })
+    .unwrap();
+    assert_eq!(b.transaction(|tx: &mut dyn Tx| tx.revoke_certificates("partition", "p0", "C", 5.0)).unwrap(), 2);
+    b.transaction(|tx: &mut dyn Tx| tx.rename_software("/srv/a.cfg", "/opt/a.cfg")).unwrap();
+    b.read(|tx: &mut dyn Tx| -> Result<(), StoreError> {
+        assert_eq!(tx.certificate("1")?.unwrap().revoked, Some(5.0));
+        assert_eq!(tx.grantees("tree", "T")?, ["alice"]);
+        assert_eq!(tx.setting("local_software_release_root")?.as_deref(), Some("/opt"));
+        let mut urls: Vec<(String, String)> = tx.software_releases(None)?.into_iter().map(|s| (s.computer_reference, s.url)).collect();
+        urls.sort();
+        assert_eq!(urls, [("C".to_string(), "/opt/a.cfg".to_string()), ("D".to_string(), "/opt/a.cfg".to_string())]);
+        Ok(())
+    })
+    .unwrap();
+}
