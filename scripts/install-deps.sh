@@ -20,6 +20,7 @@ PACKAGES=(
   python3 python3-venv python3-dev                 # the venv: zc.buildout, supervisor, slapos.core
   iproute2 passwd login util-linux procps          # ip netns/useradd/runuser for node tests
   bc                                               # arithmetic in the bench scripts
+  postgresql                                       # the master on PostgreSQL: its tests start their own server (initdb, pg_ctl)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -48,7 +48,7 @@ fn site() -> Site {
     let dir = tempfile::tempdir().unwrap();
     let config = ProxyConfig {
         computer_id: "COMP-1".into(),
-        database: dir.path().join("proxy.db"),
+        database: slapos_proxy::Database::sqlite(dir.path().join("proxy.db")),
         shacache: Some(slapos_proxy::shacache::Options::under(dir.path())),
         ..Default::default()
     };

@@ -2,22 +2,23 @@
 //! Werkzeug-compatible error pages. Both [`crate::http`] and
 //! [`crate::hateoas`] build on it (neither depends on the other's internals).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
 use crate::limits::Limits;
-use crate::master::Site;
+use crate::master::{self, Answer, MasterError, Site};
 use crate::multimaster::Multimaster;
-use crate::store::SqliteStore;
+use crate::store::{AnyStore, Tx};
 
 /// What every handler shares.
 pub struct App {
     /// The master's database (`[slapproxy] database_uri`): computers,
     /// partitions, software releases and instances.
-    pub store: SqliteStore,
+    pub store: AnyStore,
     /// The configured site: default `computer_id` and `software_product_list`.
     pub site: Site,
     /// Drawn at start, served by `/getRunId` (multimaster self-detection).
@@ -36,20 +37,112 @@ pub struct App {
     pub relay: crate::relay::Relay,
     /// The binary cache (`/shacache`), when its directories are configured.
     pub shacache: Option<Arc<crate::shacache::Options>>,
+    /// Full computer information, encoded once per version of each computer.
+    pub full_info: FullInfoCache,
+    /// The database's identity (part of every ETag).
+    pub site_id: String,
 }
 
 impl App {
     /// The state of a master on `store`.
-    pub fn new(store: SqliteStore, site: Site, run_id: String, limits: Limits) -> App {
+    pub fn new(store: AnyStore, site: Site, run_id: String, limits: Limits) -> App {
         let decoders = Arc::new(Semaphore::new(limits.decode_workers.max(1)));
         let relay = crate::relay::Relay::new(limits.relay_max_response);
-        App { store, site, run_id, limits, decoders, identity: None, multimaster: Multimaster::default(), relay, shacache: None }
+        App {
+            store,
+            site,
+            run_id,
+            limits,
+            decoders,
+            identity: None,
+            multimaster: Multimaster::default(),
+            relay,
+            full_info: FullInfoCache::default(),
+            site_id: String::new(),
+            shacache: None,
+        }
     }
 
     /// The same state, forwarding requests as `multimaster` says.
     pub fn with_multimaster(mut self, multimaster: Multimaster) -> App {
         self.multimaster = multimaster;
         self
+    }
+
+    /// The same state, naming its database `site_id` in ETags.
+    pub fn with_site_id(mut self, site_id: String) -> App {
+        self.site_id = site_id;
+        self
+    }
+
+    /// The ETag of a computer at `version`: the database's identity (a new
+    /// database never reuses one), the version, and this program's version
+    /// (another encoder may encode differently).
+    pub fn etag(&self, version: i64) -> String {
+        format!("\"{}-{version}-{}\"", self.site_id, env!("CARGO_PKG_VERSION"))
+    }
+
+    /// `getFullComputerInformation` within `tx`: not modified when
+    /// `if_none_match` names the current version, else the encoding of that
+    /// version, built once by this process (the version comes from the
+    /// database, so a change written by any master is seen).
+    pub fn full_information(&self, tx: &mut dyn Tx, computer: &str, if_none_match: Option<&str>) -> Result<FullInfo, MasterError> {
+        let version = tx.computer_version(computer)?;
+        let etag = self.etag(version);
+        // version 0: nothing ever written for it (maybe unknown: no 304, no cache)
+        if version > 0 && if_none_match.is_some_and(|h| h.split(',').any(|t| t.trim().trim_start_matches("W/") == etag)) {
+            return Ok(FullInfo::NotModified(etag));
+        }
+        if let Some(body) = self.full_info.get(computer, version).filter(|_| version > 0) {
+            return Ok(FullInfo::Body(etag, body));
+        }
+        let body = match master::computer_information(tx, &self.site, computer)? {
+            Answer::Text(t) | Answer::Marshal(t) => Arc::new(t),
+        };
+        self.full_info.put(computer, version, body.clone());
+        Ok(FullInfo::Body(etag, body))
+    }
+}
+
+/// What `getFullComputerInformation` answers.
+pub enum FullInfo {
+    /// 304: the client's copy (this ETag) is current.
+    NotModified(String),
+    /// 200: the document and its ETag.
+    Body(String, Arc<String>),
+}
+
+/// The cached encodings, at most [`FullInfoCache::MAX_BYTES`] in all.
+#[derive(Default)]
+pub struct FullInfoCache {
+    entries: Mutex<CacheEntries>,
+}
+
+#[derive(Default)]
+struct CacheEntries {
+    by_computer: HashMap<String, (i64, Arc<String>)>,
+    bytes: usize,
+}
+
+impl FullInfoCache {
+    /// The most the cache holds; beyond, it starts again empty.
+    pub const MAX_BYTES: usize = 256 << 20;
+
+    fn get(&self, computer: &str, version: i64) -> Option<Arc<String>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.by_computer.get(computer).filter(|(v, _)| *v == version).map(|(_, b)| b.clone())
+    }
+
+    fn put(&self, computer: &str, version: i64, body: Arc<String>) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if e.bytes + body.len() > Self::MAX_BYTES {
+            e.by_computer.clear();
+            e.bytes = 0;
+        }
+        e.bytes += body.len();
+        if let Some((_, old)) = e.by_computer.insert(computer.to_string(), (version, body)) {
+            e.bytes -= old.len();
+        }
     }
 }
 

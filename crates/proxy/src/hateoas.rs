@@ -224,7 +224,7 @@ fn service_document(kw: &Map<String, J>) -> J {
 
 async fn in_tx<R: Send + 'static>(
     app: &Shared,
-    f: impl FnOnce(&mut dyn Tx) -> Result<R, MasterError> + Send + 'static,
+    f: impl FnMut(&mut dyn Tx) -> Result<R, MasterError> + Send + 'static,
 ) -> Result<R, MasterError> {
     let app = app.clone();
     tokio::task::spawn_blocking(move || app.store.read(f)).await.map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?

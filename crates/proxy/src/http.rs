@@ -14,6 +14,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use slap::marshal::{self, Value};
 
+use crate::app::FullInfo;
 pub use crate::app::{error_page, App};
 use crate::limits::{excerpt, Limits};
 use crate::master::{self, Answer, InstanceRequest, MasterError, Site};
@@ -151,7 +152,7 @@ pub fn parse_authorization(headers: &HeaderMap) -> Option<(String, String)> {
 /// Runs `f` in one transaction on the blocking pool.
 async fn tx<R: Send + 'static>(
     app: &Shared,
-    f: impl FnOnce(&mut dyn crate::store::Tx, &Site) -> Result<R, MasterError> + Send + 'static,
+    f: impl Fn(&mut dyn crate::store::Tx, &Site) -> Result<R, MasterError> + Send + 'static,
 ) -> Result<R, MasterError> {
     blocking(app, move |app| app.store.transaction(|t| f(t, &app.site))).await
 }
@@ -159,7 +160,7 @@ async fn tx<R: Send + 'static>(
 /// Runs `f` in a read-only transaction on the blocking pool.
 async fn read<R: Send + 'static>(
     app: &Shared,
-    f: impl FnOnce(&mut dyn crate::store::Tx, &Site) -> Result<R, MasterError> + Send + 'static,
+    f: impl Fn(&mut dyn crate::store::Tx, &Site) -> Result<R, MasterError> + Send + 'static,
 ) -> Result<R, MasterError> {
     blocking(app, move |app| app.store.read(|t| f(t, &app.site))).await
 }
@@ -180,12 +181,27 @@ fn query(app: &App, uri: &Uri) -> Result<Fields, MasterError> {
 
 // -- GET routes ------------------------------------------------------------
 
-async fn full_computer_information(State(app): State<Shared>, uri: Uri) -> Response {
+/// Full computer information, with an `ETag`; `If-None-Match` with the
+/// current one is answered 304 without a body (the Python node sends none
+/// and gets the same document as ever).
+async fn full_computer_information(State(app): State<Shared>, headers: HeaderMap, uri: Uri) -> Response {
+    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_string);
     let r = async {
         let computer_id = query(&app, &uri)?.require("computer_id")?.to_string();
-        read(&app, move |t, site| master::computer_information(t, site, &computer_id)).await
+        let shared = app.clone();
+        read(&app, move |t, _| shared.full_information(t, &computer_id, if_none_match.as_deref())).await
     };
-    answer(r.await)
+    match r.await {
+        Ok(FullInfo::NotModified(etag)) => (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response(),
+        Ok(FullInfo::Body(etag, body)) => {
+            let mut response = text(body.as_str().to_string());
+            if let Ok(v) = header::HeaderValue::from_str(&etag) {
+                response.headers_mut().insert(header::ETAG, v);
+            }
+            response
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn register_partition(State(app): State<Shared>, uri: Uri) -> Response {

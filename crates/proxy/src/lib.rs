@@ -27,6 +27,7 @@ pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod master;
+pub mod migrate;
 pub mod multimaster;
 pub mod relay;
 pub mod rules;
@@ -47,7 +48,7 @@ use rand::Rng;
 use slapos_config::Config;
 
 pub use limits::{Connections, Limits};
-pub use store::{Retention, SqliteStore, Store, StoreError};
+pub use store::{AnyStore, Database, Retention, SqliteStore, Store, StoreError};
 
 /// How the master is configured (`[slapos]` and `[slapproxy]` of slapos.cfg).
 #[derive(Debug, Clone, Default)]
@@ -58,8 +59,8 @@ pub struct ProxyConfig {
     pub host: String,
     /// `[slapproxy] port`: the port to listen on (8080).
     pub port: u16,
-    /// `[slapproxy] database_uri`: the SQLite file.
-    pub database: PathBuf,
+    /// `[slapproxy] database_uri`: a SQLite file or a PostgreSQL URI.
+    pub database: Database,
     /// `software_product_list`: `<product> <url>` per line.
     pub software_products: BTreeMap<String, String>,
     /// Sizes of requests, fields and marshalled documents.
@@ -96,8 +97,10 @@ impl ProxyConfig {
             None => DEFAULT_PORT,
         };
         let database = match get("database_uri") {
-            Some(d) => PathBuf::from(d),
-            None => config.path().and_then(Path::parent).map(|d| d.join("proxy.db")).unwrap_or_else(|| PathBuf::from("proxy.db")),
+            Some(d) => Database::parse(d),
+            None => Database::Sqlite(
+                config.path().and_then(Path::parent).map(|d| d.join("proxy.db")).unwrap_or_else(|| PathBuf::from("proxy.db")),
+            ),
         };
         let mut software_products = BTreeMap::new();
         if let Some(list) = get("software_product_list") {
@@ -110,7 +113,15 @@ impl ProxyConfig {
                 }
             }
         }
-        let security = identity::Security::from_config(config, &host, &database)?;
+        // the CA lives next to a SQLite file; with PostgreSQL, next to the
+        // configuration file (masters sharing a site share their ca_dir)
+        let beside = match &database {
+            Database::Sqlite(path) => path.clone(),
+            Database::Postgres(_) => {
+                config.path().and_then(Path::parent).map(|d| d.join("proxy.db")).unwrap_or_else(|| PathBuf::from("proxy.db"))
+            }
+        };
+        let security = identity::Security::from_config(config, &host, &beside)?;
         Ok(ProxyConfig {
             computer_id,
             host,
@@ -156,11 +167,12 @@ pub struct Opened {
 /// its CA (created on first start), the administrator's certificate and the
 /// master's own certificate.
 pub fn open_app(config: &ProxyConfig) -> anyhow::Result<Opened> {
-    let store = SqliteStore::open(&config.database)?.with_retention(config.retention);
+    let store = AnyStore::open(&config.database, config.retention)?;
+    let site_id = store.read(|tx: &mut dyn store::Tx| tx.site_id())?;
     software_root::apply(&store, config.local_software_release_root.as_deref())?;
     let run_id: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
     let site = master::Site { computer_id: config.computer_id.clone(), software_products: config.software_products.clone() };
-    let mut app = app::App::new(store, site, run_id, config.limits).with_multimaster(config.multimaster.clone());
+    let mut app = app::App::new(store, site, run_id, config.limits).with_multimaster(config.multimaster.clone()).with_site_id(site_id);
     if let Some(o) = &config.shacache {
         o.create_dirs().map_err(|e| anyhow::anyhow!("cannot create the shacache directories: {e}"))?;
         app.shacache = Some(Arc::new(o.clone()));
@@ -226,7 +238,7 @@ pub fn run(config: &ProxyConfig) -> anyhow::Result<()> {
         tracing::info!(
             "SlapOS master for computer {} listening on {scheme}://{shown}/ (database {})",
             config.computer_id,
-            config.database.display()
+            config.database.shown()
         );
         serve(listener, opened, config.connections, termination()).await?;
         tracing::info!("stopped");

@@ -500,6 +500,8 @@ fn request_instance(tx: &mut dyn Tx, asking: &Asking) -> Result<Answer, MasterEr
     let xml = dict_to_xml(&req.parameters);
     let mut state = req.state.clone();
     let mut software_type = req.software_type.clone();
+    // two masters asked for one new instance at once allocate it once
+    tx.lock_name(&format!("instance\n{requested_by}\n{}", req.title))?;
     let mut p = match tx.partition_by_title(&req.title, requested_by)? {
         None => {
             let mut p = tx

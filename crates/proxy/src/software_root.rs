@@ -5,11 +5,14 @@
 //! requested software release path under the old root is rebased onto the
 //! new one (after a copy of the database), as the Python proxy does at its
 //! first request. A path is kept when its rebased file does not exist but
-//! the old one does. Absent, the root is `/`.
+//! the old one does. Absent, the root is `/`. On PostgreSQL there is no file
+//! to copy: the rebase is one transaction (which checks the stored root
+//! again, so two masters starting together rebase once); keep your own
+//! dumps (`pg_dump`) as for any change of the site.
 
 use std::path::{Path, PathBuf};
 
-use crate::store::{SqliteStore, Store, StoreError, Tx};
+use crate::store::{AnyStore, Store, StoreError, Tx};
 
 /// The setting holding the root the stored paths are relative to.
 const SETTING: &str = "local_software_release_root";
@@ -86,7 +89,7 @@ pub fn must_rebase(old: &str, new: &str) -> bool {
 
 /// Stores `root` (None: `/`) and rebases local software release paths if it
 /// moved; returns how many URLs changed.
-pub fn apply(store: &SqliteStore, root: Option<&Path>) -> Result<usize, StoreError> {
+pub fn apply(store: &AnyStore, root: Option<&Path>) -> Result<usize, StoreError> {
     let new = root.map(|r| r.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into());
     let old = store.read(|tx: &mut dyn Tx| tx.setting(SETTING))?.unwrap_or_else(|| "/".into());
     if old == new {
@@ -95,15 +98,22 @@ pub fn apply(store: &SqliteStore, root: Option<&Path>) -> Result<usize, StoreErr
     let moving = must_rebase(&old, &new);
     if moving {
         let stamp = chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
-        let backup = store.backup(&stamp)?;
-        tracing::info!("local software release root moved from {old} to {new}: database copied to {}", backup.display());
+        match store {
+            AnyStore::Sqlite(sqlite) => {
+                let backup = sqlite.backup(&stamp)?;
+                tracing::info!("local software release root moved from {old} to {new}: database copied to {}", backup.display());
+            }
+            AnyStore::Postgres(_) => tracing::info!("local software release root moved from {old} to {new}: rebasing in one transaction"),
+        }
     } else {
         tracing::info!("local software release root is now {new} (was {old}): nothing to rebase, one is under the other");
     }
     let is_file = |p: &str| PathBuf::from(p).is_file();
     store.transaction(|tx: &mut dyn Tx| -> Result<usize, StoreError> {
+        // another master may have moved it meanwhile (PostgreSQL)
+        let current = tx.setting(SETTING)?.unwrap_or_else(|| "/".into());
         tx.set_setting(SETTING, &new)?;
-        if !moving {
+        if !moving || current != old {
             return Ok(0);
         }
         let mut urls: Vec<String> = tx.software_releases(None)?.into_iter().map(|s| s.url).collect();

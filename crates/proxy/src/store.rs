@@ -12,6 +12,13 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+mod any;
+mod migrations;
+mod postgres;
+
+pub use any::{hide_password, AnyStore, Database};
+pub use postgres::{Isolation, PgStore};
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +43,20 @@ pub enum StoreError {
         /// Ours.
         supported: i64,
     },
+    /// The PostgreSQL database could not be opened.
+    #[error("database {uri}: {source}")]
+    PgOpen {
+        /// The database URI, without its password.
+        uri: String,
+        /// Why.
+        source: ::postgres::Error,
+    },
+    /// A PostgreSQL statement failed.
+    #[error("database error: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// No connection could be had from the pool.
+    #[error("database connection pool: {0}")]
+    Pool(String),
 }
 
 /// A computer partition and the instance it hosts (if any).
@@ -296,6 +317,8 @@ pub trait Tx {
 
     /// Records a report, then forgets the oldest beyond the [`Retention`].
     fn add_report(&mut self, row: &ReportRow) -> Result<(), StoreError>;
+    /// Every report kept, oldest first.
+    fn reports(&mut self) -> Result<Vec<ReportRow>, StoreError>;
     /// The last report of each (kind, computer, reference).
     fn last_reports(&mut self) -> Result<Vec<ReportRow>, StoreError>;
     /// Records a usage report, then forgets the oldest beyond the [`Retention`].
@@ -336,23 +359,54 @@ pub trait Tx {
     /// Renames a software release URL in supplies and partitions; a supply
     /// of `new` already there for a computer wins over the renamed one.
     fn rename_software(&mut self, old: &str, new: &str) -> Result<(), StoreError>;
+    /// Every issued certificate, by serial (for `proxy migrate`).
+    fn certificates(&mut self) -> Result<Vec<CertificateRow>, StoreError>;
+    /// Every token, by hash (for `proxy migrate`).
+    fn tokens(&mut self) -> Result<Vec<TokenRow>, StoreError>;
+    /// Every grant as (kind, reference, user) (for `proxy migrate`).
+    fn grants(&mut self) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// Every setting as (name, value) (for `proxy migrate`).
+    fn settings(&mut self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Holds, until the transaction ends, a lock named `name` that other
+    /// transactions taking the same name wait for: two masters requesting
+    /// the same instance title at once allocate it once. SQLite's single
+    /// writer already serialises every write transaction (a no-op there).
+    fn lock_name(&mut self, _name: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The version of what a node reads about `computer` (0 before any
+    /// change): the database bumps it on every change, whoever writes.
+    fn computer_version(&mut self, computer: &str) -> Result<i64, StoreError>;
+    /// The site's identity, drawn when its database was made (and so new
+    /// after a migration to another database).
+    fn site_id(&mut self) -> Result<String, StoreError>;
+    /// How many [`MIGRATIONS`] the database has.
+    fn schema_version(&mut self) -> Result<i64, StoreError>;
 }
 
 /// A storage backend: runs a closure in one transaction, committed when it
 /// returns Ok and rolled back otherwise.
+///
+/// `f` may run more than once: a backend with concurrent writers
+/// (PostgreSQL) runs it again after a serialisation failure or a deadlock,
+/// on a fresh transaction, so it must not act outside the transaction.
 pub trait Store: Send + Sync {
     /// Runs `f` in one write transaction.
-    fn transaction<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<R, E>) -> Result<R, E>;
+    fn transaction<R, E: From<StoreError>>(&self, f: impl FnMut(&mut dyn Tx) -> Result<R, E>) -> Result<R, E>;
     /// A read-only transaction: a consistent snapshot, concurrent with other
     /// reads and with the writer. Writes through it fail.
-    fn read<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<R, E>) -> Result<R, E>;
+    fn read<R, E: From<StoreError>>(&self, f: impl FnMut(&mut dyn Tx) -> Result<R, E>) -> Result<R, E>;
 }
 
-/// The schema, as a list of migrations: `user_version` = how many were applied.
-const MIGRATIONS: &[&str] = &[
+/// The schema, as a list of migrations for every backend: SQLite's
+/// `user_version` (PostgreSQL's `schema_version` table) = how many were
+/// applied. Write a new one once, as [`Migration::Portable`] SQL when it fits
+/// the portable subset (see [`Migration`]), else side by side per backend.
+pub const MIGRATIONS: &[Migration] = &[
     // 1: the SLAP data model (the Python proxy's schema 18, without its
     // version suffixes)
-    "CREATE TABLE computer (
+    Migration::Portable(
+        "CREATE TABLE computer (
         reference TEXT PRIMARY KEY,
         address TEXT,
         netmask TEXT
@@ -397,8 +451,10 @@ const MIGRATIONS: &[&str] = &[
         netmask TEXT NOT NULL
      );
      CREATE INDEX partition_network_partition ON partition_network (computer_reference, partition_reference);",
+    ),
     // 2: what nodes report (the Python proxy ignores it)
-    "CREATE TABLE report (
+    Migration::Portable(
+        "CREATE TABLE report (
         kind TEXT NOT NULL,
         computer_reference TEXT NOT NULL,
         reference TEXT NOT NULL,
@@ -412,9 +468,11 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL,
         time REAL NOT NULL
      );",
+    ),
     // 3: identities (proxy::ca, proxy::rules): issued certificates, one-time
     // tokens (hashed), which users may use which instance tree and computer
-    "CREATE TABLE certificate (
+    Migration::Portable(
+        "CREATE TABLE certificate (
         serial TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -436,9 +494,11 @@ const MIGRATIONS: &[&str] = &[
         username TEXT NOT NULL,
         PRIMARY KEY (kind, reference, username)
      );",
+    ),
     // 4: the master's settings, forwarded requests (multimaster) and what
     // partitions say they requested
-    "CREATE TABLE setting (
+    Migration::Portable(
+        "CREATE TABLE setting (
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
      );
@@ -456,10 +516,23 @@ const MIGRATIONS: &[&str] = &[
         time REAL NOT NULL,
         PRIMARY KEY (computer_reference, partition_reference)
      );",
+    ),
+    // 5: a version per computer that every change of what its node reads
+    // bumps (triggers: any writer, any master process), and the site's
+    // identity; together they make the ETag of full computer information
+    Migration::Generated(migrations::computer_versions),
 ];
 
 /// The schema version this program writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub use migrations::{Backend, Migration};
+
+/// A new random identity for a site's database.
+pub fn new_site_id() -> String {
+    use rand::Rng;
+    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(16).map(char::from).collect()
+}
 
 /// SQLite storage in one file.
 pub struct SqliteStore {
@@ -496,9 +569,13 @@ impl SqliteStore {
         }
         if current < version {
             let tx = conn.transaction().map_err(open_err)?;
-            for (i, sql) in MIGRATIONS.iter().enumerate().take(version as usize).skip(current as usize) {
-                tx.execute_batch(sql).map_err(open_err)?;
+            for (i, m) in MIGRATIONS.iter().enumerate().take(version as usize).skip(current as usize) {
+                tx.execute_batch(&m.sql(Backend::Sqlite)).map_err(open_err)?;
                 tracing::info!("database {}: migrated to schema version {}", path.display(), i + 1);
+            }
+            if version >= 3 {
+                tx.execute("INSERT INTO meta (key, value) VALUES ('site_id', ?1) ON CONFLICT DO NOTHING", [new_site_id()])
+                    .map_err(open_err)?;
             }
             tx.pragma_update(None, "user_version", version).map_err(open_err)?;
             tx.commit().map_err(open_err)?;
@@ -560,7 +637,7 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn transaction<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<R, E>) -> Result<R, E> {
+    fn transaction<R, E: From<StoreError>>(&self, mut f: impl FnMut(&mut dyn Tx) -> Result<R, E>) -> Result<R, E> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         // IMMEDIATE: take the write lock up front, so that concurrent writers
         // wait (busy timeout) instead of failing with "database is locked"
@@ -572,7 +649,7 @@ impl Store for SqliteStore {
         Ok(result)
     }
 
-    fn read<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<R, E>) -> Result<R, E> {
+    fn read<R, E: From<StoreError>>(&self, mut f: impl FnMut(&mut dyn Tx) -> Result<R, E>) -> Result<R, E> {
         if self.read_only {
             return self.transaction(f);
         }
@@ -905,6 +982,23 @@ impl Tx for SqliteTx<'_> {
         st.execute([self.retention.reports as i64])?;
         Ok(())
     }
+    fn reports(&mut self) -> Result<Vec<ReportRow>, StoreError> {
+        let mut st =
+            self.tx.prepare_cached("SELECT kind, computer_reference, reference, state, message, time FROM report ORDER BY rowid")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ReportRow {
+                    kind: r.get(0)?,
+                    computer_reference: r.get(1)?,
+                    reference: r.get(2)?,
+                    state: r.get(3)?,
+                    message: r.get(4)?,
+                    time: r.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
     fn last_reports(&mut self) -> Result<Vec<ReportRow>, StoreError> {
         let mut st = self.tx.prepare_cached(
             "SELECT kind, computer_reference, reference, state, message, MAX(time) FROM report
@@ -1060,6 +1154,40 @@ impl Tx for SqliteTx<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+    fn certificates(&mut self) -> Result<Vec<CertificateRow>, StoreError> {
+        let mut st =
+            self.tx.prepare_cached("SELECT serial, kind, name, computer_reference, not_after, revoked FROM certificate ORDER BY serial")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(CertificateRow {
+                    serial: r.get(0)?,
+                    kind: r.get(1)?,
+                    name: r.get(2)?,
+                    computer_reference: r.get(3)?,
+                    not_after: r.get(4)?,
+                    revoked: r.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn tokens(&mut self) -> Result<Vec<TokenRow>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT hash, kind, name, expires, used FROM token ORDER BY hash")?;
+        let rows = st
+            .query_map([], |r| Ok(TokenRow { hash: r.get(0)?, kind: r.get(1)?, name: r.get(2)?, expires: r.get(3)?, used: r.get(4)? }))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn grants(&mut self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT kind, reference, username FROM grantee ORDER BY kind, reference, username")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn settings(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT name, value FROM setting ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
     fn rename_software(&mut self, old: &str, new: &str) -> Result<(), StoreError> {
         self.tx.execute(
             "DELETE FROM software WHERE url = ?1 AND computer_reference IN
@@ -1069,5 +1197,16 @@ impl Tx for SqliteTx<'_> {
         self.tx.execute("UPDATE software SET url = ?2 WHERE url = ?1", params![old, new])?;
         self.tx.execute("UPDATE partition SET software_release = ?2 WHERE software_release = ?1", params![old, new])?;
         Ok(())
+    }
+    fn computer_version(&mut self, computer: &str) -> Result<i64, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT version FROM computer_version WHERE computer_reference = ?1")?;
+        Ok(st.query_row([computer], |r| r.get(0)).optional()?.unwrap_or(0))
+    }
+    fn site_id(&mut self) -> Result<String, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT value FROM meta WHERE key = 'site_id'")?;
+        Ok(st.query_row([], |r| r.get(0)).optional()?.unwrap_or_default())
+    }
+    fn schema_version(&mut self) -> Result<i64, StoreError> {
+        Ok(self.tx.pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 }

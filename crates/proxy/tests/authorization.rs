@@ -197,7 +197,7 @@ fn site() -> Site {
     let config = ProxyConfig {
         computer_id: C1.into(),
         host: "127.0.0.1".into(),
-        database: db.clone(),
+        database: slapos_proxy::Database::sqlite(&db),
         security: Security::Tls { ca_dir: dir.path().join("ca"), files: None, validity: Validity::default() },
         shacache: Some(slapos_proxy::shacache::Options::under(dir.path())),
         ..Default::default()
@@ -384,8 +384,22 @@ fn every_route_answers_every_caller_as_the_rule_table_says() {
 fn every_route_of_the_sources_has_a_rule() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut missing = Vec::new();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    // every source file, in subdirectories too (src/store/)
+    let mut dirs = vec![src];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.iter().any(|f| f.ends_with("http.rs")), "the routes' source not found in {files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
         for part in text.split(".route(\"").skip(1) {
             let route = &part[..part.find('"').unwrap()];
             if slapos_proxy::rules::rule_of(route).is_none() {

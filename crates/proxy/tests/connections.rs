@@ -195,7 +195,12 @@ fn idle_and_slow_connections_are_closed_after_their_timeouts() {
     let dir = tempfile::tempdir().unwrap();
     let connections =
         Connections { header_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(3), ..Connections::default() };
-    let config = ProxyConfig { computer_id: "COMP-T".into(), database: dir.path().join("proxy.db"), connections, ..Default::default() };
+    let config = ProxyConfig {
+        computer_id: "COMP-T".into(),
+        database: slapos_proxy::Database::sqlite(dir.path().join("proxy.db")),
+        connections,
+        ..Default::default()
+    };
     let master = start_background(&config).unwrap();
 
     let mut idle = TcpStream::connect(master.addr).unwrap();

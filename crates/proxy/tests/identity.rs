@@ -26,7 +26,7 @@ impl Master {
         let config = ProxyConfig {
             computer_id: "COMP-1".into(),
             host: "127.0.0.1".into(),
-            database: dir.path().join("proxy.db"),
+            database: slapos_proxy::Database::sqlite(dir.path().join("proxy.db")),
             security: Security::Tls { ca_dir: dir.path().join("ca"), files: None, validity: Validity::default() },
             ..Default::default()
         };

@@ -71,7 +71,7 @@ fn parameters(value: &str) -> String {
 fn oversized_requests_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("proxy.db");
-    let config = ProxyConfig { computer_id: COMPUTER.into(), database: db.clone(), ..Default::default() };
+    let config = ProxyConfig { computer_id: COMPUTER.into(), database: slapos_proxy::Database::sqlite(&db), ..Default::default() };
     let master = start_background(&config).unwrap();
     let client = SlapClient::new(ClientConfig::new(master.url())).unwrap();
     client.load_computer_configuration(&format_report()).unwrap();
@@ -129,7 +129,7 @@ fn oversized_requests_are_refused_and_change_nothing() {
 fn long_error_logs_are_stored_cut_to_their_end() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("proxy.db");
-    let config = ProxyConfig { computer_id: COMPUTER.into(), database: db.clone(), ..Default::default() };
+    let config = ProxyConfig { computer_id: COMPUTER.into(), database: slapos_proxy::Database::sqlite(&db), ..Default::default() };
     let master = start_background(&config).unwrap();
     let client = SlapClient::new(ClientConfig::new(master.url())).unwrap();
     let log = format!("{}\nthe last line says why", "z".repeat(10 << 20));
@@ -208,7 +208,11 @@ fn slow_to_refuse(n: usize) -> String {
 #[test]
 fn heavy_decoding_does_not_hold_other_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let config = ProxyConfig { computer_id: COMPUTER.into(), database: dir.path().join("proxy.db"), ..Default::default() };
+    let config = ProxyConfig {
+        computer_id: COMPUTER.into(),
+        database: slapos_proxy::Database::sqlite(dir.path().join("proxy.db")),
+        ..Default::default()
+    };
     let master = start_background(&config).unwrap();
     let url = format!("{}/requestComputerPartition", master.url());
     let heavy = Arc::new(slow_to_refuse(80_000));

@@ -42,7 +42,12 @@ fn upstream() -> String {
 fn the_relay_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits { relay_max_response: 1000, ..Default::default() };
-    let config = ProxyConfig { computer_id: "C".into(), database: dir.path().join("proxy.db"), limits, ..Default::default() };
+    let config = ProxyConfig {
+        computer_id: "C".into(),
+        database: slapos_proxy::Database::sqlite(dir.path().join("proxy.db")),
+        limits,
+        ..Default::default()
+    };
     let master = start_background(&config).unwrap();
     let up = upstream();
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();

@@ -16,8 +16,12 @@ struct Cache {
 fn cache(max_file_size: u64) -> Cache {
     let dir = tempfile::tempdir().unwrap();
     let shacache = Options { max_file_size, ..Options::under(dir.path()) };
-    let config =
-        ProxyConfig { computer_id: "COMP-1".into(), database: dir.path().join("proxy.db"), shacache: Some(shacache), ..Default::default() };
+    let config = ProxyConfig {
+        computer_id: "COMP-1".into(),
+        database: slapos_proxy::Database::sqlite(dir.path().join("proxy.db")),
+        shacache: Some(shacache),
+        ..Default::default()
+    };
     let master = start_background(&config).unwrap();
     let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(20))).build().into();
     Cache { dir, master, agent }
@@ -118,7 +122,11 @@ fn entries_are_added_under_their_key_checked_and_collected_when_their_file_is_go
 #[test]
 fn without_its_directories_the_cache_answers_503() {
     let dir = tempfile::tempdir().unwrap();
-    let config = ProxyConfig { computer_id: "C".into(), database: dir.path().join("proxy.db"), ..Default::default() };
+    let config = ProxyConfig {
+        computer_id: "C".into(),
+        database: slapos_proxy::Database::sqlite(dir.path().join("proxy.db")),
+        ..Default::default()
+    };
     let master = start_background(&config).unwrap();
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let r = agent.get(&format!("{}/shacache/dir/k", master.url())).call().unwrap();

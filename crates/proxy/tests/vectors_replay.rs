@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value as J;
-use slapos_proxy::{start_background, ProxyConfig};
+use slapos_proxy::{start_background, Database, ProxyConfig};
 
 fn vectors() -> Vec<(String, J)> {
     test_support::vectors()
@@ -84,7 +84,12 @@ fn not_ready_master() -> String {
 /// F (never ready) and a dead one, each with its software release listed;
 /// returns B and A's multimaster sections.
 fn upstreams(dir: &std::path::Path) -> (slapos_proxy::Background, slapos_proxy::multimaster::Multimaster) {
-    let b = start_background(&ProxyConfig { computer_id: "COMP-EXT".into(), database: dir.join("b.db"), ..Default::default() }).unwrap();
+    let b = start_background(&ProxyConfig {
+        computer_id: "COMP-EXT".into(),
+        database: slapos_proxy::Database::sqlite(dir.join("b.db")),
+        ..Default::default()
+    })
+    .unwrap();
     let dead = format!("http://127.0.0.1:{}/", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
     let section = |url: String, sr: &str| slapos_proxy::multimaster::Upstream {
         url,
@@ -104,11 +109,24 @@ fn upstreams(dir: &std::path::Path) -> (slapos_proxy::Background, slapos_proxy::
 #[test]
 fn our_master_answers_every_captured_request_like_the_python_proxy() {
     let dir = tempfile::tempdir().unwrap();
+    replay(Database::sqlite(dir.path().join("proxy.db")));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL"]
+fn needs_postgres_our_master_on_postgresql_answers_like_the_python_proxy() {
+    let pg = test_support::postgres::TestPostgres::start();
+    replay(Database::Postgres(pg.database("replay")));
+}
+
+/// Replays every capture against our master on `database`.
+fn replay(database: Database) {
+    let dir = tempfile::tempdir().unwrap();
     let config = ProxyConfig {
         computer_id: "COMP-1234".into(),
         host: "127.0.0.1".into(),
         port: 0,
-        database: dir.path().join("proxy.db"),
+        database,
         software_products: [("my-product".to_string(), "http://example.com/software/my-software/software.cfg".to_string())]
             .into_iter()
             .collect(),

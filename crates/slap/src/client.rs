@@ -218,6 +218,17 @@ pub struct SlapClient {
     agent: ureq::Agent,
     base: url::Url,
     timeout: Duration,
+    /// The last full computer information read, with its ETag, sent back
+    /// as `If-None-Match` (a master that has no change answers 304).
+    full_info: std::sync::Arc<std::sync::Mutex<Option<FullInfoCopy>>>,
+}
+
+/// A copy of a computer's full information and the master's ETag for it.
+#[derive(Debug, Clone)]
+struct FullInfoCopy {
+    computer_id: String,
+    etag: String,
+    body: String,
 }
 
 impl std::fmt::Debug for SlapClient {
@@ -274,7 +285,7 @@ impl SlapClient {
             .tls_config(tls)
             .build()
             .into();
-        Ok(SlapClient { agent, base, timeout: config.timeout })
+        Ok(SlapClient { agent, base, timeout: config.timeout, full_info: Default::default() })
     }
 
     /// The master URL, normalised (with a trailing `/`).
@@ -375,13 +386,35 @@ impl SlapClient {
     /// on 404, like the Python client).
     pub fn computer_information(&self, computer_id: &str) -> Result<Computer, SlapError> {
         let q = [("computer_id", computer_id)];
-        let (method, body) = match self.get("getFullComputerInformation", &q) {
+        let (method, body) = match self.full_information(computer_id) {
             Ok(b) => ("getFullComputerInformation", b),
             Err(SlapError::NotFound { .. }) => ("getComputerInformation", self.get("getComputerInformation", &q)?),
             Err(e) => return Err(e),
         };
         let v = self.decode(method, &body)?;
         self.model(method, Computer::from_value(&v))
+    }
+
+    /// `getFullComputerInformation`, conditional when a copy of it is kept:
+    /// 304 answers the copy; a 200 with an `ETag` replaces it.
+    fn full_information(&self, computer_id: &str) -> Result<String, SlapError> {
+        let mut url = self.url("getFullComputerInformation")?;
+        url.query_pairs_mut().append_pair("computer_id", computer_id);
+        let copy = self.full_info.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|c| c.computer_id == computer_id);
+        let mut req = self.agent.get(url.as_str());
+        if let Some(c) = &copy {
+            req = req.header("If-None-Match", &c.etag);
+        }
+        tracing::debug!("GET {url}");
+        let resp = req.call().map_err(|e| self.map_transport(url.as_str(), e))?;
+        if let (304, Some(c)) = (resp.status().as_u16(), copy) {
+            return Ok(c.body);
+        }
+        let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = self.finish(url.as_str(), Ok(resp))?;
+        *self.full_info.lock().unwrap_or_else(|p| p.into_inner()) =
+            etag.map(|etag| FullInfoCopy { computer_id: computer_id.to_string(), etag, body: body.clone() });
+        Ok(body)
     }
 
     /// `loadComputerConfigurationFromXML`: the format report (`slap-protocol.md` §2.4).

@@ -16,6 +16,7 @@
 
 pub mod exercise;
 pub mod netns;
+pub mod postgres;
 pub mod tls;
 pub mod tree;
 
