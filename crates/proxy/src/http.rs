@@ -317,11 +317,12 @@ async fn required_tx<const N: usize>(
     app: &Shared,
     body: Bytes,
     keys: [&'static str; N],
-    op: impl FnOnce(&mut dyn crate::store::Tx, [String; N]) -> Result<Answer, MasterError> + Send + 'static,
+    op: impl Fn(&mut dyn crate::store::Tx, [String; N]) -> Result<Answer, MasterError> + Send + 'static,
 ) -> Response {
     let r = async {
         let values = form(app, body, move |f| required(f, keys)).await?;
-        tx(app, move |t, _| op(t, values)).await
+        // a transaction may run again (a conflict on PostgreSQL): each run gets the values
+        tx(app, move |t, _| op(t, values.clone())).await
     };
     answer(r.await)
 }
