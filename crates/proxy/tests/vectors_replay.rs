@@ -4,8 +4,6 @@
 //! COMP-1234, product `my-product`); every answer must be the Python
 //! proxy's, byte for byte once timestamps (and ports) are normalised.
 
-use std::path::PathBuf;
-
 use serde_json::Value as J;
 use slapos_proxy::{start_background, Database, ProxyConfig};
 
@@ -135,10 +133,7 @@ fn replay(database: Database) {
     let (b, multimaster) = upstreams(dir.path());
     let config = ProxyConfig { multimaster, ..config };
     let master = start_background(&config).unwrap();
-    let steps: J = serde_json::from_str(
-        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/slap-vectors/steps.json")).unwrap(),
-    )
-    .unwrap();
+    let steps: J = serde_json::from_str(&std::fs::read_to_string(test_support::vectors_dir().join("steps.json")).unwrap()).unwrap();
     // B's address in the captures (the `_master_url` A answers) is ours
     let captured_b = format!("127.0.0.1:{}", steps["ports"]["proxyB_logger"]);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
