@@ -412,14 +412,21 @@ async fn use_computer(State(app): State<Shared>, body: Bytes) -> Response {
     answer(r.await)
 }
 
-/// `computerBang`: logged; answered whatever it holds, as the Python proxy.
+/// `computerBang`: logged and recorded (with a computer id); answered
+/// whatever it holds, as the Python proxy.
 async fn computer_bang(State(app): State<Shared>, body: Bytes) -> Response {
-    let r = form(&app, body, |f| Ok((f.get("computer_id").unwrap_or("").to_string(), f.get("message").unwrap_or("").to_string())));
-    match r.await {
-        Ok((c, message)) => {
-            tracing::info!("computer {} banged: {}", excerpt(&c, LOGGED_VALUE), excerpt(&message, LOGGED_VALUE));
-            text(marshal::encode(&Value::str("")).unwrap_or_default())
+    let r = async {
+        let (c, message) =
+            form(&app, body, |f| Ok((f.get("computer_id").unwrap_or("").to_string(), f.get("message").unwrap_or("").to_string())))
+                .await?;
+        tracing::info!("computer {} banged: {}", excerpt(&c, LOGGED_VALUE), excerpt(&message, LOGGED_VALUE));
+        if !c.is_empty() {
+            tx(&app, move |t, _| master::computer_bang(t, &c, &message)).await?;
         }
+        Ok::<_, MasterError>(())
+    };
+    match r.await {
+        Ok(()) => text(marshal::encode(&Value::str("")).unwrap_or_default()),
         Err(e) => e.into_response(),
     }
 }
@@ -543,6 +550,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::hateoas::router())
         .merge(crate::relay::router())
         .merge(crate::identity::router())
+        .merge(crate::accounting::routes::router())
         // every route is authorized by proxy::rules (a route without a rule
         // is refused): routes merged after this layer would escape it
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), crate::rules::authorize))

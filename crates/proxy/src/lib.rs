@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accounting;
 pub mod app;
 pub mod ca;
 pub mod hateoas;
@@ -147,6 +148,8 @@ fn retention(config: &Config) -> anyhow::Result<Retention> {
         reports: n("report_limit", d.reports)?,
         usage_per_computer: n("usage_history", d.usage_per_computer)?,
         usage: n("usage_limit", d.usage)?,
+        movements: n("usage_movement_limit", d.movements)?,
+        movement_days: n("usage_movement_days", d.movement_days)?,
     })
 }
 

@@ -314,10 +314,19 @@ pub fn related_instances(tx: &mut dyn Tx, computer_id: &str, partition_id: &str,
     Ok(Answer::Text("OK".into()))
 }
 
-/// `useComputer`.
+/// `useComputer`: the journal kept as sent, and read into the accounting's
+/// movements (`proxy::accounting`; a journal that cannot be read is still
+/// kept, and answered the same).
 pub fn use_computer(tx: &mut dyn Tx, computer_id: &str, body: &str) -> Result<Answer, MasterError> {
-    tx.add_usage(&UsageRow { computer_reference: computer_id.into(), body: body.into(), time: now() })?;
+    let time = now();
+    tx.add_usage(&UsageRow { computer_reference: computer_id.into(), body: body.into(), time })?;
+    crate::accounting::record_usage(tx, computer_id, body, time)?;
     Ok(Answer::Text("Ignored".into()))
+}
+
+/// `computerBang`: recorded as an event of the computer.
+pub fn computer_bang(tx: &mut dyn Tx, computer_id: &str, message: &str) -> Result<(), MasterError> {
+    report(tx, "computer", computer_id, "", "bang", Some(message))
 }
 
 // ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //! destination, which must be empty. Rows keep their order (which fixes
 //! allocation order and the order of every list a node reads).
 
-use crate::store::{AnyStore, CertificateRow, Database, ForwardRow, RelatedRow, Retention, Store, StoreError, TokenRow, Tx};
+use crate::store::{AnyStore, CertificateRow, Database, ForwardRow, MovementRow, RelatedRow, Retention, Store, StoreError, TokenRow, Tx};
 
 /// How many rows of each kind were copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Copied {
     pub addresses: usize,
     /// Node reports.
     pub reports: usize,
-    /// Usage reports.
+    /// Usage reports (journals, and the movements read from them).
     pub usage: usize,
     /// Issued certificates, tokens, grants and settings.
     pub identities: usize,
@@ -37,6 +37,7 @@ struct Others {
     settings: Vec<(String, String)>,
     forwards: Vec<ForwardRow>,
     related: Vec<RelatedRow>,
+    movements: Vec<MovementRow>,
 }
 
 impl Others {
@@ -48,6 +49,7 @@ impl Others {
             settings: tx.settings()?,
             forwards: tx.forwards()?,
             related: tx.related()?,
+            movements: tx.movements()?,
         })
     }
 
@@ -70,6 +72,7 @@ impl Others {
         for r in &self.related {
             tx.set_related(r)?;
         }
+        tx.add_movements(&self.movements)?;
         Ok(())
     }
 }
@@ -84,6 +87,8 @@ pub fn migrate(from: &Database, to: &Database) -> Result<Copied, anyhow::Error> 
         reports: usize::MAX >> 2,
         usage_per_computer: usize::MAX >> 2,
         usage: usize::MAX >> 2,
+        movements: usize::MAX >> 2,
+        movement_days: usize::MAX >> 20,
     };
     let destination = AnyStore::open(to, everything).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", to.shown()))?;
     let rows = source.read(|tx: &mut dyn Tx| -> Result<_, StoreError> {
@@ -142,7 +147,7 @@ pub fn migrate(from: &Database, to: &Database) -> Result<Copied, anyhow::Error> 
             shared: slaves.len(),
             addresses: addresses.iter().map(|(_, l)| l.len()).sum(),
             reports: reports.len(),
-            usage: usage.len(),
+            usage: usage.len() + others.movements.len(),
             identities: others.certificates.len() + others.tokens.len() + others.grants.len() + others.settings.len(),
             forwards: others.forwards.len() + others.related.len(),
         })

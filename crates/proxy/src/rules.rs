@@ -114,6 +114,10 @@ pub enum Rule {
     /// The binary cache: reading (GET) is public; storing is for computers
     /// (nodes upload what they built). The body is not read to decide.
     Cache,
+    /// The accounting (`/api/events`, `/api/usage`): a computer its own
+    /// records, a person those of their instance trees and computers, by
+    /// what the call names (`scope`+`id`, or `computer`, `partition`, `tree`).
+    Accounting,
 }
 
 use Arg::{Field as F, FormatReport, Path};
@@ -166,6 +170,8 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/shacache/cache/{sha512}", Rule::Cache),
     ("/shacache/dir/{key}", Rule::Cache),
     ("/shacache/update", Rule::Administrator),
+    ("/api/events", Rule::Accounting),
+    ("/api/usage", Rule::Accounting),
 ];
 
 /// The rule of a route (as the router spells it).
@@ -234,7 +240,7 @@ fn tree_of(tx: &mut dyn Tx, computer: &str, partition: &str) -> Result<Option<St
     }))
 }
 
-fn may_use(tx: &mut dyn Tx, kind: &str, reference: &str, user: &str) -> Result<bool, StoreError> {
+pub(crate) fn may_use(tx: &mut dyn Tx, kind: &str, reference: &str, user: &str) -> Result<bool, StoreError> {
     Ok(tx.grantees(kind, reference)?.iter().any(|g| g == user || g == EVERYONE))
 }
 
@@ -311,6 +317,61 @@ pub fn decide(tx: &mut dyn Tx, who: &Identity, rule: Rule, call: &Call) -> Resul
         Rule::Request => request(tx, who, call),
         Rule::Cache if call.reads || matches!(who, I::Computer(_)) => Ok(Ok(())),
         Rule::Cache => deny("only computers may store in the binary cache".into()),
+        Rule::Accounting => accounting(tx, who, call),
+    }
+}
+
+/// [`Rule::Accounting`]: the objects a call names — `scope` and `id` (a
+/// partition `<computer>/<partition>`, a tree, a computer), or the filters
+/// `computer`, `partition` and `tree` — one of which the caller must have:
+/// a computer itself, a person a tree or computer open to them (or the
+/// tree of the partition named, through which the handler then restricts).
+fn accounting(tx: &mut dyn Tx, who: &Identity, call: &Call) -> Result<Decision, StoreError> {
+    let id = call.field("id").map(str::to_string);
+    let (computer, partition, tree) = match call.field("scope") {
+        Some("partition") => match id.as_deref().and_then(|i| i.rsplit_once('/')) {
+            Some((c, p)) => (Some(c.to_string()), Some(p.to_string()), None),
+            None => return Ok(Err("no partition named".into())),
+        },
+        Some("tree") => (None, None, id),
+        Some("computer") => (id, None, None),
+        Some(other) => return Ok(Err(format!("unknown scope {}", quoted(other)))),
+        None => {
+            let f = |k: &str| call.field(k).filter(|v| !v.is_empty()).map(str::to_string);
+            (f("computer"), f("computer").and(f("partition")), f("tree"))
+        }
+    };
+    let ok = match who {
+        Identity::Computer(me) => computer.as_deref() == Some(me.as_str()),
+        Identity::User(u) => {
+            let mut ok = false;
+            if let Some(t) = &tree {
+                ok |= may_use(tx, "tree", t, u)?;
+            }
+            if let Some(c) = &computer {
+                ok = ok || may_use(tx, "computer", c, u)?;
+                if let (false, Some(p)) = (ok, &partition) {
+                    ok = match tree_of(tx, c, p)? {
+                        Some(t) => may_use(tx, "tree", &t, u)?,
+                        None => false,
+                    };
+                }
+            }
+            ok
+        }
+        _ => false,
+    };
+    if ok {
+        return Ok(Ok(()));
+    }
+    let named = [("computer", &computer), ("partition", &partition), ("instance tree", &tree)]
+        .iter()
+        .filter_map(|(what, v)| v.as_ref().map(|v| format!("{what} {}", quoted(v))))
+        .collect::<Vec<_>>();
+    if named.is_empty() {
+        Ok(Err("may not see the whole site's accounting (name a computer or an instance tree)".into()))
+    } else {
+        Ok(Err(format!("may not see the accounting of {}", named.join(", "))))
     }
 }
 

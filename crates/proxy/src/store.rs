@@ -242,12 +242,122 @@ pub struct Retention {
     pub usage_per_computer: usize,
     /// Usage reports kept in all (among the last ones received).
     pub usage: usize,
+    /// Usage movements (the accounting's rows) kept in all, the last received.
+    pub movements: usize,
+    /// Usage movements are kept this many days after their time.
+    pub movement_days: usize,
 }
 
 impl Default for Retention {
     fn default() -> Retention {
-        Retention { reports_per_object: 20, reports: 100_000, usage_per_computer: 100, usage: 10_000 }
+        Retention {
+            reports_per_object: 20,
+            reports: 100_000,
+            usage_per_computer: 100,
+            usage: 10_000,
+            movements: 2_000_000,
+            movement_days: 400,
+        }
     }
+}
+
+/// One line of a consumption journal (`useComputer`), as the accounting
+/// keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovementRow {
+    /// When the consumption happened (the journal's `start_date`, else when
+    /// it was received), seconds since the epoch.
+    pub time: f64,
+    /// The computer that reported it.
+    pub computer_reference: String,
+    /// The partition it is for (empty: the computer itself).
+    pub partition_reference: String,
+    /// The root title of the partition's instance tree when it was received.
+    pub tree: Option<String>,
+    /// What was consumed (`CPU Consumption`, `service_module/disk_used`).
+    pub resource: String,
+    /// The movement's title.
+    pub title: String,
+    /// How much.
+    pub quantity: f64,
+    /// The unit of `quantity` (`s`, `MiB`, `%`; empty when unknown).
+    pub unit: String,
+    /// When the master received it, seconds since the epoch.
+    pub received: f64,
+}
+
+/// What [`Tx::usage_sums`] adds up: the movements of one scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// One partition of one computer.
+    Partition {
+        /// The computer.
+        computer: String,
+        /// The partition.
+        partition: String,
+    },
+    /// Every partition of an instance tree (by its root title).
+    Tree(String),
+    /// A computer, itself and its partitions.
+    Computer(String),
+}
+
+/// The selection of [`Tx::usage_sums`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageQuery {
+    /// Whose usage.
+    pub scope: Scope,
+    /// The width of a bucket in seconds (3600, 86400), aligned on the epoch (UTC).
+    pub bucket: i64,
+    /// Movements at or after this time (seconds since the epoch) …
+    pub since: f64,
+    /// … and before this one.
+    pub until: f64,
+    /// At most this many buckets.
+    pub limit: usize,
+    /// Only the movements of this instance tree too (a person who sees a
+    /// partition through its tree sees only that tree's usage of it).
+    pub tree: Option<String>,
+}
+
+/// One bucket of usage: the sum of the movements of one resource and unit
+/// whose time falls in `[start, start + bucket)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageBucket {
+    /// The resource.
+    pub resource: String,
+    /// Its unit.
+    pub unit: String,
+    /// The bucket's start, seconds since the epoch.
+    pub start: i64,
+    /// The sum of the quantities.
+    pub quantity: f64,
+}
+
+/// The selection of [`Tx::events`] (every field given must match).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventFilter {
+    /// The computer.
+    pub computer: Option<String>,
+    /// The partition (partition events only).
+    pub partition: Option<String>,
+    /// The root title of the instance tree.
+    pub tree: Option<String>,
+    /// Events at or after this time (seconds since the epoch) …
+    pub since: f64,
+    /// … and before this one.
+    pub until: f64,
+    /// At most this many, the newest.
+    pub limit: usize,
+}
+
+/// A recorded report with the instance tree its partition belonged to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// The report.
+    pub report: ReportRow,
+    /// The root title of the partition's tree when it was reported.
+    pub tree: Option<String>,
 }
 
 /// The operations the master needs, inside one transaction. Lists come in
@@ -325,6 +435,16 @@ pub trait Tx {
     fn add_usage(&mut self, row: &UsageRow) -> Result<(), StoreError>;
     /// The `limit` latest usage reports, newest first.
     fn usages(&mut self, limit: usize) -> Result<Vec<UsageRow>, StoreError>;
+    /// Records usage movements, then forgets the oldest beyond the
+    /// [`Retention`] (by count, and by age from the newest movement's time).
+    fn add_movements(&mut self, rows: &[MovementRow]) -> Result<(), StoreError>;
+    /// Every movement kept, in the order received (for `proxy migrate`).
+    fn movements(&mut self) -> Result<Vec<MovementRow>, StoreError>;
+    /// The movements of a scope summed per resource, unit and bucket (in
+    /// SQL), ordered by resource, unit and start.
+    fn usage_sums(&mut self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError>;
+    /// The reports that match `filter`, newest first, with their tree.
+    fn events(&mut self, filter: &EventFilter) -> Result<Vec<EventRow>, StoreError>;
 
     /// Records an issued certificate.
     fn add_certificate(&mut self, row: &CertificateRow) -> Result<(), StoreError>;
@@ -521,6 +641,27 @@ pub const MIGRATIONS: &[Migration] = &[
     // bumps (triggers: any writer, any master process), and the site's
     // identity; together they make the ETag of full computer information
     Migration::Generated(migrations::computer_versions),
+    // 6: the accounting (proxy::accounting): reports carry the instance tree
+    // of their partition, usage journals are read into movements
+    Migration::Portable(
+        "ALTER TABLE report ADD COLUMN tree TEXT;
+     CREATE INDEX report_time ON report (time);
+     CREATE INDEX report_tree ON report (tree, time);
+     CREATE TABLE usage_movement (
+        time REAL NOT NULL,
+        computer_reference TEXT NOT NULL,
+        partition_reference TEXT NOT NULL DEFAULT '',
+        tree TEXT,
+        resource TEXT NOT NULL,
+        title TEXT NOT NULL DEFAULT '',
+        quantity REAL NOT NULL,
+        unit TEXT NOT NULL DEFAULT '',
+        received REAL NOT NULL
+     );
+     CREATE INDEX usage_movement_time ON usage_movement (time);
+     CREATE INDEX usage_movement_computer ON usage_movement (computer_reference, partition_reference, time);
+     CREATE INDEX usage_movement_tree ON usage_movement (tree, time);",
+    ),
 ];
 
 /// The schema version this program writes.
@@ -681,6 +822,40 @@ impl Store for SqliteStore {
 pub struct SqliteTx<'a> {
     tx: &'a rusqlite::Transaction<'a>,
     retention: Retention,
+}
+
+/// The tree of a partition report, at insertion: the root title of the
+/// partition named by the report's kind (`?1`), computer (`?2`) and
+/// reference (`?3`) (PostgreSQL's placeholders are renamed).
+const TREE_OF_REPORT: &str = "CASE WHEN ?1 = 'partition' THEN
+       (SELECT CASE WHEN requested_by = '' THEN NULLIF(partition_reference, '') ELSE requested_by END
+        FROM partition WHERE computer_reference = ?2 AND reference = ?3) END";
+
+/// The columns of `usage_movement`, in [`MovementRow`]'s order.
+const MOVEMENT_COLUMNS: &str = "time, computer_reference, partition_reference, tree, resource, title, quantity, unit, received";
+
+/// The SQL condition of a usage query's scope (and tree) and its
+/// arguments, numbered from 5 with the backend's placeholder (`?` or `$`).
+fn scope_condition(q: &UsageQuery, placeholder: char) -> (String, Vec<String>) {
+    let (mut cond, mut args) = match &q.scope {
+        Scope::Partition { computer, partition } => {
+            (format!("computer_reference = {placeholder}5 AND partition_reference = {placeholder}6"), vec![computer.clone(), partition.clone()])
+        }
+        Scope::Tree(t) => (format!("tree = {placeholder}5"), vec![t.clone()]),
+        Scope::Computer(c) => (format!("computer_reference = {placeholder}5"), vec![c.clone()]),
+    };
+    if let Some(t) = &q.tree {
+        args.push(t.clone());
+        cond += &format!(" AND tree = {placeholder}{}", args.len() + 4);
+    }
+    (cond, args)
+}
+
+/// Movements older than this are forgotten after `rows` were added: the
+/// retention's days before the newest reception.
+fn movement_cutoff(rows: &[MovementRow], retention: &Retention) -> Option<f64> {
+    let newest = rows.iter().map(|m| m.received).fold(f64::NAN, f64::max);
+    (!newest.is_nan()).then(|| newest - retention.movement_days as f64 * 86400.0)
 }
 
 const PARTITION_COLUMNS: &str = "reference, computer_reference, slap_state, software_release, xml, connection_xml, \
@@ -967,10 +1142,11 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn add_report(&mut self, r: &ReportRow) -> Result<(), StoreError> {
-        self.tx.execute(
-            "INSERT INTO report (kind, computer_reference, reference, state, message, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![r.kind, r.computer_reference, r.reference, r.state, r.message, r.time],
-        )?;
+        let sql = format!(
+            "INSERT INTO report (kind, computer_reference, reference, state, message, time, tree)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, {TREE_OF_REPORT})"
+        );
+        self.tx.execute(&sql, params![r.kind, r.computer_reference, r.reference, r.state, r.message, r.time])?;
         let mut st = self.tx.prepare_cached(
             "DELETE FROM report WHERE kind = ?1 AND computer_reference = ?2 AND reference = ?3 AND rowid NOT IN
                (SELECT rowid FROM report WHERE kind = ?1 AND computer_reference = ?2 AND reference = ?3
@@ -1036,6 +1212,90 @@ impl Tx for SqliteTx<'_> {
         let mut st = self.tx.prepare_cached("SELECT computer_reference, body, time FROM usage ORDER BY time DESC LIMIT ?1")?;
         let rows = st
             .query_map([limit as i64], |r| Ok(UsageRow { computer_reference: r.get(0)?, body: r.get(1)?, time: r.get(2)? }))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn add_movements(&mut self, rows: &[MovementRow]) -> Result<(), StoreError> {
+        let mut st = self.tx.prepare_cached(&format!("INSERT INTO usage_movement ({MOVEMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?;
+        for m in rows {
+            st.execute(params![
+                m.time,
+                m.computer_reference,
+                m.partition_reference,
+                m.tree,
+                m.resource,
+                m.title,
+                m.quantity,
+                m.unit,
+                m.received
+            ])?;
+        }
+        let mut st = self.tx.prepare_cached("DELETE FROM usage_movement WHERE rowid <= (SELECT MAX(rowid) FROM usage_movement) - ?1")?;
+        st.execute([self.retention.movements as i64])?;
+        if let Some(cutoff) = movement_cutoff(rows, &self.retention) {
+            self.tx.prepare_cached("DELETE FROM usage_movement WHERE time < ?1")?.execute([cutoff])?;
+        }
+        Ok(())
+    }
+    fn movements(&mut self) -> Result<Vec<MovementRow>, StoreError> {
+        let mut st = self.tx.prepare_cached(&format!("SELECT {MOVEMENT_COLUMNS} FROM usage_movement ORDER BY rowid"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(MovementRow {
+                    time: r.get(0)?,
+                    computer_reference: r.get(1)?,
+                    partition_reference: r.get(2)?,
+                    tree: r.get(3)?,
+                    resource: r.get(4)?,
+                    title: r.get(5)?,
+                    quantity: r.get(6)?,
+                    unit: r.get(7)?,
+                    received: r.get(8)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn usage_sums(&mut self, q: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+        let (cond, scope_args) = scope_condition(q, '?');
+        // times are not negative (the query's window starts at 0 at the earliest)
+        let sql = format!(
+            "SELECT resource, unit, CAST(time / ?1 AS INTEGER) * ?1 AS start, SUM(quantity) FROM usage_movement
+             WHERE time >= ?2 AND time < ?3 AND {cond}
+             GROUP BY resource, unit, start ORDER BY resource, unit, start LIMIT ?4"
+        );
+        let mut st = self.tx.prepare_cached(&sql)?;
+        let mut args: Vec<rusqlite::types::Value> =
+            vec![q.bucket.into(), q.since.max(0.0).into(), q.until.into(), (q.limit as i64).into()];
+        args.extend(scope_args.into_iter().map(rusqlite::types::Value::from));
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(UsageBucket { resource: r.get(0)?, unit: r.get(1)?, start: r.get(2)?, quantity: r.get(3)? })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn events(&mut self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT kind, computer_reference, reference, state, message, time, tree FROM report
+             WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR computer_reference = ?3)
+               AND (?4 IS NULL OR (kind = 'partition' AND reference = ?4)) AND (?5 IS NULL OR tree = ?5)
+             ORDER BY time DESC, rowid DESC LIMIT ?6",
+        )?;
+        let rows = st
+            .query_map(params![f.since, f.until, f.computer, f.partition, f.tree, f.limit as i64], |r| {
+                Ok(EventRow {
+                    report: ReportRow {
+                        kind: r.get(0)?,
+                        computer_reference: r.get(1)?,
+                        reference: r.get(2)?,
+                        state: r.get(3)?,
+                        message: r.get(4)?,
+                        time: r.get(5)?,
+                    },
+                    tree: r.get(6)?,
+                })
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }

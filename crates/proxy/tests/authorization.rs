@@ -73,6 +73,8 @@ fn allowed(rule: Rule, who: Who) -> bool {
         Rule::Request => matches!(who, Requester | Owner),
         // the matrix stores (PUT/POST); reading is public (tests/shacache.rs)
         Rule::Cache => matches!(who, Computer | OtherComputer),
+        // the matrix names COMP-1 (open to alice)
+        Rule::Accounting => matches!(who, Computer | Owner),
     }
 }
 
@@ -274,7 +276,7 @@ fn request_form(title: &str, requester: Option<(&str, &str)>) -> Vec<(&'static s
 fn call_of(route: &str, rule: Rule, who: Who, site: &Site) -> (&'static str, String, Vec<(&'static str, String)>) {
     let cp = |c: &str, p: &str| vec![("computer_id", c.to_string()), ("computer_partition_id", p.to_string())];
     let path = |p: &str| route.replace("{title}", p).replace("{reference}", p);
-    let post = !matches!(rule, Rule::Public | Rule::Authenticated | Rule::People | Rule::Tree(_) | Rule::ComputerUser(_))
+    let post = !matches!(rule, Rule::Public | Rule::Authenticated | Rule::People | Rule::Tree(_) | Rule::ComputerUser(_) | Rule::Accounting)
         && ![
             "/getFullComputerInformation",
             "/getComputerInformation",
@@ -334,6 +336,8 @@ fn call_of(route: &str, rule: Rule, who: Who, site: &Site) -> (&'static str, Str
         "/shacache/cache" | "/shacache/cache/" | "/shacache/update" => vec![],
         "/shacache/cache/{sha512}" => return ("PUT", route.replace("{sha512}", &"0".repeat(128)), vec![]),
         "/shacache/dir/{key}" => return ("PUT", route.replace("{key}", "k"), vec![]),
+        "/api/events" => vec![("computer", C1.into()), ("since", "0".into())],
+        "/api/usage" => vec![("scope", "computer".into()), ("id", C1.into()), ("bucket", "day".into())],
         other => panic!("route {other} has a rule but no call in the matrix: add one"),
     };
     (method, route.to_string(), form)

@@ -161,7 +161,7 @@ fn count(db: &std::path::Path, sql: &str) -> i64 {
 fn node_history_is_kept_within_its_retention() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("proxy.db");
-    let retention = Retention { reports_per_object: 3, reports: 10, usage_per_computer: 2, usage: 5 };
+    let retention = Retention { reports_per_object: 3, reports: 10, usage_per_computer: 2, usage: 5, ..Retention::default() };
     let store = SqliteStore::open(&db).unwrap().with_retention(retention);
     store
         .transaction(|t: &mut dyn Tx| {

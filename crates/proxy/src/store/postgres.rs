@@ -17,8 +17,9 @@ use postgres::{IsolationLevel, NoTls, Row, Transaction};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 
 use super::{
-    hide_password, AddressRow, Backend, CertificateRow, ComputerRow, ForwardRow, PartitionRow, RelatedRow, ReportRow, Retention, SlaveRow,
-    SoftwareRow, Store, StoreError, TokenRow, Tx, UsageRow, MIGRATIONS, PARTITION_COLUMNS, SCHEMA_VERSION,
+    hide_password, movement_cutoff, scope_condition, AddressRow, Backend, CertificateRow, ComputerRow, EventFilter, EventRow, ForwardRow,
+    MovementRow, PartitionRow, RelatedRow, ReportRow, Retention, SlaveRow, SoftwareRow, Store, StoreError, TokenRow, Tx, UsageBucket,
+    UsageQuery, UsageRow, MIGRATIONS, MOVEMENT_COLUMNS, PARTITION_COLUMNS, SCHEMA_VERSION, TREE_OF_REPORT,
 };
 
 /// How write transactions keep concurrent masters apart.
@@ -462,10 +463,12 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn add_report(&mut self, r: &ReportRow) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO report (kind, computer_reference, reference, state, message, time) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&r.kind, &r.computer_reference, &r.reference, &r.state, &r.message, &r.time],
-        )?;
+        let sql = format!(
+            "INSERT INTO report (kind, computer_reference, reference, state, message, time, tree)
+             VALUES ($1, $2, $3, $4, $5, $6, {})",
+            TREE_OF_REPORT.replace('?', "$")
+        );
+        self.execute(&sql, &[&r.kind, &r.computer_reference, &r.reference, &r.state, &r.message, &r.time])?;
         let per_object = self.retention.reports_per_object as i64;
         self.execute(
             "DELETE FROM report WHERE kind = $1 AND computer_reference = $2 AND reference = $3 AND rowid NOT IN
@@ -517,6 +520,69 @@ impl Tx for PgTx<'_, '_> {
     fn usages(&mut self, limit: usize) -> Result<Vec<UsageRow>, StoreError> {
         let rows = self.query("SELECT computer_reference, body, time FROM usage ORDER BY time DESC LIMIT $1", &[&(limit as i64)])?;
         Ok(rows.iter().map(|r| UsageRow { computer_reference: r.get(0), body: r.get(1), time: r.get(2) }).collect())
+    }
+    fn add_movements(&mut self, rows: &[MovementRow]) -> Result<(), StoreError> {
+        let sql = format!("INSERT INTO usage_movement ({MOVEMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+        let st = self.t.prepare(&sql);
+        let st = st.map_err(|e| self.failed(e))?;
+        for m in rows {
+            let r = self.t.execute(
+                &st,
+                &[&m.time, &m.computer_reference, &m.partition_reference, &m.tree, &m.resource, &m.title, &m.quantity, &m.unit, &m.received],
+            );
+            r.map_err(|e| self.failed(e))?;
+        }
+        let all = self.retention.movements as i64;
+        self.execute(
+            "DELETE FROM usage_movement WHERE rowid <= (SELECT rowid FROM usage_movement ORDER BY rowid DESC OFFSET $1 LIMIT 1)",
+            &[&all],
+        )?;
+        if let Some(cutoff) = movement_cutoff(rows, &self.retention) {
+            self.execute("DELETE FROM usage_movement WHERE time < $1", &[&cutoff])?;
+        }
+        Ok(())
+    }
+    fn movements(&mut self) -> Result<Vec<MovementRow>, StoreError> {
+        let rows = self.query(&format!("SELECT {MOVEMENT_COLUMNS} FROM usage_movement ORDER BY rowid"), &[])?;
+        Ok(rows
+            .iter()
+            .map(|r| MovementRow {
+                time: r.get(0),
+                computer_reference: r.get(1),
+                partition_reference: r.get(2),
+                tree: r.get(3),
+                resource: r.get(4),
+                title: r.get(5),
+                quantity: r.get(6),
+                unit: r.get(7),
+                received: r.get(8),
+            })
+            .collect())
+    }
+    fn usage_sums(&mut self, q: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+        let (cond, scope_args) = scope_condition(q, '$');
+        // byte order of the names, as SQLite sorts
+        let sql = format!(
+            "SELECT resource, unit, (floor(time / $1) * $1)::BIGINT AS start, SUM(quantity) FROM usage_movement
+             WHERE time >= $2 AND time < $3 AND {cond}
+             GROUP BY resource, unit, start ORDER BY resource COLLATE \"C\", unit COLLATE \"C\", start LIMIT $4"
+        );
+        let bucket = q.bucket as f64;
+        let (since, limit) = (q.since.max(0.0), q.limit as i64);
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&bucket, &since, &q.until, &limit];
+        args.extend(scope_args.iter().map(|a| a as &(dyn ToSql + Sync)));
+        let rows = self.query(&sql, &args)?;
+        Ok(rows.iter().map(|r| UsageBucket { resource: r.get(0), unit: r.get(1), start: r.get(2), quantity: r.get(3) }).collect())
+    }
+    fn events(&mut self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+        let rows = self.query(
+            "SELECT kind, computer_reference, reference, state, message, time, tree FROM report
+             WHERE time >= $1 AND time < $2 AND ($3::TEXT IS NULL OR computer_reference = $3)
+               AND ($4::TEXT IS NULL OR (kind = 'partition' AND reference = $4)) AND ($5::TEXT IS NULL OR tree = $5)
+             ORDER BY time DESC, rowid DESC LIMIT $6",
+            &[&f.since, &f.until, &f.computer, &f.partition, &f.tree, &(f.limit as i64)],
+        )?;
+        Ok(rows.iter().map(|r| EventRow { report: report_row(r), tree: r.get(6) }).collect())
     }
 
     fn add_certificate(&mut self, c: &CertificateRow) -> Result<(), StoreError> {
