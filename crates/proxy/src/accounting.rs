@@ -18,8 +18,8 @@
 pub mod journal;
 pub mod routes;
 
-use crate::store::{EventRow, MovementRow, ReportRow, StoreError, Tx};
 pub use crate::store::{EventFilter, Scope, UsageBucket, UsageQuery};
+use crate::store::{EventRow, MovementRow, ReportRow, StoreError, Tx};
 
 /// The most events one call returns.
 pub const MAX_EVENTS: usize = 5_000;

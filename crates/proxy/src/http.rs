@@ -417,8 +417,7 @@ async fn use_computer(State(app): State<Shared>, body: Bytes) -> Response {
 async fn computer_bang(State(app): State<Shared>, body: Bytes) -> Response {
     let r = async {
         let (c, message) =
-            form(&app, body, |f| Ok((f.get("computer_id").unwrap_or("").to_string(), f.get("message").unwrap_or("").to_string())))
-                .await?;
+            form(&app, body, |f| Ok((f.get("computer_id").unwrap_or("").to_string(), f.get("message").unwrap_or("").to_string()))).await?;
         tracing::info!("computer {} banged: {}", excerpt(&c, LOGGED_VALUE), excerpt(&message, LOGGED_VALUE));
         if !c.is_empty() {
             tx(&app, move |t, _| master::computer_bang(t, &c, &message)).await?;

@@ -838,9 +838,10 @@ const MOVEMENT_COLUMNS: &str = "time, computer_reference, partition_reference, t
 /// arguments, numbered from 5 with the backend's placeholder (`?` or `$`).
 fn scope_condition(q: &UsageQuery, placeholder: char) -> (String, Vec<String>) {
     let (mut cond, mut args) = match &q.scope {
-        Scope::Partition { computer, partition } => {
-            (format!("computer_reference = {placeholder}5 AND partition_reference = {placeholder}6"), vec![computer.clone(), partition.clone()])
-        }
+        Scope::Partition { computer, partition } => (
+            format!("computer_reference = {placeholder}5 AND partition_reference = {placeholder}6"),
+            vec![computer.clone(), partition.clone()],
+        ),
         Scope::Tree(t) => (format!("tree = {placeholder}5"), vec![t.clone()]),
         Scope::Computer(c) => (format!("computer_reference = {placeholder}5"), vec![c.clone()]),
     };
@@ -855,7 +856,7 @@ fn scope_condition(q: &UsageQuery, placeholder: char) -> (String, Vec<String>) {
 /// retention's days before the newest reception.
 fn movement_cutoff(rows: &[MovementRow], retention: &Retention) -> Option<f64> {
     let newest = rows.iter().map(|m| m.received).fold(f64::NAN, f64::max);
-    (!newest.is_nan()).then(|| newest - retention.movement_days as f64 * 86400.0)
+    (!newest.is_nan()).then_some(newest - retention.movement_days as f64 * 86400.0)
 }
 
 const PARTITION_COLUMNS: &str = "reference, computer_reference, slap_state, software_release, xml, connection_xml, \
@@ -1216,7 +1217,9 @@ impl Tx for SqliteTx<'_> {
         Ok(rows)
     }
     fn add_movements(&mut self, rows: &[MovementRow]) -> Result<(), StoreError> {
-        let mut st = self.tx.prepare_cached(&format!("INSERT INTO usage_movement ({MOVEMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?;
+        let mut st = self
+            .tx
+            .prepare_cached(&format!("INSERT INTO usage_movement ({MOVEMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?;
         for m in rows {
             st.execute(params![
                 m.time,
@@ -1265,8 +1268,7 @@ impl Tx for SqliteTx<'_> {
              GROUP BY resource, unit, start ORDER BY resource, unit, start LIMIT ?4"
         );
         let mut st = self.tx.prepare_cached(&sql)?;
-        let mut args: Vec<rusqlite::types::Value> =
-            vec![q.bucket.into(), q.since.max(0.0).into(), q.until.into(), (q.limit as i64).into()];
+        let mut args: Vec<rusqlite::types::Value> = vec![q.bucket.into(), q.since.max(0.0).into(), q.until.into(), (q.limit as i64).into()];
         args.extend(scope_args.into_iter().map(rusqlite::types::Value::from));
         let rows = st
             .query_map(rusqlite::params_from_iter(args), |r| {

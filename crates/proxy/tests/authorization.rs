@@ -276,15 +276,16 @@ fn request_form(title: &str, requester: Option<(&str, &str)>) -> Vec<(&'static s
 fn call_of(route: &str, rule: Rule, who: Who, site: &Site) -> (&'static str, String, Vec<(&'static str, String)>) {
     let cp = |c: &str, p: &str| vec![("computer_id", c.to_string()), ("computer_partition_id", p.to_string())];
     let path = |p: &str| route.replace("{title}", p).replace("{reference}", p);
-    let post = !matches!(rule, Rule::Public | Rule::Authenticated | Rule::People | Rule::Tree(_) | Rule::ComputerUser(_) | Rule::Accounting)
-        && ![
-            "/getFullComputerInformation",
-            "/getComputerInformation",
-            "/registerComputerPartition",
-            "/getComputerPartitionStatus",
-            "/getComputerPartitionCertificate",
-        ]
-        .contains(&route);
+    let post =
+        !matches!(rule, Rule::Public | Rule::Authenticated | Rule::People | Rule::Tree(_) | Rule::ComputerUser(_) | Rule::Accounting)
+            && ![
+                "/getFullComputerInformation",
+                "/getComputerInformation",
+                "/registerComputerPartition",
+                "/getComputerPartitionStatus",
+                "/getComputerPartitionCertificate",
+            ]
+            .contains(&route);
     let method = if post { "POST" } else { "GET" };
     let form: Vec<(&'static str, String)> = match route {
         "/" | "/getRunId" | "/hateoas" => vec![],

@@ -69,7 +69,9 @@ impl Args {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
     }
     fn time(&self, key: &str) -> Result<Option<f64>, ApiError> {
-        self.get(key).map(|v| parse_time(v).ok_or_else(|| bad(format!("'{key}': not a time: {}", crate::limits::excerpt(v, 100))))).transpose()
+        self.get(key)
+            .map(|v| parse_time(v).ok_or_else(|| bad(format!("'{key}': not a time: {}", crate::limits::excerpt(v, 100)))))
+            .transpose()
     }
     /// (since, until): the last 30 days by default.
     fn window(&self) -> Result<(f64, f64), ApiError> {
@@ -106,10 +108,7 @@ pub fn iso(t: f64) -> String {
 }
 
 /// Runs `f` in a read transaction on the blocking pool.
-async fn read<R: Send + 'static>(
-    app: &Shared,
-    f: impl Fn(&mut dyn Tx) -> Result<R, ApiError> + Send + 'static,
-) -> Result<R, ApiError> {
+async fn read<R: Send + 'static>(app: &Shared, f: impl Fn(&mut dyn Tx) -> Result<R, ApiError> + Send + 'static) -> Result<R, ApiError> {
     let app = app.clone();
     tokio::task::spawn_blocking(move || app.store.read(f))
         .await
@@ -242,8 +241,7 @@ async fn usage(State(app): State<Shared>, who: Option<Extension<Identity>>, head
     };
     match r.await {
         Ok((true, _, _, _, buckets)) => {
-            let rows =
-                buckets.into_iter().map(|b| vec![iso(b.start as f64), b.resource, b.unit, b.quantity.to_string()]);
+            let rows = buckets.into_iter().map(|b| vec![iso(b.start as f64), b.resource, b.unit, b.quantity.to_string()]);
             body(true, csv_text(&["start", "resource", "unit", "quantity"], rows))
         }
         Ok((false, scope, id, bucket, buckets)) => {

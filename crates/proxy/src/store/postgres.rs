@@ -528,7 +528,17 @@ impl Tx for PgTx<'_, '_> {
         for m in rows {
             let r = self.t.execute(
                 &st,
-                &[&m.time, &m.computer_reference, &m.partition_reference, &m.tree, &m.resource, &m.title, &m.quantity, &m.unit, &m.received],
+                &[
+                    &m.time,
+                    &m.computer_reference,
+                    &m.partition_reference,
+                    &m.tree,
+                    &m.resource,
+                    &m.title,
+                    &m.quantity,
+                    &m.unit,
+                    &m.received,
+                ],
             );
             r.map_err(|e| self.failed(e))?;
         }
