@@ -149,6 +149,44 @@ impl Drop for Cloud {
 }
 
 /// The processes whose parent is `pid`.
+impl Cloud {
+    /// The master's accounting as JSON (`/api/…`).
+    fn api(&self, path_and_query: &str) -> serde_json::Value {
+        let text = get(&format!("http://127.0.0.1:{}{path_and_query}", self.port)).expect("the accounting answers");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// A consumption report left in the partition's `var/xml_report/`,
+    /// `node report`, then the hourly usage of the tree and its events.
+    fn reports_usage_into_the_accounting(&self, pp: &Path) {
+        let reports = pp.join("var/xml_report");
+        std::fs::create_dir_all(&reports).unwrap();
+        let movement = |resource: &str, q: &str| {
+            format!("<movement><resource>{resource}</resource><title>{resource}</title><reference>whatever</reference><quantity>{q}</quantity><price>0.0</price><VAT/><category/></movement>")
+        };
+        let doc = format!(
+            "<?xml version='1.0' encoding='utf-8'?><journal><transaction type=\"Sale Packing List\">{}{}{}</transaction></journal>",
+            movement("requests", "3"),
+            movement("requests", "4.5"),
+            movement("bytes", "1024")
+        );
+        std::fs::write(reports.join("usage.xml"), doc).unwrap();
+        chown_tree(&pp.join("var"));
+        self.ok(&["node", "report", "--now"], 0);
+        assert!(!reports.join("usage.xml").exists(), "the report was consumed");
+        let usage = self.api("/api/usage?scope=tree&id=hello&bucket=hour");
+        let total = |resource: &str| -> f64 {
+            let series = usage["series"].as_array().unwrap();
+            let s = series.iter().find(|s| s["resource"] == resource).unwrap_or_else(|| panic!("no {resource}: {usage}"));
+            s["points"].as_array().unwrap().iter().map(|p| p["quantity"].as_f64().unwrap()).sum()
+        };
+        assert_eq!((total("requests"), total("bytes")), (7.5, 1024.0), "{usage}");
+        let events = self.api("/api/events?tree=hello");
+        let kinds: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        assert!(kinds.contains(&"state") && kinds.contains(&"bang"), "the deployment's reports and the watchdog's bang: {events}");
+    }
+}
+
 fn children_of(pid: i32) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -237,6 +275,10 @@ fn needs_venv_deploys_the_example_survives_supervisord_and_master_failures() {
     let out = c.ok(&["node", "instance", "--now"], 0);
     assert!(out.contains("Processing Computer Partition slappart0."), "reprocessed after the bang: {out}");
     assert!(wait_answer(&url).is_some());
+
+    // usage: what the partition reports itself goes through `node report`
+    // into the master's accounting, summed per hour for its tree
+    c.reports_usage_into_the_accounting(&pp);
 
     // supervisord killed: the next run starts it and the services again
     // (as after an OOM kill or a crash of the machine: its services die too)
