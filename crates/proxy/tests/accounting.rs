@@ -479,3 +479,27 @@ fn events_answer_with_their_tree_kind_and_text_as_json_and_csv() {
         assert!(serde_json::from_str::<J>(&body).unwrap()["error"].is_string());
     }
 }
+
+#[test]
+#[ignore = "needs the venv"]
+fn needs_venv_the_journals_slapos_core_writes_are_read() {
+    let venv = test_support::python_venv();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/journals.py");
+    let out = std::process::Command::new(venv.join("bin/python3")).arg(&script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (collect, slapgrid) = text.split_once("\n---8<---\n").expect("two journals");
+    let m = Master::site();
+    for journal in [collect, slapgrid] {
+        m.post("/useComputer", &[("computer_id", "C".into()), ("use_string", journal.into())]);
+    }
+    let child = m.json("/api/usage?scope=tree&id=tree-a&bucket=day&since=2026-11-01&until=2100-01-01");
+    assert_eq!(total(&child, "CPU"), 42.0, "slapgrid's journal, for slappart1 of tree-a: {child}");
+    assert_eq!(total(&child, "service_module/cpu_load_percent"), 3.25, "collect's, slapuser1 being slappart1");
+    let computer = m.json("/api/usage?scope=computer&id=C&bucket=day&since=2026-11-30&until=2026-12-01");
+    let memory = computer["series"].as_array().unwrap().iter().find(|s| s["resource"] == "service_module/memory_used").unwrap();
+    assert_eq!((memory["unit"].as_str(), memory["points"][0]["quantity"].as_f64()), (Some("B"), Some(2048.0)));
+    let events = m.json("/api/events?computer=C");
+    let summaries: Vec<&str> = events["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    assert_eq!(summaries, ["1 movements recorded, 0 skipped", "2 movements recorded, 0 skipped"]);
+}

@@ -438,3 +438,32 @@ fn a_refused_request_is_answered_with_who_and_what() {
         .unwrap();
     assert_eq!(tx_count, 6);
 }
+
+#[test]
+fn a_person_sees_a_partition_through_its_tree_only_what_that_tree_did() {
+    let site = site();
+    let cp = |p: &str| vec![("computer_id", C1.to_string()), ("computer_partition_id", p.to_string())];
+    // `child` (slappart1) starts in tree-a, whose root is then renamed tree-x
+    site.ok(Who::Computer, "POST", "/startedComputerPartition", &cp(Q));
+    site.ok(Who::Computer, "POST", "/softwareInstanceRename", &[cp("slappart0"), vec![("new_name", "tree-x".into())]].concat());
+    site.ok(Who::Computer, "POST", "/stoppedComputerPartition", &cp(Q));
+    let journal = format!("<journal><transaction><movement><resource>cpu</resource><reference>{Q}</reference><quantity>2</quantity></movement></transaction></journal>");
+    site.ok(Who::Computer, "POST", "/useComputer", &[("computer_id", C1.into()), ("use_string", journal)]);
+    site.ok(Who::Admin, "POST", "/identity/grant", &[("kind", "tree".into()), ("reference", "tree-x".into()), ("user", "bob".into())]);
+    let states = |who: Who| -> Vec<String> {
+        let body = site.ok(who, "GET", "/api/events", &[("computer", C1.into()), ("partition", Q.into())]);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["events"].as_array().unwrap().iter().map(|e| format!("{} {}", e["state"].as_str().unwrap_or("-"), e["tree"])).collect()
+    };
+    assert_eq!(states(Who::Admin), ["stopped \"tree-x\"", "started \"tree-a\""]);
+    assert_eq!(states(Who::Owner), ["stopped \"tree-x\"", "started \"tree-a\""], "alice may use COMP-1: all of it");
+    assert_eq!(states(Who::OtherUser), ["stopped \"tree-x\""], "bob sees slappart1 through tree-x only");
+    let usage = site.ok(Who::OtherUser, "GET", "/api/usage", &[("scope", "partition".into()), ("id", format!("{C1}/{Q}"))]);
+    assert!(usage.contains("\"quantity\":2.0"), "{usage}");
+    for form in [vec![("computer", C1.to_string())], vec![("tree", "tree-a".to_string())], vec![]] {
+        let (status, body) = site.call(Who::OtherUser, "GET", "/api/events", &form).unwrap();
+        assert_eq!(status, 403, "{form:?}: {body}");
+    }
+    let (status, _) = site.call(Who::Computer, "GET", "/api/usage", &[("scope", "computer".into()), ("id", C2.into())]).unwrap();
+    assert_eq!(status, 403, "a computer sees only itself");
+}
