@@ -230,8 +230,9 @@ pub struct RelatedRow {
 }
 
 /// How much node history the store keeps (`[slapproxy] report_history`,
-/// `report_limit`, `usage_history`, `usage_limit`): the newest rows, older
-/// ones are deleted as new ones come.
+/// `report_limit`, `usage_history`, `usage_limit`, `usage_movement_limit`,
+/// `usage_movement_days`): the newest rows, older ones are deleted as new
+/// ones come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// State reports kept per software release or partition.
