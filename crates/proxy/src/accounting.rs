@@ -154,8 +154,14 @@ pub fn events(tx: &mut dyn Tx, filter: &EventFilter) -> Result<Vec<Event>, Store
 }
 
 /// The usage of a scope per resource, unit and bucket, summed by the
-/// database (at most [`MAX_BUCKETS`]), ordered by resource, unit and start.
+/// database from its hourly sums (at most [`MAX_BUCKETS`]), ordered by
+/// resource, unit and start. The window takes whole hours: those that start
+/// from `since`'s hour and before `until`.
 pub fn usage(tx: &mut dyn Tx, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+    // (movements without a tree are summed under the tree '')
+    if matches!(&query.scope, Scope::Tree(t) if t.is_empty()) || query.tree.as_deref() == Some("") {
+        return Ok(Vec::new());
+    }
     let query = UsageQuery { limit: query.limit.min(MAX_BUCKETS), ..query.clone() };
     tx.usage_sums(&query)
 }

@@ -243,7 +243,8 @@ pub struct Retention {
     pub usage_per_computer: usize,
     /// Usage reports kept in all (among the last ones received).
     pub usage: usize,
-    /// Usage movements (the accounting's rows) kept in all, the last received.
+    /// Usage movements (the accounting's rows) kept in all, the last
+    /// received; and hourly sums, the last made.
     pub movements: usize,
     /// Usage movements are kept this many days after their time.
     pub movement_days: usize,
@@ -442,7 +443,9 @@ pub trait Tx {
     /// Every movement kept, in the order received (for `proxy migrate`).
     fn movements(&mut self) -> Result<Vec<MovementRow>, StoreError>;
     /// The movements of a scope summed per resource, unit and bucket (in
-    /// SQL), ordered by resource, unit and start.
+    /// SQL, from the hourly sums kept as movements come: the hours that
+    /// start from `since`'s hour and before `until`), ordered by resource,
+    /// unit and start.
     fn usage_sums(&mut self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError>;
     /// The reports that match `filter`, newest first, with their tree.
     fn events(&mut self, filter: &EventFilter) -> Result<Vec<EventRow>, StoreError>;
@@ -643,7 +646,8 @@ pub const MIGRATIONS: &[Migration] = &[
     // identity; together they make the ETag of full computer information
     Migration::Generated(migrations::computer_versions),
     // 6: the accounting (proxy::accounting): reports carry the instance tree
-    // of their partition, usage journals are read into movements
+    // of their partition, usage journals are read into movements, which are
+    // also summed per hour as they come (`usage_hour`, tree '' for none)
     Migration::Portable(
         "ALTER TABLE report ADD COLUMN tree TEXT;
      CREATE INDEX report_time ON report (time);
@@ -660,8 +664,19 @@ pub const MIGRATIONS: &[Migration] = &[
         received REAL NOT NULL
      );
      CREATE INDEX usage_movement_time ON usage_movement (time);
-     CREATE INDEX usage_movement_computer ON usage_movement (computer_reference, partition_reference, time);
-     CREATE INDEX usage_movement_tree ON usage_movement (tree, time);",
+     CREATE TABLE usage_hour (
+        computer_reference TEXT NOT NULL,
+        partition_reference TEXT NOT NULL,
+        tree TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        start INTEGER NOT NULL,
+        quantity REAL NOT NULL,
+        PRIMARY KEY (computer_reference, partition_reference, tree, resource, unit, start)
+     );
+     CREATE INDEX usage_hour_tree ON usage_hour (tree, start);
+     CREATE INDEX usage_hour_computer ON usage_hour (computer_reference, start);
+     CREATE INDEX usage_hour_partition ON usage_hour (computer_reference, partition_reference, start);",
     ),
 ];
 
@@ -851,6 +866,18 @@ fn scope_condition(q: &UsageQuery, placeholder: char) -> (String, Vec<String>) {
         cond += &format!(" AND tree = {placeholder}{}", args.len() + 4);
     }
     (cond, args)
+}
+
+/// Adds a movement to its hour of `usage_hour` (placeholders of SQLite,
+/// renamed for PostgreSQL): computer, partition, tree, resource, unit,
+/// hour, quantity.
+const ADD_TO_HOUR: &str = "INSERT INTO usage_hour (computer_reference, partition_reference, tree, resource, unit, start, quantity)";
+const ADD_TO_HOUR_CONFLICT: &str = "ON CONFLICT (computer_reference, partition_reference, tree, resource, unit, start)
+     DO UPDATE SET quantity = usage_hour.quantity + excluded.quantity";
+
+/// The start of the UTC hour of `time`.
+fn hour_of(time: f64) -> i64 {
+    (time / 3600.0).floor() as i64 * 3600
 }
 
 /// Movements older than this are forgotten after `rows` were added: the
@@ -1234,10 +1261,18 @@ impl Tx for SqliteTx<'_> {
                 m.received
             ])?;
         }
-        let mut st = self.tx.prepare_cached("DELETE FROM usage_movement WHERE rowid <= (SELECT MAX(rowid) FROM usage_movement) - ?1")?;
-        st.execute([self.retention.movements as i64])?;
+        let mut st = self.tx.prepare_cached(&format!("{ADD_TO_HOUR} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) {ADD_TO_HOUR_CONFLICT}"))?;
+        for m in rows {
+            let tree = m.tree.as_deref().unwrap_or("");
+            st.execute(params![m.computer_reference, m.partition_reference, tree, m.resource, m.unit, hour_of(m.time), m.quantity])?;
+        }
+        for table in ["usage_movement", "usage_hour"] {
+            let mut st = self.tx.prepare_cached(&format!("DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?1"))?;
+            st.execute([self.retention.movements as i64])?;
+        }
         if let Some(cutoff) = movement_cutoff(rows, &self.retention) {
             self.tx.prepare_cached("DELETE FROM usage_movement WHERE time < ?1")?.execute([cutoff])?;
+            self.tx.prepare_cached("DELETE FROM usage_hour WHERE start < ?1")?.execute([cutoff.floor() as i64])?;
         }
         Ok(())
     }
@@ -1262,14 +1297,15 @@ impl Tx for SqliteTx<'_> {
     }
     fn usage_sums(&mut self, q: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
         let (cond, scope_args) = scope_condition(q, '?');
-        // times are not negative (the query's window starts at 0 at the earliest)
+        // hours are not negative (the query's window starts at 0 at the earliest)
         let sql = format!(
-            "SELECT resource, unit, CAST(time / ?1 AS INTEGER) * ?1 AS start, SUM(quantity) FROM usage_movement
-             WHERE time >= ?2 AND time < ?3 AND {cond}
-             GROUP BY resource, unit, start ORDER BY resource, unit, start LIMIT ?4"
+            "SELECT resource, unit, (start / ?1) * ?1 AS bucket, SUM(quantity) FROM usage_hour
+             WHERE start >= ?2 AND start < ?3 AND {cond}
+             GROUP BY resource, unit, bucket ORDER BY resource, unit, bucket LIMIT ?4"
         );
         let mut st = self.tx.prepare_cached(&sql)?;
-        let mut args: Vec<rusqlite::types::Value> = vec![q.bucket.into(), q.since.max(0.0).into(), q.until.into(), (q.limit as i64).into()];
+        let mut args: Vec<rusqlite::types::Value> =
+            vec![q.bucket.into(), hour_of(q.since.max(0.0)).into(), (q.until.ceil() as i64).into(), (q.limit as i64).into()];
         args.extend(scope_args.into_iter().map(rusqlite::types::Value::from));
         let rows = st
             .query_map(rusqlite::params_from_iter(args), |r| {

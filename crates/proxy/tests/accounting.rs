@@ -1,5 +1,5 @@
 //! The accounting (`proxy::accounting`): usage summed by hour and day in SQL
-//! on both backends for a seeded history (known sums, bucket edges, several
+//! (from the hourly sums kept as movements come) on both backends for a seeded history (known sums, bucket edges, several
 //! resources, several partitions of one tree), the journals our node,
 //! slapgrid 1.26.1 and slapos.collect write read into movements, and the
 //! HTTP API (`/api/events`, `/api/usage`, JSON and CSV).
@@ -136,6 +136,10 @@ fn old_movements_and_too_many_are_forgotten() {
     store.transaction(|tx: &mut dyn Tx| tx.add_movements(&rows)).unwrap();
     let kept = store.read(|tx: &mut dyn Tx| tx.movements()).unwrap();
     assert_eq!(kept.iter().map(|m| m.time - DAY).collect::<Vec<_>>(), vec![2.0, 3.0, 4.0]);
+    // the hourly sums were made as the movements came: the old hour is gone,
+    // the recent one keeps every movement
+    let part = Scope::Partition { computer: "C".into(), partition: "slappart0".into() };
+    assert_eq!(sums(&store, part, 3600, 0.0, 1e12), vec![row("cpu", "s", DAY, 4.0)]);
 }
 
 /// Reports of two trees on one computer, a software release and the computer.

@@ -17,9 +17,10 @@ use postgres::{IsolationLevel, NoTls, Row, Transaction};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 
 use super::{
-    hide_password, movement_cutoff, scope_condition, AddressRow, Backend, CertificateRow, ComputerRow, EventFilter, EventRow, ForwardRow,
-    MovementRow, PartitionRow, RelatedRow, ReportRow, Retention, SlaveRow, SoftwareRow, Store, StoreError, TokenRow, Tx, UsageBucket,
-    UsageQuery, UsageRow, MIGRATIONS, MOVEMENT_COLUMNS, PARTITION_COLUMNS, SCHEMA_VERSION, TREE_OF_REPORT,
+    hide_password, hour_of, movement_cutoff, scope_condition, AddressRow, Backend, CertificateRow, ComputerRow, EventFilter, EventRow,
+    ForwardRow, MovementRow, PartitionRow, RelatedRow, ReportRow, Retention, SlaveRow, SoftwareRow, Store, StoreError, TokenRow, Tx,
+    UsageBucket, UsageQuery, UsageRow, ADD_TO_HOUR, ADD_TO_HOUR_CONFLICT, MIGRATIONS, MOVEMENT_COLUMNS, PARTITION_COLUMNS, SCHEMA_VERSION,
+    TREE_OF_REPORT,
 };
 
 /// How write transactions keep concurrent masters apart.
@@ -542,13 +543,21 @@ impl Tx for PgTx<'_, '_> {
             );
             r.map_err(|e| self.failed(e))?;
         }
+        let st = self.t.prepare(&format!("{ADD_TO_HOUR} VALUES ($1, $2, $3, $4, $5, $6, $7) {ADD_TO_HOUR_CONFLICT}"));
+        let st = st.map_err(|e| self.failed(e))?;
+        for m in rows {
+            let (tree, hour) = (m.tree.as_deref().unwrap_or(""), hour_of(m.time));
+            let r = self.t.execute(&st, &[&m.computer_reference, &m.partition_reference, &tree, &m.resource, &m.unit, &hour, &m.quantity]);
+            r.map_err(|e| self.failed(e))?;
+        }
         let all = self.retention.movements as i64;
-        self.execute(
-            "DELETE FROM usage_movement WHERE rowid <= (SELECT rowid FROM usage_movement ORDER BY rowid DESC OFFSET $1 LIMIT 1)",
-            &[&all],
-        )?;
+        for table in ["usage_movement", "usage_hour"] {
+            let sql = format!("DELETE FROM {table} WHERE rowid <= (SELECT rowid FROM {table} ORDER BY rowid DESC OFFSET $1 LIMIT 1)");
+            self.execute(&sql, &[&all])?;
+        }
         if let Some(cutoff) = movement_cutoff(rows, &self.retention) {
             self.execute("DELETE FROM usage_movement WHERE time < $1", &[&cutoff])?;
+            self.execute("DELETE FROM usage_hour WHERE start < $1", &[&(cutoff.floor() as i64)])?;
         }
         Ok(())
     }
@@ -573,13 +582,13 @@ impl Tx for PgTx<'_, '_> {
         let (cond, scope_args) = scope_condition(q, '$');
         // byte order of the names, as SQLite sorts
         let sql = format!(
-            "SELECT resource, unit, (floor(time / $1) * $1)::BIGINT AS start, SUM(quantity) FROM usage_movement
-             WHERE time >= $2 AND time < $3 AND {cond}
-             GROUP BY resource, unit, start ORDER BY resource COLLATE \"C\", unit COLLATE \"C\", start LIMIT $4"
+            "SELECT resource, unit, (start / $1) * $1 AS bucket, SUM(quantity) FROM usage_hour
+             WHERE start >= $2 AND start < $3 AND {cond}
+             GROUP BY resource, unit, bucket ORDER BY resource COLLATE \"C\", unit COLLATE \"C\", bucket LIMIT $4"
         );
-        let bucket = q.bucket as f64;
-        let (since, limit) = (q.since.max(0.0), q.limit as i64);
-        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&bucket, &since, &q.until, &limit];
+        // hours are not negative (the query's window starts at 0 at the earliest)
+        let (since, until, limit) = (hour_of(q.since.max(0.0)), q.until.ceil() as i64, q.limit as i64);
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&q.bucket, &since, &until, &limit];
         args.extend(scope_args.iter().map(|a| a as &(dyn ToSql + Sync)));
         let rows = self.query(&sql, &args)?;
         Ok(rows.iter().map(|r| UsageBucket { resource: r.get(0), unit: r.get(1), start: r.get(2), quantity: r.get(3) }).collect())
