@@ -19,7 +19,7 @@ pub mod journal;
 pub mod routes;
 
 pub use crate::store::{EventFilter, Scope, UsageBucket, UsageQuery};
-use crate::store::{EventRow, MovementRow, ReportRow, StoreError, Tx};
+use crate::store::{MovementRow, ReportRow, StoreError, Tx};
 
 /// The most events one call returns.
 pub const MAX_EVENTS: usize = 5_000;
@@ -121,9 +121,8 @@ fn is_promise_failure(message: Option<&str>) -> bool {
     message.is_some_and(|m| m.contains("Promise '") && m.contains("failed"))
 }
 
-impl From<EventRow> for Event {
-    fn from(row: EventRow) -> Event {
-        let r = row.report;
+impl From<ReportRow> for Event {
+    fn from(r: ReportRow) -> Event {
         let kind = match (r.kind.as_str(), r.state.as_str()) {
             ("software", _) => EventKind::Software,
             ("usage", _) => EventKind::Usage,
@@ -140,7 +139,7 @@ impl From<EventRow> for Event {
             software: (kind == EventKind::Software).then(|| r.reference.clone()),
             computer: r.computer_reference,
             partition,
-            tree: row.tree,
+            tree: r.tree,
             state: (!stateless).then_some(r.state),
             message: r.message,
         }
@@ -264,6 +263,7 @@ pub fn record_usage(tx: &mut dyn Tx, computer: &str, body: &str, now: f64) -> Re
         state: "received".into(),
         message: Some(summary),
         time: now,
+        tree: None,
     })?;
     Ok(recorded)
 }

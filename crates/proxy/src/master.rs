@@ -291,6 +291,7 @@ pub fn report(
         state: state.into(),
         message: message.map(|m| tail(m, MAX_STORED_MESSAGE)),
         time: now(),
+        tree: None,
     })?;
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! destination, which must be empty. Rows keep their order (which fixes
 //! allocation order and the order of every list a node reads).
 
-use crate::store::{AnyStore, CertificateRow, Database, ForwardRow, MovementRow, RelatedRow, Retention, Store, StoreError, TokenRow, Tx};
+use crate::store::{
+    AnyStore, CertificateRow, Database, ForwardRow, MovementRow, RelatedRow, Retention, Store, StoreError, TokenRow, Tx, UsageHourRow,
+};
 
 /// How many rows of each kind were copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,6 +40,7 @@ struct Others {
     forwards: Vec<ForwardRow>,
     related: Vec<RelatedRow>,
     movements: Vec<MovementRow>,
+    hours: Vec<UsageHourRow>,
 }
 
 impl Others {
@@ -50,6 +53,7 @@ impl Others {
             forwards: tx.forwards()?,
             related: tx.related()?,
             movements: tx.movements()?,
+            hours: tx.usage_hours()?,
         })
     }
 
@@ -73,6 +77,8 @@ impl Others {
             tx.set_related(r)?;
         }
         tx.add_movements(&self.movements)?;
+        // the sums as they were (they outlive the movements they were made of)
+        tx.replace_usage_hours(&self.hours)?;
         Ok(())
     }
 }

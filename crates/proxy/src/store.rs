@@ -157,6 +157,9 @@ pub struct ReportRow {
     pub message: Option<String>,
     /// When it was reported (seconds since the epoch).
     pub time: f64,
+    /// The root title of the instance tree of a partition report; None when
+    /// added: that of the partition then (`proxy migrate` gives the one kept).
+    pub tree: Option<String>,
 }
 
 /// A usage report (`useComputer`).
@@ -288,6 +291,26 @@ pub struct MovementRow {
     pub received: f64,
 }
 
+/// The sum of a partition's movements of one resource and unit in one hour
+/// (`usage_hour`, made as movements come).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageHourRow {
+    /// The computer.
+    pub computer_reference: String,
+    /// The partition (empty: the computer itself).
+    pub partition_reference: String,
+    /// The root title of its tree (empty: none).
+    pub tree: String,
+    /// The resource.
+    pub resource: String,
+    /// Its unit.
+    pub unit: String,
+    /// The hour's start, seconds since the epoch.
+    pub start: i64,
+    /// The sum of its movements.
+    pub quantity: f64,
+}
+
 /// What [`Tx::usage_sums`] adds up: the movements of one scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
@@ -351,15 +374,6 @@ pub struct EventFilter {
     pub until: f64,
     /// At most this many, the newest.
     pub limit: usize,
-}
-
-/// A recorded report with the instance tree its partition belonged to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventRow {
-    /// The report.
-    pub report: ReportRow,
-    /// The root title of the partition's tree when it was reported.
-    pub tree: Option<String>,
 }
 
 /// The operations the master needs, inside one transaction. Lists come in
@@ -442,13 +456,18 @@ pub trait Tx {
     fn add_movements(&mut self, rows: &[MovementRow]) -> Result<(), StoreError>;
     /// Every movement kept, in the order received (for `proxy migrate`).
     fn movements(&mut self) -> Result<Vec<MovementRow>, StoreError>;
+    /// Every hourly sum, in the order made (for `proxy migrate`).
+    fn usage_hours(&mut self) -> Result<Vec<UsageHourRow>, StoreError>;
+    /// Replaces every hourly sum (`proxy migrate`: they outlive the
+    /// movements they were made of).
+    fn replace_usage_hours(&mut self, rows: &[UsageHourRow]) -> Result<(), StoreError>;
     /// The movements of a scope summed per resource, unit and bucket (in
     /// SQL, from the hourly sums kept as movements come: the hours that
     /// start from `since`'s hour and before `until`), ordered by resource,
     /// unit and start.
     fn usage_sums(&mut self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError>;
-    /// The reports that match `filter`, newest first, with their tree.
-    fn events(&mut self, filter: &EventFilter) -> Result<Vec<EventRow>, StoreError>;
+    /// The reports that match `filter`, newest first.
+    fn events(&mut self, filter: &EventFilter) -> Result<Vec<ReportRow>, StoreError>;
 
     /// Records an issued certificate.
     fn add_certificate(&mut self, row: &CertificateRow) -> Result<(), StoreError>;
@@ -840,7 +859,7 @@ pub struct SqliteTx<'a> {
     retention: Retention,
 }
 
-/// The tree of a partition report, at insertion: the root title of the
+/// The tree of a partition report added without one: the root title of the
 /// partition named by the report's kind (`?1`), computer (`?2`) and
 /// reference (`?3`) (PostgreSQL's placeholders are renamed).
 const TREE_OF_REPORT: &str = "CASE WHEN ?1 = 'partition' THEN
@@ -867,6 +886,9 @@ fn scope_condition(q: &UsageQuery, placeholder: char) -> (String, Vec<String>) {
     }
     (cond, args)
 }
+
+/// The columns of `usage_hour`, in [`UsageHourRow`]'s order.
+const HOUR_COLUMNS: &str = "computer_reference, partition_reference, tree, resource, unit, start, quantity";
 
 /// Adds a movement to its hour of `usage_hour` (placeholders of SQLite,
 /// renamed for PostgreSQL): computer, partition, tree, resource, unit,
@@ -1173,9 +1195,9 @@ impl Tx for SqliteTx<'_> {
     fn add_report(&mut self, r: &ReportRow) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO report (kind, computer_reference, reference, state, message, time, tree)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, {TREE_OF_REPORT})"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, {TREE_OF_REPORT}))"
         );
-        self.tx.execute(&sql, params![r.kind, r.computer_reference, r.reference, r.state, r.message, r.time])?;
+        self.tx.execute(&sql, params![r.kind, r.computer_reference, r.reference, r.state, r.message, r.time, r.tree])?;
         let mut st = self.tx.prepare_cached(
             "DELETE FROM report WHERE kind = ?1 AND computer_reference = ?2 AND reference = ?3 AND rowid NOT IN
                (SELECT rowid FROM report WHERE kind = ?1 AND computer_reference = ?2 AND reference = ?3
@@ -1189,7 +1211,7 @@ impl Tx for SqliteTx<'_> {
     }
     fn reports(&mut self) -> Result<Vec<ReportRow>, StoreError> {
         let mut st =
-            self.tx.prepare_cached("SELECT kind, computer_reference, reference, state, message, time FROM report ORDER BY rowid")?;
+            self.tx.prepare_cached("SELECT kind, computer_reference, reference, state, message, time, tree FROM report ORDER BY rowid")?;
         let rows = st
             .query_map([], |r| {
                 Ok(ReportRow {
@@ -1199,6 +1221,7 @@ impl Tx for SqliteTx<'_> {
                     state: r.get(3)?,
                     message: r.get(4)?,
                     time: r.get(5)?,
+                    tree: r.get(6)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -1206,7 +1229,7 @@ impl Tx for SqliteTx<'_> {
     }
     fn last_reports(&mut self) -> Result<Vec<ReportRow>, StoreError> {
         let mut st = self.tx.prepare_cached(
-            "SELECT kind, computer_reference, reference, state, message, MAX(time) FROM report
+            "SELECT kind, computer_reference, reference, state, message, MAX(time), tree FROM report
              GROUP BY kind, computer_reference, reference ORDER BY kind, computer_reference, reference",
         )?;
         let rows = st
@@ -1218,6 +1241,7 @@ impl Tx for SqliteTx<'_> {
                     state: r.get(3)?,
                     message: r.get(4)?,
                     time: r.get(5)?,
+                    tree: r.get(6)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -1295,6 +1319,31 @@ impl Tx for SqliteTx<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+    fn usage_hours(&mut self) -> Result<Vec<UsageHourRow>, StoreError> {
+        let mut st = self.tx.prepare_cached(&format!("SELECT {HOUR_COLUMNS} FROM usage_hour ORDER BY rowid"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(UsageHourRow {
+                    computer_reference: r.get(0)?,
+                    partition_reference: r.get(1)?,
+                    tree: r.get(2)?,
+                    resource: r.get(3)?,
+                    unit: r.get(4)?,
+                    start: r.get(5)?,
+                    quantity: r.get(6)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+    fn replace_usage_hours(&mut self, rows: &[UsageHourRow]) -> Result<(), StoreError> {
+        self.tx.execute("DELETE FROM usage_hour", [])?;
+        let mut st = self.tx.prepare_cached(&format!("INSERT INTO usage_hour ({HOUR_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"))?;
+        for h in rows {
+            st.execute(params![h.computer_reference, h.partition_reference, h.tree, h.resource, h.unit, h.start, h.quantity])?;
+        }
+        Ok(())
+    }
     fn usage_sums(&mut self, q: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
         let (cond, scope_args) = scope_condition(q, '?');
         // hours are not negative (the query's window starts at 0 at the earliest)
@@ -1314,7 +1363,7 @@ impl Tx for SqliteTx<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
-    fn events(&mut self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+    fn events(&mut self, f: &EventFilter) -> Result<Vec<ReportRow>, StoreError> {
         let mut st = self.tx.prepare_cached(
             "SELECT kind, computer_reference, reference, state, message, time, tree FROM report
              WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR computer_reference = ?3)
@@ -1323,15 +1372,13 @@ impl Tx for SqliteTx<'_> {
         )?;
         let rows = st
             .query_map(params![f.since, f.until, f.computer, f.partition, f.tree, f.limit as i64], |r| {
-                Ok(EventRow {
-                    report: ReportRow {
-                        kind: r.get(0)?,
-                        computer_reference: r.get(1)?,
-                        reference: r.get(2)?,
-                        state: r.get(3)?,
-                        message: r.get(4)?,
-                        time: r.get(5)?,
-                    },
+                Ok(ReportRow {
+                    kind: r.get(0)?,
+                    computer_reference: r.get(1)?,
+                    reference: r.get(2)?,
+                    state: r.get(3)?,
+                    message: r.get(4)?,
+                    time: r.get(5)?,
                     tree: r.get(6)?,
                 })
             })?

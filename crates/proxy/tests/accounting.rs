@@ -267,6 +267,24 @@ const SLAPGRID_JOURNAL: &str = "<?xml version=\"1.0\"?><journal><transaction typ
 /// sent as it is from `var/xml_report/<computer>/`.
 const COLLECT_JOURNAL: &str = "<?xml version='1.0' encoding='utf-8'?><journal><transaction type=\"Sale Packing List\"><title>Eco Information for C </title><start_date>2026-11-30 00:00:00</start_date><stop_date>2026-11-30 23:59:59</stop_date><reference>2026-11-30-global</reference><currency /><payment_mode /><category /><arrow type=\"Destination\" /><movement><resource>service_module/cpu_load_percent</resource><title>CPU Load Percent Average</title><reference>C</reference><quantity>12.5</quantity><price>0.0</price><VAT /><category /></movement><movement><resource>service_module/memory_used</resource><title>Used Memory</title><reference>C</reference><quantity>1073741824.0</quantity><price>0.0</price><VAT /><category /></movement><movement><resource>service_module/zero_emission_ratio</resource><title>Zero Emission Ratio</title><reference>C</reference><quantity>-1</quantity><price>0.0</price><VAT /><category /></movement><movement><resource>service_module/cpu_load_percent</resource><title>CPU Load Percent Average for slapuser1</title><reference>slapuser1</reference><quantity>3.25</quantity><price>0.0</price><VAT /><category /></movement><movement><resource>service_module/memory_used</resource><title>Memory Used Average for slapuser1</title><reference>slapuser1</reference><quantity>48.0</quantity><price>0.0</price><VAT /><category /></movement><movement><resource>service_module/disk_used</resource><title>Partition Disk Used Average for slapuser1</title><reference>slapuser1</reference><quantity>2.5</quantity><price>0.0</price><VAT /><category /></movement></transaction></journal>";
 
+#[test]
+fn truncated_and_mutated_journals_never_panic() {
+    use slapos_proxy::accounting::journal;
+    let mut tried = 0;
+    for doc in [OUR_JOURNAL, SLAPGRID_JOURNAL, COLLECT_JOURNAL] {
+        let bytes = doc.as_bytes();
+        for cut in (0..bytes.len()).step_by(7) {
+            let _ = journal::parse(&String::from_utf8_lossy(&bytes[..cut]));
+            let mut mutated = bytes.to_vec();
+            mutated[cut] = b"<>&/\"x"[cut % 6];
+            let _ = journal::parse(&String::from_utf8_lossy(&mutated));
+            tried += 2;
+        }
+        assert_eq!(journal::parse(doc).unwrap().skipped, 0);
+    }
+    assert!(tried > 500);
+}
+
 // --- HTTP --------------------------------------------------------------------
 
 fn format_report(computer: &str, partitions: usize) -> String {

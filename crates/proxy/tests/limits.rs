@@ -150,6 +150,7 @@ fn report(reference: &str, i: usize) -> ReportRow {
         state: format!("state{i}"),
         message: None,
         time: i as f64,
+        tree: None,
     }
 }
 

@@ -17,10 +17,10 @@ use postgres::{IsolationLevel, NoTls, Row, Transaction};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 
 use super::{
-    hide_password, hour_of, movement_cutoff, scope_condition, AddressRow, Backend, CertificateRow, ComputerRow, EventFilter, EventRow,
-    ForwardRow, MovementRow, PartitionRow, RelatedRow, ReportRow, Retention, SlaveRow, SoftwareRow, Store, StoreError, TokenRow, Tx,
-    UsageBucket, UsageQuery, UsageRow, ADD_TO_HOUR, ADD_TO_HOUR_CONFLICT, MIGRATIONS, MOVEMENT_COLUMNS, PARTITION_COLUMNS, SCHEMA_VERSION,
-    TREE_OF_REPORT,
+    hide_password, hour_of, movement_cutoff, scope_condition, AddressRow, Backend, CertificateRow, ComputerRow, EventFilter, ForwardRow,
+    MovementRow, PartitionRow, RelatedRow, ReportRow, Retention, SlaveRow, SoftwareRow, Store, StoreError, TokenRow, Tx, UsageBucket,
+    UsageHourRow, UsageQuery, UsageRow, ADD_TO_HOUR, ADD_TO_HOUR_CONFLICT, HOUR_COLUMNS, MIGRATIONS, MOVEMENT_COLUMNS, PARTITION_COLUMNS,
+    SCHEMA_VERSION, TREE_OF_REPORT,
 };
 
 /// How write transactions keep concurrent masters apart.
@@ -242,7 +242,15 @@ fn slave_row(r: &Row) -> SlaveRow {
 }
 
 fn report_row(r: &Row) -> ReportRow {
-    ReportRow { kind: r.get(0), computer_reference: r.get(1), reference: r.get(2), state: r.get(3), message: r.get(4), time: r.get(5) }
+    ReportRow {
+        kind: r.get(0),
+        computer_reference: r.get(1),
+        reference: r.get(2),
+        state: r.get(3),
+        message: r.get(4),
+        time: r.get(5),
+        tree: r.get(6),
+    }
 }
 
 fn computer_row(r: &Row) -> ComputerRow {
@@ -466,10 +474,10 @@ impl Tx for PgTx<'_, '_> {
     fn add_report(&mut self, r: &ReportRow) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO report (kind, computer_reference, reference, state, message, time, tree)
-             VALUES ($1, $2, $3, $4, $5, $6, {})",
+             VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, {}))",
             TREE_OF_REPORT.replace('?', "$")
         );
-        self.execute(&sql, &[&r.kind, &r.computer_reference, &r.reference, &r.state, &r.message, &r.time])?;
+        self.execute(&sql, &[&r.kind, &r.computer_reference, &r.reference, &r.state, &r.message, &r.time, &r.tree])?;
         let per_object = self.retention.reports_per_object as i64;
         self.execute(
             "DELETE FROM report WHERE kind = $1 AND computer_reference = $2 AND reference = $3 AND rowid NOT IN
@@ -482,29 +490,19 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
     fn reports(&mut self) -> Result<Vec<ReportRow>, StoreError> {
-        let rows = self.query("SELECT kind, computer_reference, reference, state, message, time FROM report ORDER BY rowid", &[])?;
+        let rows = self.query("SELECT kind, computer_reference, reference, state, message, time, tree FROM report ORDER BY rowid", &[])?;
         Ok(rows.iter().map(report_row).collect())
     }
     fn last_reports(&mut self) -> Result<Vec<ReportRow>, StoreError> {
         // byte order of the names, as SQLite sorts
         let rows = self.query(
             "SELECT * FROM (SELECT DISTINCT ON (kind, computer_reference, reference)
-                    kind, computer_reference, reference, state, message, time FROM report
+                    kind, computer_reference, reference, state, message, time, tree FROM report
                     ORDER BY kind, computer_reference, reference, time DESC, rowid DESC) AS last
              ORDER BY kind COLLATE \"C\", computer_reference COLLATE \"C\", reference COLLATE \"C\"",
             &[],
         )?;
-        Ok(rows
-            .iter()
-            .map(|r| ReportRow {
-                kind: r.get(0),
-                computer_reference: r.get(1),
-                reference: r.get(2),
-                state: r.get(3),
-                message: r.get(4),
-                time: r.get(5),
-            })
-            .collect())
+        Ok(rows.iter().map(report_row).collect())
     }
     fn add_usage(&mut self, u: &UsageRow) -> Result<(), StoreError> {
         self.execute("INSERT INTO usage (computer_reference, body, time) VALUES ($1, $2, $3)", &[&u.computer_reference, &u.body, &u.time])?;
@@ -578,6 +576,32 @@ impl Tx for PgTx<'_, '_> {
             })
             .collect())
     }
+    fn usage_hours(&mut self) -> Result<Vec<UsageHourRow>, StoreError> {
+        let rows = self.query(&format!("SELECT {HOUR_COLUMNS} FROM usage_hour ORDER BY rowid"), &[])?;
+        Ok(rows
+            .iter()
+            .map(|r| UsageHourRow {
+                computer_reference: r.get(0),
+                partition_reference: r.get(1),
+                tree: r.get(2),
+                resource: r.get(3),
+                unit: r.get(4),
+                start: r.get(5),
+                quantity: r.get(6),
+            })
+            .collect())
+    }
+    fn replace_usage_hours(&mut self, rows: &[UsageHourRow]) -> Result<(), StoreError> {
+        self.execute("DELETE FROM usage_hour", &[])?;
+        let st = self.t.prepare(&format!("INSERT INTO usage_hour ({HOUR_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"));
+        let st = st.map_err(|e| self.failed(e))?;
+        for h in rows {
+            let r =
+                self.t.execute(&st, &[&h.computer_reference, &h.partition_reference, &h.tree, &h.resource, &h.unit, &h.start, &h.quantity]);
+            r.map_err(|e| self.failed(e))?;
+        }
+        Ok(())
+    }
     fn usage_sums(&mut self, q: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
         let (cond, scope_args) = scope_condition(q, '$');
         // byte order of the names, as SQLite sorts
@@ -593,7 +617,7 @@ impl Tx for PgTx<'_, '_> {
         let rows = self.query(&sql, &args)?;
         Ok(rows.iter().map(|r| UsageBucket { resource: r.get(0), unit: r.get(1), start: r.get(2), quantity: r.get(3) }).collect())
     }
-    fn events(&mut self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+    fn events(&mut self, f: &EventFilter) -> Result<Vec<ReportRow>, StoreError> {
         let rows = self.query(
             "SELECT kind, computer_reference, reference, state, message, time, tree FROM report
              WHERE time >= $1 AND time < $2 AND ($3::TEXT IS NULL OR computer_reference = $3)
@@ -601,7 +625,7 @@ impl Tx for PgTx<'_, '_> {
              ORDER BY time DESC, rowid DESC LIMIT $6",
             &[&f.since, &f.until, &f.computer, &f.partition, &f.tree, &(f.limit as i64)],
         )?;
-        Ok(rows.iter().map(|r| EventRow { report: report_row(r), tree: r.get(6) }).collect())
+        Ok(rows.iter().map(report_row).collect())
     }
 
     fn add_certificate(&mut self, c: &CertificateRow) -> Result<(), StoreError> {
