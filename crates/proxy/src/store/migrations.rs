@@ -1,7 +1,8 @@
 //! The schema's migrations, written once for both backends.
 //!
 //! A migration is [`Migration::Portable`] SQL when it fits the portable
-//! subset: `CREATE TABLE` / `CREATE INDEX` with the types `TEXT`, `INTEGER`,
+//! subset: `CREATE TABLE` / `CREATE INDEX` / `ALTER TABLE … ADD COLUMN`
+//! (a nullable column, or one with a literal default) with the types `TEXT`, `INTEGER`,
 //! `REAL` and `BLOB`, `PRIMARY KEY`, `NOT NULL`, `DEFAULT` with literals.
 //! It runs as written on SQLite; for PostgreSQL `REAL` becomes `DOUBLE
 //! PRECISION`, `INTEGER` `BIGINT`, `BLOB` `BYTEA` (SQLite's widths), and each
