@@ -180,5 +180,7 @@ mod tests {
         );
         // indexes get no column
         assert_eq!(to_postgres("CREATE INDEX i ON t (a, b);"), "CREATE INDEX i ON t (a, b);");
+        // nor do added columns, whose types are translated
+        assert_eq!(to_postgres("ALTER TABLE t ADD COLUMN x REAL;"), "ALTER TABLE t ADD COLUMN x DOUBLE PRECISION;");
     }
 }
