@@ -4,8 +4,12 @@
 //! Beyond slapgrid (whose usage report is empty unless a profile writes
 //! one): the CPU time and memory of each partition's processes, read from
 //! /proc for the processes its user runs (the partition user owns exactly
-//! its services), are sent as a consumption journal.
+//! its services), are sent as a consumption journal. The CPU time sent is
+//! what was used since the previous report (the totals last sent are kept in
+//! [`CPU_STATE`], root's, beside the partitions), so a master adding reports
+//! up over an hour or a month counts each CPU second once.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use slap::model::{ComputerPartition, InstanceState};
@@ -396,6 +400,42 @@ fn usages(cfg: &crate::config::NodeConfig, partitions: &[&ComputerPartition]) ->
     usages
 }
 
+/// The file, in the instance root, where `node report` keeps each
+/// partition's CPU total as last reported.
+pub const CPU_STATE: &str = ".slapgrid-report-cpu.json";
+
+/// Turns each partition's CPU total into the CPU used since the previous
+/// report (`last`: the totals then) and returns the totals to keep. A total
+/// lower than the last one means the processes were restarted: it counts
+/// from zero. A partition not measured now is forgotten.
+pub fn cpu_since_last_report(last: &BTreeMap<String, f64>, usages: &mut [(String, Usage)]) -> BTreeMap<String, f64> {
+    let mut totals = BTreeMap::new();
+    for (id, u) in usages.iter_mut() {
+        totals.insert(id.clone(), u.cpu_seconds);
+        if let Some(&before) = last.get(id.as_str()).filter(|&&before| before <= u.cpu_seconds) {
+            u.cpu_seconds -= before;
+        }
+    }
+    totals
+}
+
+/// The totals last reported (empty when missing or unreadable).
+fn read_cpu_state(cfg: &crate::config::NodeConfig) -> BTreeMap<String, f64> {
+    let Ok(root) = Dir::open(&cfg.instance_root) else { return BTreeMap::new() };
+    root.read(Path::new(CPU_STATE), fsafe::SMALL).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// Keeps the totals just reported (root's, 0600).
+fn write_cpu_state(cfg: &crate::config::NodeConfig, totals: &BTreeMap<String, f64>) {
+    let written = Dir::open(&cfg.instance_root).and_then(|root| {
+        let text = serde_json::to_vec(totals).unwrap_or_default();
+        root.write(Path::new(CPU_STATE), &text, 0o600, None)
+    });
+    if let Err(e) = written {
+        tracing::warn!("could not keep the CPU totals in {}: {e}", cfg.instance_root.join(CPU_STATE).display());
+    }
+}
+
 /// The computer's own reports (`instance_root/var/xml_report/<computer>`),
 /// sent as they are and deleted once sent.
 fn send_computer_reports(node: &Node) {
@@ -420,15 +460,17 @@ pub fn run(node: &Node) -> Result<ReportSummary, NodeError> {
     node.supervisor.ensure_running()?;
     let computer = node.computer()?;
     let partitions = select_partitions(node, &computer.partitions, &[], false)?;
-    let usages = usages(cfg, &partitions);
+    let mut usages = usages(cfg, &partitions);
+    let totals = cpu_since_last_report(&read_cpu_state(cfg), &mut usages);
     // what the partitions report themselves
     let movements: Vec<Movement> = partitions.iter().flat_map(|p| partition_reports(node, p)).collect();
     send_computer_reports(node);
     if !usages.is_empty() || !movements.is_empty() {
         let stop = chrono::Local::now().format("%Y-%m-%d at %H:%M:%S").to_string();
         let journal = usage_journal(&cfg.computer_id, &stop, &usages, &movements);
-        if let Err(e) = node.client.use_computer(&cfg.computer_id, &journal) {
-            tracing::warn!("could not send the usage report: {e}");
+        match node.client.use_computer(&cfg.computer_id, &journal) {
+            Ok(()) => write_cpu_state(cfg, &totals),
+            Err(e) => tracing::warn!("could not send the usage report: {e}"),
         }
     }
     let mut summary = ReportSummary { measured: usages.into_iter().map(|(id, _)| id).collect(), ..Default::default() };
@@ -451,6 +493,18 @@ pub fn run(node: &Node) -> Result<ReportSummary, NodeError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn cpu_is_reported_since_the_last_report_and_a_restart_counts_from_zero() {
+        let u = |cpu| Usage { cpu_seconds: cpu, memory_mib: 1.0, processes: 1 };
+        let mut now = vec![("slappart0".to_string(), u(10.0)), ("slappart1".to_string(), u(3.0)), ("slappart2".to_string(), u(4.0))];
+        let last = BTreeMap::from([("slappart0".to_string(), 7.5), ("slappart1".to_string(), 5.0), ("slappart9".to_string(), 1.0)]);
+        let totals = cpu_since_last_report(&last, &mut now);
+        let sent: Vec<f64> = now.iter().map(|(_, u)| u.cpu_seconds).collect();
+        // 10 - 7.5 used since; 3 < 5: restarted, all 3 are new; slappart2 never reported
+        assert_eq!(sent, [2.5, 3.0, 4.0]);
+        assert_eq!(totals, BTreeMap::from([("slappart0".into(), 10.0), ("slappart1".into(), 3.0), ("slappart2".into(), 4.0)]));
+    }
 
     #[test]
     fn the_journal_has_one_movement_per_resource_and_partition() {
