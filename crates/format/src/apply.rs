@@ -326,6 +326,7 @@ fn apply(cfg: &FormatConfig, plan: &Plan) -> anyhow::Result<u8> {
     let mut c = ClientConfig::new(&cfg.master_url).with_timeout(Duration::from_secs(60));
     c.key_file = cfg.key_file.clone();
     c.cert_file = cfg.cert_file.clone();
+    c.ca_file = cfg.master_ca_file.clone();
     let result = SlapClient::new(c).and_then(|client| client.load_computer_configuration(&plan.state.to_value()));
     match result {
         Ok(()) => {

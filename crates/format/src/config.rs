@@ -135,6 +135,9 @@ pub struct FormatConfig {
     pub key_file: Option<PathBuf>,
     /// `[slapos] cert_file`: the node's certificate for the master.
     pub cert_file: Option<PathBuf>,
+    /// `[slapos] master_ca_file`: the CA the master's HTTPS certificate is
+    /// verified against.
+    pub master_ca_file: Option<PathBuf>,
 }
 
 fn parse_cidr4(value: &str) -> Option<(Ipv4Addr, u8)> {
@@ -242,6 +245,7 @@ impl FormatConfig {
             local_claims_dir: crate::local_range::default_claims_dir(),
             key_file: file("key_file")?,
             cert_file: file("cert_file")?,
+            master_ca_file: file("master_ca_file")?,
         })
     }
 }

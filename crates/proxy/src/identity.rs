@@ -3,7 +3,7 @@
 //! and the routes that issue and revoke certificates and spend one-time
 //! tokens: `generateComputerCertificate`, `revokeComputerCertificate`,
 //! `getComputerPartitionCertificate` (SLAP), `/identity/token` and
-//! `/identity/grant` (the administrator), `/Person_requestComputer` (a node
+//! `/identity/grant`, `/identity/revoke` (the administrator), `/Person_requestComputer` (a node
 //! joins with a token, as `slapos node register` calls SlapOS) and
 //! `/Person_getCertificate` (a person gets a certificate with a token, as
 //! `slapos configure client` calls SlapOS). Tokens come in the
@@ -215,6 +215,8 @@ async fn partition_certificate(State(app): State<Shared>, uri: Uri) -> Response 
             if tx.partition(&c, &p)?.is_none() {
                 return Err(MasterError::NotFound(format!("Unknown partition '{p}' on computer '{c}'")));
             }
+            // each call issues one: those ended are forgotten (refused by their end already)
+            tx.prune_certificates("partition", now())?;
             let issued = auth.issue(tx, &Subject::Partition { computer: c.clone(), partition: p.clone() }, auth.validity.partition)?;
             Ok((issued.certificate_pem, issued.key_pem))
         })
@@ -283,6 +285,27 @@ async fn mint_token(State(app): State<Shared>, body: Bytes) -> Response {
     }
 }
 
+/// `/identity/revoke` (administrator): `kind` (`user` or `computer`),
+/// `name` → every valid certificate of it revoked, refused from the next
+/// request on; the answer is how many.
+async fn revoke(State(app): State<Shared>, body: Bytes) -> Response {
+    let r = blocking(&app, move |app| {
+        authority(app)?;
+        let f = fields(&body);
+        let (kind, name) = (field(&f, "kind")?.to_string(), field(&f, "name")?.to_string());
+        if !["computer", "user"].contains(&kind.as_str()) {
+            return Err(MasterError::BadRequest("revoke a 'computer' or a 'user'".into()));
+        }
+        let n = app.store.transaction(|tx| tx.revoke_certificates(&kind, &name, "", now()))?;
+        tracing::warn!("certificates of {kind} {} revoked ({n})", crate::limits::excerpt(&name, 100));
+        Ok(n)
+    });
+    match r.await {
+        Ok(n) => (StatusCode::OK, n.to_string()).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `/identity/grant` (administrator): gives `user` (`*`: everyone) the use
 /// of a `computer` or an instance `tree` (`kind`, `reference`).
 async fn grant(State(app): State<Shared>, body: Bytes) -> Response {
@@ -320,9 +343,18 @@ fn spend(tx: &mut dyn Tx, token: &str, kind: &str) -> Result<String, MasterError
 }
 
 /// The answer of a join: certificate, key and the CA's certificate (JSON).
+/// A computer's certificate starts, as SlapOS master's, with a text line
+/// naming its subject (`…CN=<id>/emailAddress…`), where the Python `slapos
+/// node register` reads the computer id (PEM readers skip text before the
+/// certificate).
 fn joined(app: &App, issued: &crate::ca::Issued, name: &str) -> Response {
     let ca = app.identity.as_deref().map(|a| a.ca.certificate_pem()).unwrap_or("");
-    json(serde_json::json!({"name": name, "certificate": issued.certificate_pem, "key": issued.key_pem, "ca": ca}))
+    let certificate = if issued.row.kind == "computer" {
+        format!("Subject: O=SlapOS, OU=computer, CN={name}/emailAddress={name}@computer\n{}", issued.certificate_pem)
+    } else {
+        issued.certificate_pem.clone()
+    };
+    json(serde_json::json!({"name": name, "certificate": certificate, "key": issued.key_pem, "ca": ca}))
 }
 
 /// The token of a call: `X-Access-Token`, or the `token` field.
@@ -350,7 +382,7 @@ async fn join_computer(State(app): State<Shared>, headers: HeaderMap, body: Byte
                 }
                 if tx.computer(&computer)?.is_some() || tx.revoke_certificates("computer", &computer, "", now())? > 0 {
                     // revoke_certificates found valid ones: the computer exists; undone by the rollback
-                    return Err(MasterError::Forbidden(format!("computer '{computer}' has already joined")));
+                    return Err(MasterError::Forbidden(format!("computer '{computer}' has already joined (Certificate still active.)")));
                 }
                 auth.issue(tx, &Subject::Computer(computer.clone()), auth.validity.computer)
             })
@@ -397,6 +429,7 @@ pub fn router() -> Router<Shared> {
         .route("/revokeComputerCertificate", p(post(revoke_computer_certificate)))
         .route("/identity/token", p(post(mint_token)))
         .route("/identity/grant", p(post(grant)))
+        .route("/identity/revoke", p(post(revoke)))
         .route("/Person_requestComputer", p(post(join_computer)))
         .route("/Person_getCertificate", p(post(join_user)))
 }

@@ -749,6 +749,8 @@ pub fn partition_destroyed(tx: &mut dyn Tx, computer_id: &str, partition_id: &st
             }
         }
     }
+    // the next instance of this partition must not inherit its certificates
+    tx.revoke_certificates("partition", partition_id, computer_id, now())?;
     p.slap_state = "free".into();
     p.software_release = None;
     p.xml = None;

@@ -163,6 +163,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/hateoas/computers/{reference}", Rule::ComputerUser(Path)),
     ("/identity/token", Rule::Administrator),
     ("/identity/grant", Rule::Administrator),
+    ("/identity/revoke", Rule::Administrator),
     ("/Person_requestComputer", Rule::Token),
     ("/Person_getCertificate", Rule::Token),
     ("/shacache/cache", Rule::Cache),

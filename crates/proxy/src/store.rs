@@ -476,6 +476,9 @@ pub trait Tx {
     /// Revokes every valid certificate of (kind, name, computer) at `time`;
     /// how many were revoked.
     fn revoke_certificates(&mut self, kind: &str, name: &str, computer: &str, time: f64) -> Result<usize, StoreError>;
+    /// Forgets the certificates of `kind` that ended before `time` (they are
+    /// refused by their end already); how many went.
+    fn prune_certificates(&mut self, kind: &str, time: f64) -> Result<usize, StoreError>;
     /// Records a new token.
     fn add_token(&mut self, row: &TokenRow) -> Result<(), StoreError>;
     /// The token with that hash, as it was, marking it used at `time`.
@@ -1415,6 +1418,9 @@ impl Tx for SqliteTx<'_> {
             "UPDATE certificate SET revoked = ?4 WHERE kind = ?1 AND name = ?2 AND computer_reference = ?3 AND revoked IS NULL",
             params![kind, name, computer, time],
         )?)
+    }
+    fn prune_certificates(&mut self, kind: &str, time: f64) -> Result<usize, StoreError> {
+        Ok(self.tx.execute("DELETE FROM certificate WHERE kind = ?1 AND not_after < ?2", params![kind, time])?)
     }
     fn add_token(&mut self, t: &TokenRow) -> Result<(), StoreError> {
         self.tx.execute(

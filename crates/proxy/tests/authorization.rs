@@ -332,6 +332,7 @@ fn call_of(route: &str, rule: Rule, who: Who, site: &Site) -> (&'static str, Str
         "/hateoas/computers/{reference}" => return ("GET", path(C1), vec![]),
         "/identity/token" => vec![("kind", "computer".into()), ("name", "COMP-9".into())],
         "/identity/grant" => vec![("kind", "computer".into()), ("reference", C1.into()), ("user", "alice".into())],
+        "/identity/revoke" => vec![("kind", "user".into()), ("name", "carol".into())],
         "/Person_requestComputer" => vec![("token", "0000".into()), ("title", "COMP-9".into())],
         "/Person_getCertificate" => vec![("token", "0000".into())],
         "/shacache/cache" | "/shacache/cache/" | "/shacache/update" => vec![],

@@ -26,6 +26,14 @@ pub enum UserCommand {
     /// Mint a one-time token with which a person gets their certificate
     /// (`slapos configure client --token`), and open computers to them.
     Token(UserTokenArgs),
+    /// Revoke every certificate of a person: refused from their next call on.
+    Revoke(UserRevokeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UserRevokeArgs {
+    /// The person's user name.
+    pub name: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,9 +110,17 @@ pub fn computer_token(args: &ComputerTokenArgs, global: &Global) -> anyhow::Resu
     Ok(0)
 }
 
-/// `slapos user token`: opens the computers, prints the token.
+/// `slapos user token` (opens the computers, prints the token) and `slapos
+/// user revoke`.
 pub fn user(cmd: &UserCommand, global: &Global) -> anyhow::Result<u8> {
-    let UserCommand::Token(args) = cmd;
+    let args = match cmd {
+        UserCommand::Token(args) => args,
+        UserCommand::Revoke(r) => {
+            let n = admin(global)?.post("identity/revoke", &[("kind", "user"), ("name", &r.name)], None)?;
+            outln!("{n} certificate(s) of {} revoked", r.name);
+            return Ok(0);
+        }
+    };
     let client = admin(global)?;
     for c in &args.computers {
         client.post("identity/grant", &[("kind", "computer"), ("reference", c), ("user", &args.name)], None)?;
@@ -149,11 +165,23 @@ fn install(
     Ok(format!("master_ca_file = {}\n", ca_file.display()))
 }
 
+/// Creates each directory missing with mode 0711 (as SlapOS's `node
+/// register`: partition users reach their own key files, list nothing).
+fn private_dirs(dirs: &[&Path]) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    for d in dirs {
+        if !d.is_dir() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o711).create(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// `slapos node register`.
 pub fn register(args: &RegisterArgs) -> anyhow::Result<u8> {
     let dir = &args.slapos_configuration;
     let ssl = dir.join("ssl");
-    std::fs::create_dir_all(ssl.join("partition_pki")).with_context(|| format!("cannot create {}", ssl.display()))?;
+    private_dirs(&[dir, &ssl, &ssl.join("partition_pki")])?;
     let joined = join(&args.join, "Person_requestComputer", &[("token", &args.join.token), ("title", &args.node_name)])?;
     let (cert_file, key_file) = (ssl.join("certificate"), ssl.join("key"));
     let ca_line = install(&joined, &cert_file, 0o600, &key_file, &ssl.join("master-ca.crt"))?;

@@ -53,6 +53,18 @@
 //! | 34 | `remove` of the release, `node software`: 0                               |
 //! | 35 | the software release directory is removed                                 |
 //!
+//! Over HTTPS (`needs_root_e2e_https_*`: our master with `tls = true` and its
+//! CA, every call authorized), the node and the user first join with
+//! one-time tokens, and the instance requests a child as itself:
+//!
+//! | #  | step: expected exit code, or check                                        |
+//! |----|---------------------------------------------------------------------------|
+//! | 36 | `node register` with a computer token: 0; its slapos.cfg names the computer, its key is 0600 |
+//! | 37 | `node register` again with the spent token: 1                             |
+//! | 38 | `configure client` with a user token: 0; `client.key` is 0600             |
+//! | 39 | `node instance` deploys the child the instance requested with its partition certificate |
+//! | 40 | `partition_pki` is 0711, the child's key 0400 and its user's              |
+//!
 //! Clean-up, even when a check fails ([`Site`]'s `Drop`): supervisord and the
 //! master stopped by pid, anything left in the namespace killed, the namespace
 //! deleted, the `slaptest…` users and groups removed, the work directory
@@ -85,6 +97,8 @@ const DEFAULT_VENV: &str = "/var/cache/slapos-e2e/venv-1.26.1";
 const COMPUTER_ID: &str = "COMP-E2E";
 const INSTANCE: &str = "e2e-instance";
 const BROKEN: &str = "e2e-broken";
+/// The child the instance requests with its partition certificate (HTTPS).
+const CHILD: &str = "e2e-child";
 const GREETING: &str = "hello-from-e2e";
 const PARTITIONS: usize = 3;
 /// The master's port, on 127.0.0.1 inside the test's own namespace.
@@ -93,19 +107,31 @@ const MASTER_PORT: u16 = 8765;
 #[test]
 #[ignore = "needs root"]
 fn needs_root_e2e_all_ours() {
-    life_cycle(Mode { name: "all-ours", tag: 'o', master: Side::Ours, node: Side::Ours });
+    life_cycle(Mode { name: "all-ours", tag: 'o', master: Side::Ours, node: Side::Ours, tls: false });
 }
 
 #[test]
 #[ignore = "needs root"]
 fn needs_root_e2e_our_node_against_python_master() {
-    life_cycle(Mode { name: "python-master", tag: 'm', master: Side::Python, node: Side::Ours });
+    life_cycle(Mode { name: "python-master", tag: 'm', master: Side::Python, node: Side::Ours, tls: false });
 }
 
 #[test]
 #[ignore = "needs root"]
 fn needs_root_e2e_python_node_against_our_master() {
-    life_cycle(Mode { name: "python-node", tag: 'n', master: Side::Ours, node: Side::Python });
+    life_cycle(Mode { name: "python-node", tag: 'n', master: Side::Ours, node: Side::Python, tls: false });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn needs_root_e2e_https_all_ours() {
+    life_cycle(Mode { name: "https-all-ours", tag: 's', master: Side::Ours, node: Side::Ours, tls: true });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn needs_root_e2e_https_python_node_against_our_master() {
+    life_cycle(Mode { name: "https-python-node", tag: 'p', master: Side::Ours, node: Side::Python, tls: true });
 }
 
 /// The whole life cycle of run.sh, in its order.
@@ -116,6 +142,9 @@ fn life_cycle(mode: Mode) {
     build_software(&mut site);
     deploy_instance(&mut site);
     let partition = deployed_partition(&site);
+    if site.mode.tls {
+        child_deployed(&mut site);
+    }
     check_services_and_promises(&mut site, &partition);
     let url = check_connection_parameters(&mut site);
     site.node("node-report", exits(25, 0), &["report", "--now"]);
@@ -139,12 +168,34 @@ fn format(site: &mut Site) {
     );
 }
 
-/// [4]–[5]: the release supplied to the computer, the instance requested.
+/// [4]–[5]: the release supplied to the computer, the instance requested
+/// (over HTTPS, with a child to request through its partition certificate).
 fn supply_and_request(site: &mut Site) {
     let sr = site.sr_url();
     site.client("supply", exits(4, 0), &["supply", &sr, COMPUTER_ID]);
-    let greeting = format!("greeting={GREETING}");
-    site.client("request", exits(5, 0), &["request", INSTANCE, &sr, "--parameters", &greeting]);
+    let parameters = site.parameters();
+    let mut args = vec!["request", INSTANCE, &sr, "--parameters"];
+    args.extend(parameters.iter().map(String::as_str));
+    site.client("request", exits(5, 0), &args);
+}
+
+/// [39]–[40] (HTTPS): the child the instance requested as itself, with its
+/// partition certificate, was deployed by the node; its certificate is the
+/// partition's, 0400 and owned by the partition's user, in a 0711 directory.
+fn child_deployed(site: &mut Site) {
+    site.node("node-instance-child", exits(39, 0), &["instance", "--now"]);
+    let want = format!("child-of-{GREETING}");
+    let child = site.partitions().into_iter().find(|p| site.partition_file(p, "srv/www/index.html").is_some_and(|t| t.trim() == want));
+    let child = child.unwrap_or_else(|| {
+        panic!("[39] no partition serves the child's greeting {want}: the instance did not request its child through its certificate")
+    });
+    let pki = site.path("etc/registered/ssl/partition_pki");
+    let mode = fs::metadata(&pki).map(|m| m.permissions().mode() & 0o7777).ok();
+    assert_eq!(mode, Some(0o711), "[40] {} is not mode 0711", pki.display());
+    let key = fs::metadata(pki.join(format!("{child}.key"))).unwrap_or_else(|e| panic!("[40] no key of {child} in {}: {e}", pki.display()));
+    let owner = fs::metadata(site.path("srv/slapgrid").join(&child)).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((key.mode() & 0o7777, key.uid()), (0o400, owner.uid()), "[40] the key of {child} is not 0400 and its user's");
 }
 
 /// [6]–[12]: `node software` and its no-op, `--only-sr` and `--force` forms.
@@ -218,8 +269,10 @@ fn check_connection_parameters(site: &mut Site) -> String {
     let answer = site.http_get(url);
     assert_eq!(answer.as_deref().map(str::trim), Ok(GREETING), "[23] the service at the published url {url} does not answer the greeting");
     let sr = site.sr_url();
-    let greeting = format!("greeting={GREETING}");
-    let again = site.client("request-again", exits(24, 0), &["request", INSTANCE, &sr, "--parameters", &greeting]);
+    let parameters = site.parameters();
+    let mut args = vec!["request", INSTANCE, &sr, "--parameters"];
+    args.extend(parameters.iter().map(String::as_str));
+    let again = site.client("request-again", exits(24, 0), &args);
     assert!(again.log.contains(url), "[24] `slapos request` does not print the published url {url}:\n{}", again.log);
     url.to_string()
 }
@@ -263,6 +316,11 @@ fn destruction(site: &mut Site, partition: &str) {
     site.client("request-broken-destroyed", exits(31, 0), &["request", BROKEN, &sr, "--state", "destroyed"]);
     site.node("node-instance-destroyed", exits(31, 0), &["instance", "--now"]);
     site.node("node-report-destroy", exits(31, 0), &["report", "--now"]);
+    if site.mode.tls {
+        // the root's destruction destroyed its child: one more round frees both
+        site.node("node-instance-destroyed-child", exits(31, 0), &["instance", "--now"]);
+        site.node("node-report-destroy-child", exits(31, 0), &["report", "--now"]);
+    }
     let path = site.path("srv/slapgrid").join(partition);
     let left: Vec<_> = fs::read_dir(&path).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "[32] the destroyed partition {partition} still holds {left:?}");
@@ -291,6 +349,10 @@ struct Mode {
     tag: char,
     master: Side,
     node: Side,
+    /// HTTPS with certificates: the node joins with a token (`node
+    /// register`), the user gets a certificate (`configure client`), the
+    /// instance requests a child with its partition certificate.
+    tls: bool,
 }
 
 /// What a step must exit with.
@@ -349,11 +411,29 @@ impl Site {
         site.lay_out();
         site.create_namespace();
         site.start_master();
+        if mode.tls {
+            site.enrol();
+        }
         site
     }
 
     fn path(&self, relative: &str) -> PathBuf {
         self.work.join(relative)
+    }
+
+    /// The master's URL (https over TLS).
+    fn master_url(&self) -> String {
+        let scheme = if self.mode.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{MASTER_PORT}")
+    }
+
+    /// The instance's parameters, as `--parameters` takes them.
+    fn parameters(&self) -> Vec<String> {
+        let mut p = vec![format!("greeting={GREETING}")];
+        if self.mode.tls {
+            p.push(format!("child={CHILD}"));
+        }
+        p
     }
 
     fn sr_url(&self) -> String {
@@ -406,15 +486,19 @@ impl Site {
         fs::write(sr_dir.join("software.cfg"), profile.replace("@SR_DIR@", sr_dir.to_str().unwrap())).unwrap();
         fs::remove_file(sr_dir.join("software.cfg.in")).unwrap();
         fs::write(self.path("etc/slapos.cfg"), self.node_configuration()).unwrap();
-        let client = format!("[slapos]\nmaster_url = http://127.0.0.1:{MASTER_PORT}\n\n[slapconsole]\n");
-        fs::write(self.path("etc/slapos-client.cfg"), client).unwrap();
+        if !self.mode.tls {
+            // over HTTPS, `configure client` writes it
+            let client = format!("[slapos]\nmaster_url = http://127.0.0.1:{MASTER_PORT}\n\n[slapconsole]\n");
+            fs::write(self.path("etc/slapos-client.cfg"), client).unwrap();
+        }
     }
 
     /// run.sh's slapos.cfg: node, format and master sections.
     fn node_configuration(&self) -> String {
         let (w, p) = (self.work.display(), &self.prefix);
+        let (url, tls) = (self.master_url(), if self.mode.tls { "tls = true\n" } else { "" });
         format!(
-            "[slapos]\ncomputer_id = {COMPUTER_ID}\nmaster_url = http://127.0.0.1:{MASTER_PORT}\n\
+            "[slapos]\ncomputer_id = {COMPUTER_ID}\nmaster_url = {url}\n\
              software_root = {w}/opt/slapgrid\ninstance_root = {w}/srv/slapgrid\n\
              pidfile_software = {w}/var/run/slapos-node-software.pid\n\
              pidfile_instance = {w}/var/run/slapos-node-instance.pid\n\
@@ -424,7 +508,7 @@ impl Site {
              log_file = {w}/log/slapos-node-format.log\npartition_base_name = slappart\n\
              user_base_name = {p}user\nsoftware_user = {p}soft\ntap_base_name = {p}tap\n\
              create_tap = false\nipv4_local_network = 10.0.0.0/16\n\n\
-             [slapproxy]\nhost = 127.0.0.1\nport = {MASTER_PORT}\ndatabase_uri = {w}/var/proxy.db\n"
+             [slapproxy]\nhost = 127.0.0.1\nport = {MASTER_PORT}\ndatabase_uri = {w}/var/proxy.db\n{tls}"
         )
     }
 
@@ -481,14 +565,20 @@ impl Site {
         self.step(name, expect, &full)
     }
 
-    /// Runs one timed step, output in `log/<name>.log`, and checks its exit code.
+    /// Runs one timed step of the node or client under test.
     fn step(&mut self, name: &str, expect: Expect, args: &[&str]) -> Step {
+        self.step_as(self.mode.node, name, expect, args)
+    }
+
+    /// Runs one timed step of `side`'s `slapos`, output in `log/<name>.log`,
+    /// and checks its exit code.
+    fn step_as(&mut self, side: Side, name: &str, expect: Expect, args: &[&str]) -> Step {
         let log_path = self.path(&format!("log/{name}.log"));
         let log = File::create(&log_path).unwrap();
         let master_out = self.path("log/slapos-proxy.out");
         let before = fs::metadata(&master_out).map(|m| m.len()).unwrap_or(0);
         let start = Instant::now();
-        let mut command = self.command(&self.program(self.mode.node));
+        let mut command = self.command(&self.program(side));
         let status = command.args(args).stdout(log.try_clone().unwrap()).stderr(log).status().expect("cannot run `ip netns exec`");
         self.timings.push((name.to_string(), start.elapsed(), status.code()));
         let log = String::from_utf8_lossy(&fs::read(&log_path).unwrap()).into_owned();
@@ -506,18 +596,93 @@ impl Site {
         Step { log, calls }
     }
 
+    /// [36]–[38] (HTTPS): the administrator (ours: `ca/admin.crt`) mints a
+    /// computer token and a user token; the node under test joins with the
+    /// first (`node register`), the client gets its certificate with the
+    /// second (`configure client`); the node's slapos.cfg gets the key,
+    /// certificate and partition certificates of the registration.
+    fn enrol(&mut self) {
+        let (url, ca) = (self.master_url(), self.path("var/ca"));
+        let admin = format!(
+            "[slapos]\nmaster_url = {url}\n\n[slapconsole]\ncert_file = {0}/admin.crt\nkey_file = {0}/admin.key\nmaster_ca_file = {0}/ca.crt\n",
+            ca.display()
+        );
+        fs::write(self.path("etc/admin.cfg"), admin).unwrap();
+        let admin = self.path("etc/admin.cfg").display().to_string();
+        let token = |site: &mut Site, name: &str, args: &[&str]| {
+            let mut full = args.to_vec();
+            full.extend(["--cfg", &admin]);
+            let step = site.step_as(Side::Ours, name, exits(36, 0), &full);
+            let line = step.log.lines().rev().find(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()));
+            line.unwrap_or_else(|| panic!("[36] `slapos {}` printed no token:\n{}", args.join(" "), step.log)).to_string()
+        };
+        let computer_token = token(self, "computer-token", &["computer", "token", COMPUTER_ID]);
+        self.register("node-register", &computer_token, "etc/registered", exits(36, 0));
+        let registered = fs::read_to_string(self.path("etc/registered/slapos.cfg")).unwrap();
+        let names_it = registered.lines().any(|l| l.split_once('=').is_some_and(|(k, v)| k.trim() == "computer_id" && v.trim() == COMPUTER_ID));
+        assert!(names_it, "[36] the registered slapos.cfg does not name computer {COMPUTER_ID}:\n{registered}");
+        let ssl = self.path("etc/registered/ssl");
+        let key_mode = fs::metadata(ssl.join("key")).map(|m| m.permissions().mode() & 0o777).ok();
+        assert_eq!(key_mode, Some(0o600), "[36] the node's key {}/key is not mode 0600", ssl.display());
+        self.register("node-register-reused-token", &computer_token, "etc/registered-again", exits(37, 1));
+        let user_token = token(self, "user-token", &["user", "token", "e2e-user", "--computer", COMPUTER_ID]);
+        let client = self.path("etc/slapos-client.cfg").display().to_string();
+        let mut args = vec!["configure", "client", "--master-url", &url, "--token", &user_token, "--cfg", &client];
+        let ca_file = ca.join("ca.crt").display().to_string();
+        match self.mode.node {
+            Side::Ours => args.extend(["--master-ca-file", &ca_file]),
+            Side::Python => args.extend(["--master-url-web", &url]),
+        }
+        self.step("configure-client", exits(38, 0), &args);
+        let key_mode = fs::metadata(self.path("etc/client.key")).map(|m| m.permissions().mode() & 0o777).ok();
+        assert_eq!(key_mode, Some(0o600), "[38] etc/client.key is not mode 0600");
+        // the Python slap library raises NotImplementedError on master_ca_file (it never verifies the master)
+        let verify = match self.mode.node {
+            Side::Ours => format!("master_ca_file = {}/master-ca.crt\n", ssl.display()),
+            Side::Python => String::new(),
+        };
+        let extra = format!(
+            "[slapos]\nkey_file = {0}/key\ncert_file = {0}/certificate\ncertificate_repository_path = {0}/partition_pki\n{verify}",
+            ssl.display()
+        );
+        let cfg = fs::read_to_string(self.path("etc/slapos.cfg")).unwrap().replacen("[slapos]\n", &extra, 1);
+        fs::write(self.path("etc/slapos.cfg"), cfg).unwrap();
+    }
+
+    /// `slapos node register COMPUTER_ID` of the node under test into `dir`.
+    fn register(&mut self, name: &str, token: &str, dir: &str, expect: Expect) {
+        let (url, ca_file) = (self.master_url(), self.path("var/ca/ca.crt").display().to_string());
+        let dir = self.path(dir).display().to_string();
+        let cfg = format!("{dir}/slapos.cfg");
+        let mut args = vec!["node", "register", COMPUTER_ID, "--master-url", &url, "--token", token, "--interface-name", "br0"];
+        match self.mode.node {
+            Side::Ours => args.extend(["--master-ca-file", &ca_file, "--slapos-configuration", &dir]),
+            Side::Python => args.extend(["--master-url-web", &url, "--cfg", &cfg]),
+        }
+        self.step(name, expect, &args);
+    }
+
     /// The instance's connection parameters, as a client program gets them:
     /// the Python slap library's request, then getConnectionParameterDict.
     fn connection_parameters(&self) -> serde_json::Value {
         const SCRIPT: &str = "import json, sys\nimport slapos.slap\n\
-            master_url, sr, reference = sys.argv[1:4]\n\
-            slap = slapos.slap.slap()\nslap.initializeConnection(master_url)\n\
+            master_url, sr, reference, kw, key, cert = sys.argv[1:7]\n\
+            slap = slapos.slap.slap()\nslap.initializeConnection(master_url, key or None, cert or None)\n\
             partition = slap.registerOpenOrder().request(software_release=sr, partition_reference=reference, \
-            partition_parameter_kw={'greeting': 'hello-from-e2e'}, state='started')\n\
+            partition_parameter_kw=json.loads(kw), state='started')\n\
             print(json.dumps(partition.getConnectionParameterDict(), sort_keys=True))\n";
-        let master = format!("http://127.0.0.1:{MASTER_PORT}");
+        let master = self.master_url();
+        let kw: serde_json::Map<String, serde_json::Value> =
+            self.parameters().iter().filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_string(), v.into())).collect();
+        let kw = serde_json::Value::Object(kw).to_string();
+        // over HTTPS, as the user, with the certificate `configure client` wrote
+        let (cert, key) = if self.mode.tls {
+            (self.path("etc/client.crt").display().to_string(), self.path("etc/client.key").display().to_string())
+        } else {
+            (String::new(), String::new())
+        };
         let mut command = self.command(&self.venv.join("bin/python3"));
-        let out = command.args(["-c", SCRIPT, &master, &self.sr_url(), INSTANCE]).output().unwrap();
+        let out = command.args(["-c", SCRIPT, &master, &self.sr_url(), INSTANCE, &kw, &key, &cert]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         fs::write(self.path("log/connection-parameters.json"), &text).unwrap();
         assert!(

@@ -206,12 +206,17 @@ pub fn offline(node: &Node) -> Result<InstanceRun, NodeError> {
     Ok(InstanceRun::Offline)
 }
 
-/// `certificate_repository_path`, private to root as slapgrid makes it.
+/// `certificate_repository_path`, mode 0711 as `slapos node register` makes
+/// it: nobody lists it, each partition user reaches its own key (0400).
 fn certificate_repository(node: &Node) {
     if let Some(repo) = &node.cfg.certificate_repository_path {
-        use std::os::unix::fs::DirBuilderExt;
-        if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(repo) {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o711).create(repo) {
             tracing::warn!("cannot create certificate_repository_path {}: {e}", repo.display());
+        } else if std::fs::metadata(repo).is_ok_and(|m| m.permissions().mode() & 0o7777 != 0o711) {
+            if let Err(e) = std::fs::set_permissions(repo, std::fs::Permissions::from_mode(0o711)) {
+                tracing::warn!("cannot make certificate_repository_path {} mode 0711: {e}", repo.display());
+            }
         }
     }
 }

@@ -654,6 +654,10 @@ impl Tx for PgTx<'_, '_> {
         )?;
         Ok(n as usize)
     }
+    fn prune_certificates(&mut self, kind: &str, time: f64) -> Result<usize, StoreError> {
+        let n = self.execute("DELETE FROM certificate WHERE kind = $1 AND not_after < $2", &[&kind, &time])?;
+        Ok(n as usize)
+    }
     fn add_token(&mut self, t: &TokenRow) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO token (hash, kind, name, expires, used) VALUES ($1, $2, $3, $4, $5)",
