@@ -140,6 +140,10 @@ pub struct NodeConfig {
     pub instance_min_free_space: u64,
     /// `[networkcache]`: the binary cache of software releases, if any.
     pub networkcache: Option<crate::networkcache::Options>,
+    /// `[slapos] certificate_renewal_days`: how long before its end a
+    /// certificate of the node or of a partition is renewed (None: a third
+    /// of its lifetime, at most 30 days; [`crate::certificate`]).
+    pub certificate_renewal: Option<Duration>,
 }
 
 /// slapos.human's `human2bytes`: `1000M`, `1 G`, `2Gi`, `512k`, `10 MB`,
@@ -257,6 +261,7 @@ impl NodeConfig {
             software_min_free_space: size("software_min_free_space")?,
             instance_min_free_space: size("instance_min_free_space")?,
             networkcache: crate::networkcache::Options::from_config(config),
+            certificate_renewal: int("certificate_renewal_days")?.filter(|d| *d > 0).map(|d| Duration::from_secs(d as u64 * 24 * 3600)),
         })
     }
 }

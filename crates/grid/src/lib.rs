@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod boot;
+pub mod certificate;
 pub mod cgroup;
 pub mod collect;
 pub mod config;

@@ -96,7 +96,14 @@ impl Node {
         cc.key_file = cfg.key_file.clone();
         cc.cert_file = cfg.cert_file.clone();
         cc.ca_file = cfg.master_ca_file.clone();
-        let client = SlapClient::new(cc)?;
+        let mut client = SlapClient::new(cc.clone())?;
+        if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
+            match crate::certificate::renew_computer(&client, &cfg.computer_id, cert, key, cfg.certificate_renewal) {
+                Ok(true) => client = SlapClient::new(cc)?,
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot renew the computer certificate {}: {e}", cert.display()),
+            }
+        }
         let supervisor = Supervisor::new(&cfg.instance_root, find_program("supervisord", &cfg.buildout));
         Ok(Node { cfg, client, supervisor })
     }

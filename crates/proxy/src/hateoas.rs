@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use serde_json::{json, Map, Value as J};
 use slap::instance_xml::dict_to_xml;
@@ -16,6 +17,7 @@ use slap::marshal::{self, Value};
 
 use crate::app::{error_page, App};
 use crate::master::MasterError;
+use crate::rules::Identity;
 use crate::store::{PartitionRow, ReportRow, Store, Tx};
 
 type Shared = Arc<App>;
@@ -130,20 +132,33 @@ fn shared_entry(tx: &mut dyn Tx, reference: &str) -> Result<Option<SharedEntry>,
     Ok(entry.map(|e| (e, host, slave.connection_xml)))
 }
 
-fn search(tx: &mut dyn Tx, query: &str) -> Result<Option<Vec<J>>, MasterError> {
+/// Whether `viewer` (None: everyone is shown everything: the local cloud,
+/// the administrator) may see the object (`tree` title or `computer` id).
+fn visible(tx: &mut dyn Tx, viewer: Option<&str>, kind: &str, reference: &str) -> Result<bool, MasterError> {
+    Ok(match viewer {
+        None => true,
+        Some(user) => crate::rules::may_use(tx, kind, reference, user)?,
+    })
+}
+
+/// The answer of a search: services and computers, only those `viewer`
+/// may see.
+fn search(tx: &mut dyn Tx, query: &str, viewer: Option<&str>) -> Result<Option<Vec<J>>, MasterError> {
     let quoted = |rest: &str| -> Option<String> {
         let inner = rest.strip_prefix('"')?.strip_suffix('"')?;
         (!inner.contains('"') || inner.contains("\\\"")).then(|| inner.to_string())
     };
     let services = |tx: &mut dyn Tx, title: Option<&str>| -> Result<Vec<J>, MasterError> {
         let reports = tx.last_reports()?;
-        let mut out: Vec<J> = tx
-            .partitions(None)?
-            .iter()
-            .filter(|p| p.slap_state != "free" && p.requested_by.is_empty())
-            .filter(|p| title.is_none() || p.partition_reference.as_deref() == title)
-            .map(|p| partition_json(p, last_report(&reports, p)))
-            .collect();
+        let mut out: Vec<J> = Vec::new();
+        for p in tx.partitions(None)? {
+            if p.slap_state == "free" || !p.requested_by.is_empty() || (title.is_some() && p.partition_reference.as_deref() != title) {
+                continue;
+            }
+            if visible(tx, viewer, "tree", p.partition_reference.as_deref().unwrap_or(""))? {
+                out.push(partition_json(&p, last_report(&reports, &p)));
+            }
+        }
         if title.is_some() && !out.is_empty() {
             return Ok(out);
         }
@@ -151,7 +166,7 @@ fn search(tx: &mut dyn Tx, query: &str) -> Result<Option<Vec<J>>, MasterError> {
             let Some(name) = s.reference.strip_prefix('_') else {
                 continue;
             };
-            if title.is_some_and(|t| t != name) {
+            if title.is_some_and(|t| t != name) || !visible(tx, viewer, "tree", name)? {
                 continue;
             }
             if let Some((_, host, _)) = shared_entry(tx, &s.reference)? {
@@ -165,17 +180,17 @@ fn search(tx: &mut dyn Tx, query: &str) -> Result<Option<Vec<J>>, MasterError> {
         Ok(out)
     };
     let computers = |tx: &mut dyn Tx, reference: Option<&str>| -> Result<Vec<J>, MasterError> {
-        Ok(tx
-            .computers()?
-            .into_iter()
-            .filter(|c| reference.is_none_or(|r| r == c.reference))
-            .map(|c| {
-                json!({
-                    "reference": c.reference, "address": c.address, "netmask": c.netmask,
-                    "title": c.reference, "relative_url": format!("/hateoas/computers/{}", c.reference),
-                })
-            })
-            .collect())
+        let mut out = Vec::new();
+        for c in tx.computers()? {
+            if reference.is_some_and(|r| r != c.reference) || !visible(tx, viewer, "computer", &c.reference)? {
+                continue;
+            }
+            out.push(json!({
+                "reference": c.reference, "address": c.address, "netmask": c.netmask,
+                "title": c.reference, "relative_url": format!("/hateoas/computers/{}", c.reference),
+            }));
+        }
+        Ok(out)
     };
     if query == SERVICE_LIST {
         return Ok(Some(services(tx, None)?));
@@ -230,7 +245,13 @@ async fn in_tx<R: Send + 'static>(
     tokio::task::spawn_blocking(move || app.store.read(f)).await.map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
 }
 
-async fn root(State(app): State<Shared>, headers: HeaderMap, uri: Uri) -> Response {
+/// `/hateoas/`: the links, a search (filtered for a user: their trees and
+/// the computers open to them), a traversal.
+async fn root(State(app): State<Shared>, who: Option<Extension<Identity>>, headers: HeaderMap, uri: Uri) -> Response {
+    let viewer = match who.map(|Extension(w)| w) {
+        Some(Identity::User(u)) => Some(u),
+        _ => None,
+    };
     let args: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
     let arg = |k: &str| args.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     match arg("mode").as_deref() {
@@ -249,7 +270,7 @@ async fn root(State(app): State<Shared>, headers: HeaderMap, uri: Uri) -> Respon
                 return error_page(StatusCode::BAD_REQUEST, "missing argument 'query'");
             };
             let q = query.clone();
-            match in_tx(&app, move |tx| search(tx, &q)).await {
+            match in_tx(&app, move |tx| search(tx, &q, viewer.as_deref())).await {
                 Ok(Some(contents)) => json_response(json!({"_embedded": {"contents": contents}})),
                 Ok(None) => error_page(StatusCode::BAD_REQUEST, &format!("Unhandled query: {query}")),
                 Err(e) => e.into_response(),

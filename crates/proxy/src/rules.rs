@@ -241,7 +241,9 @@ fn tree_of(tx: &mut dyn Tx, computer: &str, partition: &str) -> Result<Option<St
     }))
 }
 
-pub(crate) fn may_use(tx: &mut dyn Tx, kind: &str, reference: &str, user: &str) -> Result<bool, StoreError> {
+/// Whether `user` may use the object (`tree` title or `computer` id): named
+/// among its grantees, or it is open to everyone.
+pub fn may_use(tx: &mut dyn Tx, kind: &str, reference: &str, user: &str) -> Result<bool, StoreError> {
     Ok(tx.grantees(kind, reference)?.iter().any(|g| g == user || g == EVERYONE))
 }
 

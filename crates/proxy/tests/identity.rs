@@ -182,3 +182,121 @@ fn a_node_a_person_and_an_instance_work_with_their_certificates() {
     // the anonymous get nothing but the front page
     assert_eq!(m.client(None).computer_information("COMP-9").unwrap_err().status(), Some(403));
 }
+
+/// Joins `user` with a token and opens `computers` to them: their client.
+fn person(m: &Master, user: &str, computers: &[&str]) -> SlapClient {
+    let t = m.token("user", user);
+    let (cert, key) = m.join("Person_getCertificate", &[("token", &t)]).unwrap();
+    m.save(user, &cert, &key);
+    let admin = m.client(Some("admin"));
+    for c in computers {
+        admin.post("identity/grant", &[("kind", "computer"), ("reference", c), ("user", user)], None).unwrap();
+    }
+    m.client(Some(user))
+}
+
+/// Joins `computer` with a token and reports its partitions: its client.
+fn computer(m: &Master, computer: &str) -> SlapClient {
+    let t = m.token("computer", computer);
+    let (cert, key) = m.join("Person_requestComputer", &[("token", &t), ("title", computer)]).unwrap();
+    m.save(computer, &cert, &key);
+    let node = m.client(Some(computer));
+    node.load_computer_configuration(&format_report(computer)).unwrap();
+    node
+}
+
+/// The titles (or references) a HATEOAS search lists for `client`.
+fn listed(client: &SlapClient, query: &str, key: &str) -> Vec<String> {
+    let body = client.get("hateoas/", &[("mode", "search"), ("query", query)]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut names: Vec<String> =
+        v["_embedded"]["contents"].as_array().unwrap().iter().map(|c| c[key].as_str().unwrap().to_string()).collect();
+    names.sort();
+    names
+}
+
+fn request_on(client: &SlapClient, title: &str, computer: &str) {
+    let mut req = InstanceRequest::new(SR, title);
+    req.filter.insert("computer_guid".into(), computer.into());
+    client.request(&req).unwrap();
+}
+
+#[test]
+fn the_hateoas_listing_shows_a_person_only_their_trees_and_computers() {
+    let m = Master::start();
+    computer(&m, "COMP-A");
+    computer(&m, "COMP-B");
+    let alice = person(&m, "alice", &["COMP-A"]);
+    let bob = person(&m, "bob", &["COMP-B"]);
+    request_on(&alice, "alice-tree", "COMP-A");
+    request_on(&bob, "bob-tree", "COMP-B");
+    const SERVICES: &str = "portal_type:\"Instance Tree\" AND validation_state:validated";
+    const COMPUTERS: &str = "portal_type:\"Compute Node\" AND validation_state:validated";
+    assert_eq!(listed(&alice, SERVICES, "title"), ["alice-tree"]);
+    assert_eq!(listed(&bob, SERVICES, "title"), ["bob-tree"]);
+    assert_eq!(listed(&alice, COMPUTERS, "reference"), ["COMP-A"]);
+    assert_eq!(listed(&bob, COMPUTERS, "reference"), ["COMP-B"]);
+    // by title: another's tree is not found
+    let other = format!("{SERVICES} AND title:=\"bob-tree\"");
+    assert!(listed(&alice, &other, "title").is_empty());
+    // a computer opened to everyone is listed to everyone
+    let admin = m.client(Some("admin"));
+    admin.post("identity/grant", &[("kind", "computer"), ("reference", "COMP-B"), ("user", "*")], None).unwrap();
+    assert_eq!(listed(&alice, COMPUTERS, "reference"), ["COMP-A", "COMP-B"]);
+    // the administrator sees everything
+    assert_eq!(listed(&admin, SERVICES, "title"), ["alice-tree", "bob-tree"]);
+}
+
+#[test]
+fn a_revoked_person_is_refused_at_once_and_others_are_not() {
+    let m = Master::start();
+    computer(&m, "COMP-A");
+    let alice = person(&m, "alice", &["COMP-A"]);
+    let bob = person(&m, "bob", &["COMP-A"]);
+    alice.supply(SR, "COMP-A", slap::model::SoftwareState::Available).unwrap();
+    let n = m.client(Some("admin")).post("identity/revoke", &[("kind", "user"), ("name", "alice")], None).unwrap();
+    assert_eq!(n, "1");
+    let e = alice.supply(SR, "COMP-A", slap::model::SoftwareState::Available).unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
+    bob.supply(SR, "COMP-A", slap::model::SoftwareState::Available).unwrap();
+    // only the administrator revokes
+    let e = bob.post("identity/revoke", &[("kind", "user"), ("name", "alice")], None).unwrap_err();
+    assert_eq!(e.status(), Some(403));
+}
+
+#[test]
+fn a_freed_partition_s_certificates_are_revoked_and_ended_ones_pruned() {
+    let m = Master::start();
+    let node = computer(&m, "COMP-A");
+    let alice = person(&m, "alice", &["COMP-A"]);
+    let mut req = InstanceRequest::new(SR, "tree");
+    req.filter.insert("computer_guid".into(), "COMP-A".into());
+    let RequestResult::Ready(root) = alice.request(&req).unwrap() else { panic!("not ready") };
+    let partition = root.partition_id.unwrap();
+    let (cert, key) = node.certificate("COMP-A", &partition).unwrap();
+    m.save("instance", &cert, &key);
+    let instance = m.client(Some("instance"));
+    let status = |c: &SlapClient| c.get("getComputerPartitionStatus", &[("computer_id", "COMP-A"), ("computer_partition_id", &partition)]);
+    status(&instance).unwrap();
+    // an ended partition certificate in the store goes at the next issue
+    let store = SqliteStore::open(&m.dir.path().join("proxy.db")).unwrap();
+    let ended = slapos_proxy::store::CertificateRow {
+        serial: "0badc0de".into(),
+        kind: "partition".into(),
+        name: "slappart2".into(),
+        computer_reference: "COMP-A".into(),
+        not_after: 1.0,
+        revoked: None,
+    };
+    store.transaction(|tx: &mut dyn Tx| tx.add_certificate(&ended)).unwrap();
+    node.certificate("COMP-A", &partition).unwrap();
+    assert!(store.transaction(|tx: &mut dyn Tx| tx.certificate("0badc0de")).unwrap().is_none(), "the ended certificate was kept");
+    // destroyed and freed: the instance's certificate no longer works
+    req.state = Some(slap::model::InstanceState::Destroyed);
+    alice.request(&req).unwrap();
+    node.partition_destroyed("COMP-A", &partition).unwrap();
+    let e = status(&instance).unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
+}

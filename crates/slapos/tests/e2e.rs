@@ -619,7 +619,8 @@ impl Site {
         let computer_token = token(self, "computer-token", &["computer", "token", COMPUTER_ID]);
         self.register("node-register", &computer_token, "etc/registered", exits(36, 0));
         let registered = fs::read_to_string(self.path("etc/registered/slapos.cfg")).unwrap();
-        let names_it = registered.lines().any(|l| l.split_once('=').is_some_and(|(k, v)| k.trim() == "computer_id" && v.trim() == COMPUTER_ID));
+        let names_it =
+            registered.lines().any(|l| l.split_once('=').is_some_and(|(k, v)| k.trim() == "computer_id" && v.trim() == COMPUTER_ID));
         assert!(names_it, "[36] the registered slapos.cfg does not name computer {COMPUTER_ID}:\n{registered}");
         let ssl = self.path("etc/registered/ssl");
         let key_mode = fs::metadata(ssl.join("key")).map(|m| m.permissions().mode() & 0o777).ok();

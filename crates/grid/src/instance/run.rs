@@ -315,11 +315,18 @@ impl Run<'_> {
     }
 
     /// The partition's certificate and key from the master into
-    /// `certificate_repository_path` (0400, the partition's).
+    /// `certificate_repository_path` (0400, the partition's), when missing
+    /// or within their renewal window ([`crate::certificate`]).
     fn refresh_certificate(&self, t: &Target) -> Result<(), PartitionError> {
         let Some(repo) = &self.node.cfg.certificate_repository_path else { return Ok(()) };
-        let (cert, key) = self.node.client.certificate(&self.node.cfg.computer_id, t.id)?;
         let dir = Dir::open(repo)?;
+        let crt = format!("{}.crt", t.id);
+        let current = dir.read_to_string(Path::new(&crt), fsafe::LARGE).ok();
+        let key_there = dir.exists(Path::new(&format!("{}.key", t.id)));
+        if key_there && !crate::certificate::needs_renewal(current.as_deref(), self.node.cfg.certificate_renewal) {
+            return Ok(());
+        }
+        let (cert, key) = self.node.client.certificate(&self.node.cfg.computer_id, t.id)?;
         // created with their final mode and owner (0400, as slapgrid), then renamed
         for (name, text) in [(format!("{}.crt", t.id), cert), (format!("{}.key", t.id), key)] {
             dir.write_if_changed(Path::new(&name), text.as_bytes(), 0o400, t.owner.give_to())?;
