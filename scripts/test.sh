@@ -69,9 +69,10 @@ step_slow() {
 }
 
 step_e2e() {
-  # crates/slapos/tests/e2e.rs: a whole node life cycle, three ways (all
+  # crates/slapos/tests/e2e.rs: a whole node life cycle, five ways (all
   # ours; our node and client against the Python master; the Python node
-  # and client against ours), one after the other
+  # and client against ours; both of ours and the Python node and client
+  # against our master over HTTPS with certificates), one after the other
   if ! is_root; then
     log "end-to-end runs skipped: they need root"
     return 0

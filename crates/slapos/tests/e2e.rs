@@ -1,13 +1,22 @@
 //! End-to-end acceptance: a whole SlapOS node life cycle, as root, in a
 //! network namespace of its own, with the real zc.buildout and supervisord of
 //! the project venv and the offline software release `tests/data/e2e-sr/`.
-//! One body ([`life_cycle`]) runs in three pairings:
+//! One body ([`life_cycle`]) runs in five pairings:
 //!
 //! - `needs_root_e2e_all_ours`: our master, our node, our client;
 //! - `needs_root_e2e_our_node_against_python_master`: the Python master
 //!   (slapos.core 1.26.1 `slapos proxy start`), our node and our client;
 //! - `needs_root_e2e_python_node_against_our_master`: our master, the Python
-//!   node and the Python client.
+//!   node and the Python client;
+//! - `needs_root_e2e_https_all_ours`: all ours over HTTPS, our master with
+//!   `tls = true` and its CA: the node joins with `slapos computer token` +
+//!   `slapos node register`, the user gets a certificate with `slapos user
+//!   token` + `slapos configure client`, the instance requests a child as
+//!   itself with its partition certificate (checks 36–40 below);
+//! - `needs_root_e2e_https_python_node_against_our_master`: the same with the
+//!   Python `slapos node register`, `configure client`, node and client
+//!   (which send `key_file`/`cert_file` but never verify the master: the
+//!   Python slap library raises NotImplementedError on `master_ca_file`).
 //!
 //! It makes the flow and every check of the reference script
 //! `shared/reference/python-e2e/run.sh` (which this test does not need). The
