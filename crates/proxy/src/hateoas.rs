@@ -257,7 +257,11 @@ async fn root(State(app): State<Shared>, who: Option<Extension<Identity>>, heade
     match arg("mode").as_deref() {
         None => {
             // links as Flask builds them behind ProxyFix (X-Forwarded-Proto, -Prefix)
-            let o = crate::relay::Origin::from_headers(&headers);
+            let mut o = crate::relay::Origin::from_headers(&headers);
+            if app.identity.is_some() && !headers.contains_key("x-forwarded-proto") {
+                // the master serves HTTPS itself: its links are https too
+                o.scheme = "https".into();
+            }
             let host = if o.host.is_empty() { "localhost" } else { &o.host };
             let base = format!("{}://{host}{}", o.scheme, o.prefix);
             json_response(json!({"_links": {

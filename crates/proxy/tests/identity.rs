@@ -236,6 +236,10 @@ fn the_hateoas_listing_shows_a_person_only_their_trees_and_computers() {
     assert_eq!(listed(&bob, SERVICES, "title"), ["bob-tree"]);
     assert_eq!(listed(&alice, COMPUTERS, "reference"), ["COMP-A"]);
     assert_eq!(listed(&bob, COMPUTERS, "reference"), ["COMP-B"]);
+    // the master serves HTTPS itself: the entry point links to https
+    let root: serde_json::Value = serde_json::from_str(&alice.get("hateoas/", &[]).unwrap()).unwrap();
+    let search = root["_links"]["raw_search"]["href"].as_str().unwrap();
+    assert!(search.starts_with("https://"), "{search}");
     // by title: another's tree is not found
     let other = format!("{SERVICES} AND title:=\"bob-tree\"");
     assert!(listed(&alice, &other, "title").is_empty());
