@@ -120,6 +120,13 @@ fn tokens_are_spent_once_before_they_expire_for_what_they_were_minted() {
     let t = m.token("computer", "COMP-9");
     let (_, e) = status(m.join("Person_requestComputer", &[("token", &t), ("title", "COMP-9")]));
     assert!(e.contains("already joined"), "{e}");
+    // in the words the Python `slapos node register` recognises
+    assert!(e.contains("Certificate still active."), "{e}");
+    // a computer's token does not get a person a certificate
+    let t = m.token("computer", "COMP-6");
+    let (s, e) = status(m.join("Person_getCertificate", &[("token", &t)]));
+    assert_eq!(s, Some(403), "{e}");
+    assert!(e.contains("not for a user"), "{e}");
     // a user's token does not join a computer
     let t = m.token("user", "COMP-7");
     let (_, e) = status(m.join("Person_requestComputer", &[("token", &t), ("title", "COMP-7")]));
@@ -141,6 +148,10 @@ fn a_node_a_person_and_an_instance_work_with_their_certificates() {
     // the node joins
     let t = m.token("computer", "COMP-9");
     let (cert, key) = m.join("Person_requestComputer", &[("token", &t), ("title", "COMP-9")]).unwrap();
+    // the Python `slapos node register` reads the computer id from the text
+    // before the PEM, as SlapOS master's: from "COMP-" to "/email"
+    let k = cert.find("COMP-").unwrap();
+    assert_eq!(&cert[k..k + cert[k..].find("/email").unwrap()], "COMP-9");
     m.save("node", &cert, &key);
     let node = m.client(Some("node"));
     node.load_computer_configuration(&format_report("COMP-9")).unwrap();

@@ -196,4 +196,14 @@ fn needs_postgres_identity_and_parity_rows_behave_as_on_sqlite() {
         Ok(())
     })
     .unwrap();
+    // ended certificates of a kind pruned, the others kept
+    a.transaction(|tx: &mut dyn Tx| tx.add_certificate(&CertificateRow { serial: "3".into(), not_after: 200.0, ..cert("3") })).unwrap();
+    assert_eq!(b.transaction(|tx: &mut dyn Tx| tx.prune_certificates("computer", 150.0)).unwrap(), 0);
+    assert_eq!(b.transaction(|tx: &mut dyn Tx| tx.prune_certificates("partition", 150.0)).unwrap(), 2);
+    b.read(|tx: &mut dyn Tx| -> Result<(), StoreError> {
+        assert!(tx.certificate("1")?.is_none());
+        assert!(tx.certificate("3")?.is_some());
+        Ok(())
+    })
+    .unwrap();
 }
