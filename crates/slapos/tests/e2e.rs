@@ -73,6 +73,7 @@
 //! | 38 | `configure client` with a user token: 0; `client.key` is 0600             |
 //! | 39 | `node instance` deploys the child the instance requested with its partition certificate |
 //! | 40 | `partition_pki` is 0711, the child's key 0400 and its user's              |
+//! | 41 | (Python node) the slap library's `Computer.generateCertificate()` gets a new certificate with the node's |
 //!
 //! Clean-up, even when a check fails ([`Site`]'s `Drop`): supervisord and the
 //! master stopped by pid, anything left in the namespace killed, the namespace
@@ -657,6 +658,22 @@ impl Site {
         );
         let cfg = fs::read_to_string(self.path("etc/slapos.cfg")).unwrap().replacen("[slapos]\n", &extra, 1);
         fs::write(self.path("etc/slapos.cfg"), cfg).unwrap();
+        if self.mode.node == Side::Python {
+            self.python_renewal(&ssl);
+        }
+    }
+
+    /// [41]: the Python slap library renews a computer certificate through
+    /// our master (its slapgrid never does it by itself).
+    fn python_renewal(&self, ssl: &Path) {
+        const SCRIPT: &str = "import sys\nimport slapos.slap\nurl, computer, key, cert = sys.argv[1:5]\n\
+            slap = slapos.slap.slap()\nslap.initializeConnection(url, key, cert)\n\
+            new = slap.registerComputer(computer).generateCertificate()\n\
+            assert '-----BEGIN CERTIFICATE-----' in new['certificate'] and 'PRIVATE KEY' in new['key'], new\nprint('renewed')\n";
+        let (key, cert) = (ssl.join("key").display().to_string(), ssl.join("certificate").display().to_string());
+        let mut command = self.command(&self.venv.join("bin/python3"));
+        let out = command.args(["-c", SCRIPT, &self.master_url(), COMPUTER_ID, &key, &cert]).output().unwrap();
+        assert!(out.status.success(), "[41] Computer.generateCertificate() failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// `slapos node register COMPUTER_ID` of the node under test into `dir`.
