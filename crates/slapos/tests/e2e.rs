@@ -135,13 +135,13 @@ fn needs_root_e2e_python_node_against_our_master() {
 #[test]
 #[ignore = "needs root"]
 fn needs_root_e2e_https_all_ours() {
-    life_cycle(Mode { name: "https-all-ours", tag: 's', master: Side::Ours, node: Side::Ours, tls: true });
+    life_cycle(Mode { name: "https-all-ours", tag: 'h', master: Side::Ours, node: Side::Ours, tls: true });
 }
 
 #[test]
 #[ignore = "needs root"]
 fn needs_root_e2e_https_python_node_against_our_master() {
-    life_cycle(Mode { name: "https-python-node", tag: 'p', master: Side::Ours, node: Side::Python, tls: true });
+    life_cycle(Mode { name: "https-python-node", tag: 'y', master: Side::Ours, node: Side::Python, tls: true });
 }
 
 /// The whole life cycle of run.sh, in its order.
