@@ -455,7 +455,7 @@ async fn related_instances(State(app): State<Shared>, body: Bytes) -> Response {
 
 /// The body is read (within the body limit) so that the connection stays
 /// usable for the client's next request.
-async fn method_not_allowed(_body: Bytes) -> Response {
+pub(crate) async fn method_not_allowed(_body: Bytes) -> Response {
     error_page(StatusCode::METHOD_NOT_ALLOWED, "The method is not allowed for the requested URL.")
 }
 
@@ -550,6 +550,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::relay::router())
         .merge(crate::identity::router())
         .merge(crate::accounting::routes::router())
+        .merge(crate::jsonrpc::router())
         // every route is authorized by proxy::rules (a route without a rule
         // is refused): routes merged after this layer would escape it
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), crate::rules::authorize))

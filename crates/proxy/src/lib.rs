@@ -26,6 +26,7 @@ pub mod ca;
 pub mod hateoas;
 pub mod http;
 pub mod identity;
+pub mod jsonrpc;
 pub mod limits;
 pub mod master;
 pub mod migrate;
