@@ -63,7 +63,13 @@ pub fn check(route: &str, body: &J) -> Result<(), String> {
             let schema_path = tokens(e.schema_path().as_str());
             let instance_path = tokens(e.instance_path().as_str());
             let rank = rank(&endpoint.schema, &schema_path, &instance_path, e.kind());
-            (rank, message(&endpoint.schema, &schema_path, e.kind(), e.instance()))
+            // the crate reports a property refused by a false schema at its
+            // object's place (0.61), or at its own: the object is one of them
+            let holder = match at(body, &instance_path) {
+                J::Object(_) => at(body, &instance_path),
+                _ => instance_path.split_last().map(|(_, p)| at(body, p)).unwrap_or(&J::Null),
+            };
+            (rank, message(&endpoint.schema, &schema_path, e.kind(), e.instance(), holder))
         })
         .min_by(|a, b| a.0.cmp(&b.0));
     match first {
@@ -115,7 +121,7 @@ fn rank(schema: &J, schema_path: &[String], instance_path: &[String], kind: &Val
     out
 }
 
-/// The schema value at `path`.
+/// The value at `path` (of a schema or a body).
 fn at<'a>(schema: &'a J, path: &[String]) -> &'a J {
     path.iter().fold(schema, |node, t| match node {
         J::Array(items) => t.parse::<usize>().ok().and_then(|i| items.get(i)).unwrap_or(&J::Null),
@@ -123,17 +129,27 @@ fn at<'a>(schema: &'a J, path: &[String]) -> &'a J {
     })
 }
 
-/// The message of Python's `jsonschema` 4.26 for an error.
-fn message(schema: &J, schema_path: &[String], kind: &ValidationErrorKind, instance: &J) -> String {
+/// Python's message for properties `additionalProperties: false` refuses.
+fn additional(mut extras: Vec<String>) -> String {
+    extras.sort();
+    let verb = if extras.len() == 1 { "was" } else { "were" };
+    let list: Vec<String> = extras.iter().map(|e| repr(&J::String(e.clone()))).collect();
+    format!("Additional properties are not allowed ({} {verb} unexpected)", list.join(", "))
+}
+
+/// The message of Python's `jsonschema` 4.26 for an error (`parent`: the
+/// value holding the instance, for a property refused by a false schema).
+fn message(schema: &J, schema_path: &[String], kind: &ValidationErrorKind, instance: &J, parent: &J) -> String {
     let value = repr(instance);
     match kind {
         ValidationErrorKind::Required { property } => format!("{} is a required property", repr(property)),
-        ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let mut extras = unexpected.clone();
-            extras.sort();
-            let verb = if extras.len() == 1 { "was" } else { "were" };
-            let list: Vec<String> = extras.iter().map(|e| repr(&J::String(e.clone()))).collect();
-            format!("Additional properties are not allowed ({} {verb} unexpected)", list.join(", "))
+        ValidationErrorKind::AdditionalProperties { unexpected } => additional(unexpected.clone()),
+        // a schema without `properties`: the crate refuses each property
+        // with a false schema, Python names them all at once
+        ValidationErrorKind::FalseSchema if schema_path.last().is_some_and(|k| k == "additionalProperties") => {
+            let node = at(schema, &schema_path[..schema_path.len() - 1]);
+            let known = |k: &String| node["properties"].get(k.as_str()).is_some();
+            additional(parent.as_object().map(|o| o.keys().filter(|k| !known(k)).cloned().collect()).unwrap_or_default())
         }
         ValidationErrorKind::Type { .. } => {
             let types = match at(schema, schema_path) {
@@ -192,6 +208,9 @@ mod tests {
         assert_eq!(e, "'message' is a required property");
         let e = check("/slapos.get.v0.software_instance", &json!({"instance_guid": "x", "more": 1, "extra": 2})).unwrap_err();
         assert_eq!(e, "Additional properties are not allowed ('extra', 'more' were unexpected)");
+        // a schema with no `properties` at all
+        let e = check("/slapos.allDocs.v0.instance_tree_list", &json!({"b": 1, "a": 2})).unwrap_err();
+        assert_eq!(e, "Additional properties are not allowed ('a', 'b' were unexpected)");
     }
 
     #[test]
