@@ -77,6 +77,8 @@ pub enum Arg {
     Path,
     /// The computer reference inside the marshalled format report (`xml`).
     FormatReport,
+    /// A string field of the JSON body (the JSON-RPC API).
+    Json(&'static str),
 }
 
 /// What a route allows (the administrator is allowed everywhere, a revoked
@@ -111,6 +113,16 @@ pub enum Rule {
     /// becomes theirs) on a computer open to them; a partition for its own
     /// children in its tree, as itself (`X-SlapPartition`).
     Request,
+    /// The instance an id of the JSON-RPC API names
+    /// (`<title>___<root>___<0|1>`, [`crate::jsonrpc::parse_guid`]): as
+    /// [`Rule::Instance`] for its partition (a shared instance: its host's,
+    /// and the partition that requested it), the users of its tree.
+    Guid(Arg),
+    /// The computer hosting the instance an id names (its reports).
+    GuidHost(Arg),
+    /// `slapos.post.v0.software_instance`: as [`Rule::Request`], the title,
+    /// SLA and requester read from the JSON body and `X-SlapPartition`.
+    JsonRequest,
     /// The binary cache: reading (GET) is public; storing is for computers
     /// (nodes upload what they built). The body is not read to decide.
     Cache,
@@ -120,7 +132,7 @@ pub enum Rule {
     Accounting,
 }
 
-use Arg::{Field as F, FormatReport, Path};
+use Arg::{Field as F, FormatReport, Json as J, Path};
 
 /// The rule of every route of the master. A route of the router missing
 /// here is refused to everyone (and fails the authorization matrix test).
@@ -173,6 +185,34 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/shacache/update", Rule::Administrator),
     ("/api/events", Rule::Accounting),
     ("/api/usage", Rule::Accounting),
+    // the JSON-RPC API (proxy::jsonrpc), as its SLAP equivalents
+    ("/json_rpc.json", Rule::Public),
+    ("/json_rpc_experimental.json", Rule::Public),
+    ("/slapos.get.v0.hateoas_url", Rule::Public),
+    ("/slapos.remove.v0.compute_node_certificate", Rule::Computer(J("computer_guid"))),
+    ("/slapos.post.v0.compute_node_certificate", Rule::Computer(J("computer_guid"))),
+    ("/slapos.post.v0.compute_node_usage", Rule::Computer(J("computer_guid"))),
+    ("/slapos.put.v0.compute_node_bang", Rule::Computer(J("computer_guid"))),
+    ("/slapos.put.v0.compute_node_format", Rule::Computer(J("computer_guid"))),
+    ("/slapos.put.v0.software_installation_reported_state", Rule::Computer(J("computer_guid"))),
+    ("/slapos.put.v0.software_installation_error", Rule::Computer(J("computer_guid"))),
+    ("/slapos.allDocs.v0.compute_node_instance_list", Rule::Computer(J("computer_guid"))),
+    ("/slapos.allDocs.v0.compute_node_software_installation_list", Rule::ComputerUser(J("computer_guid"))),
+    ("/slapos.get.v0.compute_node_status", Rule::ComputerUser(J("computer_guid"))),
+    ("/slapos.post.v0.software_installation", Rule::Supply(J("computer_guid"))),
+    ("/slapos.get.v0.compute_partition", Rule::Instance(J("computer_guid"), J("compute_partition_id"))),
+    ("/slapos.get.v0.software_instance", Rule::Guid(J("instance_guid"))),
+    ("/slapos.get.v0.software_instance_certificate", Rule::Guid(J("instance_guid"))),
+    ("/slapos.allDocs.v0.instance_node_instance_list", Rule::Guid(J("instance_guid"))),
+    ("/slapos.put.v0.software_instance_connection_parameter", Rule::Guid(J("instance_guid"))),
+    ("/slapos.put.v0.software_instance_error", Rule::Guid(J("instance_guid"))),
+    ("/slapos.put.v0.software_instance_bang", Rule::Guid(J("instance_guid"))),
+    ("/slapos.put.v0.software_instance_title", Rule::Guid(J("instance_guid"))),
+    ("/slapos.put.v0.software_instance_reported_state", Rule::GuidHost(J("instance_guid"))),
+    ("/slapos.post.v0.software_instance", Rule::JsonRequest),
+    ("/slapos.get.v0.instance_tree", Rule::Tree(J("title"))),
+    ("/slapos.allDocs.v0.instance_tree_list", Rule::People),
+    ("/slapos.allDocs.WIP.compute_node_list", Rule::People),
 ];
 
 /// The rule of a route (as the router spells it).
@@ -199,6 +239,8 @@ pub struct Call {
     pub default_computer: String,
     /// Whether the call only reads (GET or HEAD).
     pub reads: bool,
+    /// The JSON body of a JSON-RPC call (None: not JSON).
+    pub json: Option<serde_json::Value>,
 }
 
 impl Call {
@@ -219,7 +261,12 @@ impl Call {
                     .map(str::to_string)
                     .ok_or_else(|| "no computer reference in the format report".into())
             }
+            Arg::Json(key) => self.json_text(key).map(str::to_string).ok_or_else(|| format!("no '{key}' in the call")),
         }
+    }
+
+    fn json_text(&self, key: &str) -> Option<&str> {
+        self.json.as_ref()?.get(key)?.as_str()
     }
 }
 
@@ -318,6 +365,18 @@ pub fn decide(tx: &mut dyn Tx, who: &Identity, rule: Rule, call: &Call) -> Resul
             }
         }
         Rule::Request => request(tx, who, call),
+        Rule::JsonRequest => json_request(tx, who, call),
+        Rule::Guid(a) | Rule::GuidHost(a) => {
+            let g = match arg(a) {
+                Ok(g) => g,
+                Err(e) => return deny(e),
+            };
+            if guid_allowed(tx, who, &g, matches!(rule, Rule::GuidHost(_)))? {
+                Ok(Ok(()))
+            } else {
+                deny(format!("may not act on instance {}", quoted(&g)))
+            }
+        }
         Rule::Cache if call.reads || matches!(who, I::Computer(_)) => Ok(Ok(())),
         Rule::Cache => deny("only computers may store in the binary cache".into()),
         Rule::Accounting => accounting(tx, who, call),
@@ -401,6 +460,47 @@ fn instance_allowed(tx: &mut dyn Tx, who: &Identity, c: &str, p: &str) -> Result
     })
 }
 
+/// [`Rule::Guid`] and [`Rule::GuidHost`] (`host_only`): the partition of
+/// the instance (a shared one: its host) decides as [`Rule::Instance`] (or
+/// [`Rule::Hosted`]); the partition that requested a shared instance and
+/// the users of the tree are allowed too (not for `host_only`).
+fn guid_allowed(tx: &mut dyn Tx, who: &Identity, guid: &str, host_only: bool) -> Result<bool, StoreError> {
+    let Some((title, root, shared)) = crate::jsonrpc::parse_guid(guid) else {
+        return Ok(false);
+    };
+    let (computer, partition, requester) = if shared {
+        let reference = format!("{root}_{title}");
+        match tx.slaves()?.into_iter().find(|s| s.reference == reference) {
+            Some(s) => (s.computer_reference, s.hosted_by.unwrap_or_default(), Some(s.requester_id)),
+            None => return Ok(false),
+        }
+    } else {
+        match tx.partition_by_title(&title, &root)? {
+            Some(p) => (p.computer_reference, p.reference, None),
+            None => return Ok(false),
+        }
+    };
+    if host_only {
+        return Ok(matches!(who, Identity::Computer(me) if *me == computer));
+    }
+    if let (Identity::Partition { computer: c, partition: p }, Some(r)) = (who, &requester) {
+        if *c == computer && p == r {
+            return Ok(true);
+        }
+    }
+    instance_allowed(tx, who, &computer, &partition)
+}
+
+/// [`Rule::JsonRequest`]: [`Rule::Request`] with the title, the SLA's
+/// computer and the requester of a JSON body (only `X-SlapPartition`).
+fn json_request(tx: &mut dyn Tx, who: &Identity, call: &Call) -> Result<Decision, StoreError> {
+    let title = call.json_text("title").unwrap_or("").to_string();
+    let sla = call.json.as_ref().and_then(|j| j.get("sla_parameters")?.get("computer_guid")?.as_str());
+    let computer = sla.map(str::to_string).unwrap_or_else(|| call.default_computer.clone());
+    let claimed: Vec<(String, String)> = call.authorization.iter().cloned().collect();
+    request_of(tx, who, &title, &claimed, computer)
+}
+
 /// [`Rule::Request`].
 fn request(tx: &mut dyn Tx, who: &Identity, call: &Call) -> Result<Decision, StoreError> {
     let title = call.field("partition_reference").unwrap_or("").to_string();
@@ -413,7 +513,13 @@ fn request(tx: &mut dyn Tx, who: &Identity, call: &Call) -> Result<Decision, Sto
             _ => None,
         })
         .collect();
-    let computer = requested_computer(call);
+    request_of(tx, who, &title, &claimed, requested_computer(call))
+}
+
+/// Who may request the instance `title` on `computer`, claiming to be the
+/// partitions `claimed` (`X-SlapPartition`, form fields).
+fn request_of(tx: &mut dyn Tx, who: &Identity, title: &str, claimed: &[(String, String)], computer: String) -> Result<Decision, StoreError> {
+    let title = title.to_string();
     match who {
         Identity::User(u) => {
             if !claimed.is_empty() {
@@ -541,8 +647,15 @@ pub async fn authorize(
     };
     let form = if parts.method == Method::GET { parts.uri.query().unwrap_or("").as_bytes().to_vec() } else { bytes.to_vec() };
     let app2 = app.clone();
+    let bytes_for_json = bytes.clone();
+    let route2 = route.clone();
     let decided = tokio::task::spawn_blocking(move || {
+        let route = route2;
         call.fields = form_urlencoded::parse(&form).into_owned().take(app2.limits.max_fields + 1).collect();
+        // the JSON-RPC API names its objects in a JSON body
+        if route.starts_with("/slapos.") {
+            call.json = serde_json::from_slice(&bytes_for_json).ok();
+        }
         app2.store.transaction(|tx| -> Result<_, MasterError> {
             let who = identity_of(tx, serial.as_ref())?;
             let decision = match (&who, rule) {

@@ -232,6 +232,13 @@ mod tests {
     }
 
     #[test]
+    fn every_route_has_a_rule() {
+        for route in schema::routes().iter().map(String::as_str).chain(["/json_rpc.json", "/json_rpc_experimental.json"]) {
+            assert!(crate::rules::rule_of(route).is_some(), "{route} has no rule in proxy::rules::RULES");
+        }
+    }
+
+    #[test]
     fn accept_headers_are_matched_as_werkzeug_does() {
         let h = |v: &str| {
             let mut m = HeaderMap::new();
