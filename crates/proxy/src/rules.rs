@@ -518,7 +518,13 @@ fn request(tx: &mut dyn Tx, who: &Identity, call: &Call) -> Result<Decision, Sto
 
 /// Who may request the instance `title` on `computer`, claiming to be the
 /// partitions `claimed` (`X-SlapPartition`, form fields).
-fn request_of(tx: &mut dyn Tx, who: &Identity, title: &str, claimed: &[(String, String)], computer: String) -> Result<Decision, StoreError> {
+fn request_of(
+    tx: &mut dyn Tx,
+    who: &Identity,
+    title: &str,
+    claimed: &[(String, String)],
+    computer: String,
+) -> Result<Decision, StoreError> {
     let title = title.to_string();
     match who {
         Identity::User(u) => {

@@ -525,3 +525,21 @@ fn a_person_sees_a_partition_through_its_tree_only_what_that_tree_did() {
     let (status, _) = site.call(Who::Computer, "GET", "/api/usage", &[("scope", "computer".into()), ("id", C2.into())]).unwrap();
     assert_eq!(status, 403, "a computer sees only itself");
 }
+
+#[test]
+fn a_user_lists_only_their_trees_and_computers_through_the_json_api() {
+    let site = site();
+    let list = |who: Who, route: &str| {
+        let (status, body) = site.call(who, "JSON", route, &[("", "{}".to_string())]).unwrap();
+        assert_eq!(status, 200, "{who:?} {route}: {body}");
+        body
+    };
+    assert_eq!(list(Who::Owner, "/slapos.allDocs.v0.instance_tree_list"), "{\"result_list\": [{\"title\": \"tree-a\"}]}");
+    assert_eq!(list(Who::OtherUser, "/slapos.allDocs.v0.instance_tree_list"), "{\"result_list\": [{\"title\": \"tree-b\"}]}");
+    assert_eq!(list(Who::Owner, "/slapos.allDocs.WIP.compute_node_list"), "{\"result_list\": [{\"computer_guid\": \"COMP-1\"}]}");
+    // the administrator sees everything
+    assert_eq!(
+        list(Who::Admin, "/slapos.allDocs.v0.instance_tree_list"),
+        "{\"result_list\": [{\"title\": \"tree-a\"}, {\"title\": \"tree-b\"}]}"
+    );
+}

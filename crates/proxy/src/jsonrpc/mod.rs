@@ -113,10 +113,7 @@ fn accepts_json(headers: &HeaderMap) -> bool {
         || items.iter().any(|item| {
             let mut parts = item.split(';');
             let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f64>().ok()))
-                .next_back()
-                .unwrap_or(1.0);
+            let q = parts.filter_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f64>().ok())).next_back().unwrap_or(1.0);
             q > 0.0 && matches!(mime.as_str(), "*/*" | "application/*" | "application/json" | "*")
         })
 }
@@ -129,8 +126,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<J, (u16, String)> {
         let m = "Did not attempt to load JSON data because the request Content-Type was not 'application/json'.";
         return Err((415, m.into()));
     }
-    serde_json::from_slice(body)
-        .map_err(|_| (400, "The browser (or proxy) sent a request that this server could not understand.".into()))
+    serde_json::from_slice(body).map_err(|_| (400, "The browser (or proxy) sent a request that this server could not understand.".into()))
 }
 
 /// Every route: body read and validated, then the route's function in one
@@ -142,11 +138,8 @@ async fn handle(State(app): State<Shared>, path: MatchedPath, headers: HeaderMap
         Ok(b) => b,
         Err(_) => return error_document(413, &format!("request body larger than {} bytes", app.limits.max_request_size)),
     };
-    let call = Call {
-        authorization: crate::http::parse_authorization(&headers),
-        origin: crate::relay::Origin::from_headers(&headers),
-        identity,
-    };
+    let call =
+        Call { authorization: crate::http::parse_authorization(&headers), origin: crate::relay::Origin::from_headers(&headers), identity };
     let reply = answer(&app, &route, &headers, body, call).await;
     if !accepts_json(&headers) {
         return error_document(406, NOT_ACCEPTABLE);

@@ -334,22 +334,26 @@ fn compute_partition(tx: &mut dyn Tx, _: &Site, _: &Call, body: &J) -> Result<Re
     }
 }
 
-/// `post.v0.software_instance`: `requestComputerPartition`, answered from
-/// the document the master answers.
-fn request(tx: &mut dyn Tx, site: &Site, call: &Call, body: &J) -> Result<Reply, MasterError> {
-    let state = body.get("state").and_then(J::as_str).unwrap_or("started").to_string();
-    let req = InstanceRequest {
+/// The [`InstanceRequest`] of a `post.v0.software_instance` body.
+fn instance_request(body: &J, call: &Call) -> InstanceRequest {
+    InstanceRequest {
         software_release: text(body, "software_release_uri").to_string(),
         software_type: text(body, "software_type").to_string(),
         title: text(body, "title").to_string(),
         parameters: dict(body.get("parameters")),
         filter: dict(body.get("sla_parameters")),
-        state: Some(state.clone()),
+        state: Some(body.get("state").and_then(J::as_str).unwrap_or("started").to_string()),
         shared: body.get("shared").and_then(J::as_bool).unwrap_or(false),
         authorization: call.authorization.clone(),
         origin: call.origin.clone(),
         ..Default::default()
-    };
+    }
+}
+
+/// `post.v0.software_instance`: `requestComputerPartition`, answered from
+/// the document the master answers (`send_json_rpc_slap_instance`).
+fn request(tx: &mut dyn Tx, site: &Site, call: &Call, body: &J) -> Result<Reply, MasterError> {
+    let req = instance_request(body, call);
     let (_, requested_by) = master::requester(tx, &req)?;
     let document = match master::request(tx, site, &req)? {
         Answer::Marshal(text) | Answer::Text(text) => {
@@ -359,34 +363,44 @@ fn request(tx: &mut dyn Tx, site: &Site, call: &Call, body: &J) -> Result<Reply,
     let Value::Object(o) = document else {
         return Err(MasterError::Unknown("the master answered no instance".into()));
     };
-    let guid = instance_guid(&req.title, &requested_by, req.shared);
-    let root = if requested_by.is_empty() { req.title.clone() } else { requested_by };
-    let head = json!({"title": req.title, "instance_guid": guid});
+    let root = if requested_by.is_empty() { req.title.clone() } else { requested_by.clone() };
+    let mut doc = Map::new();
+    doc.insert("title".into(), J::from(req.title.as_str()));
+    doc.insert("instance_guid".into(), J::from(instance_guid(&req.title, &requested_by, req.shared)));
+    extend(
+        &mut doc,
+        if o.class == "ComputerPartition" { bypass_document(&o, &req, body, &root) } else { instance_document(&o, &req, &root) },
+    );
+    Ok(Ok(J::Object(doc)))
+}
+
+/// The rest of the answer for a frontend bypass (a fake partition).
+fn bypass_document(o: &marshal::Object, req: &InstanceRequest, body: &J, root: &str) -> J {
     let get = |k: &str| o.state.get(k).map(to_json).unwrap_or(J::Null);
-    let mut doc = head.as_object().cloned().unwrap_or_default();
-    if o.class == "ComputerPartition" {
-        // the frontend bypass: a fake partition
-        extend(&mut doc, json!({
-            "software_release_uri": req.software_release, "software_type": req.software_type, "state": state,
-            "connection_parameters": get("_connection_dict"), "parameters": body.get("parameters").cloned().unwrap_or(json!({})),
-            "shared": req.shared, "root_instance_title": root, "ip_list": [], "full_ip_list": [], "sla_parameters": {},
-            "computer_guid": get("_computer_id"), "compute_partition_id": get("_partition_id"), "processing_timestamp": 0,
-            "access_status_message": "",
-        }));
-        return Ok(Ok(J::Object(doc)));
-    }
-    let mut parameters = o.state.get("_parameter_dict").map(to_json).unwrap_or(json!({}));
+    json!({
+        "software_release_uri": req.software_release, "software_type": req.software_type, "state": req.state,
+        "connection_parameters": get("_connection_dict"), "parameters": body.get("parameters").cloned().unwrap_or(json!({})),
+        "shared": req.shared, "root_instance_title": root, "ip_list": [], "full_ip_list": [], "sla_parameters": {},
+        "computer_guid": get("_computer_id"), "compute_partition_id": get("_partition_id"), "processing_timestamp": 0,
+        "access_status_message": "",
+    })
+}
+
+/// The rest of the answer for an instance: the `SoftwareInstance` the
+/// master answered, its `timestamp` parameter as `processing_timestamp`.
+fn instance_document(o: &marshal::Object, req: &InstanceRequest, root: &str) -> J {
+    let get = |k: &str| o.state.get(k).map(to_json).unwrap_or(J::Null);
+    let mut parameters = get("_parameter_dict");
     let timestamp = if req.shared { None } else { parameters.as_object_mut().and_then(|p| p.shift_remove("timestamp")) };
     let timestamp = timestamp.and_then(|t| t.as_str().and_then(|s| s.parse::<f64>().ok())).unwrap_or(0.0) as i64;
-    extend(&mut doc, json!({
+    json!({
         "software_release_uri": get("slap_software_release_url"), "software_type": get("slap_software_type"),
         "state": if req.shared { J::from("started") } else { get("_requested_state") },
         "connection_parameters": get("_connection_dict"), "parameters": parameters, "shared": req.shared,
         "root_instance_title": root, "ip_list": get("ip_list"), "full_ip_list": [], "sla_parameters": {},
         "computer_guid": get("slap_computer_id"), "compute_partition_id": get("slap_computer_partition_id"),
         "processing_timestamp": timestamp, "access_status_message": "",
-    }));
-    Ok(Ok(J::Object(doc)))
+    })
 }
 
 fn extend(doc: &mut Map<String, J>, more: J) {
@@ -405,11 +419,8 @@ fn trees(tx: &mut dyn Tx, title: &str) -> Result<(Vec<PartitionRow>, Vec<SlaveRo
         .filter(|p| title.is_empty() || p.partition_reference.as_deref() == Some(title))
         .collect();
     let wanted = format!("_{title}");
-    let shared = tx
-        .slaves()?
-        .into_iter()
-        .filter(|s| if title.is_empty() { s.reference.starts_with('_') } else { s.reference == wanted })
-        .collect();
+    let shared =
+        tx.slaves()?.into_iter().filter(|s| if title.is_empty() { s.reference.starts_with('_') } else { s.reference == wanted }).collect();
     Ok((roots, shared))
 }
 
@@ -495,8 +506,9 @@ fn software_installation_reported_state(tx: &mut dyn Tx, _: &Site, _: &Call, bod
 fn software_instance_reported_state(tx: &mut dyn Tx, _: &Site, _: &Call, body: &J) -> Result<Reply, MasterError> {
     let state = text(body, "reported_state");
     if state != "destroyed" {
-        if let Some(p) = parse_guid(text(body, "instance_guid")).filter(|g| !g.2).map(|(t, r, _)| instance_of(tx, &t, &r)).transpose()? {
-            if let Some(p) = p {
+        // recorded for a known instance (the Python proxy ignores it)
+        if let Some((title, root, false)) = parse_guid(text(body, "instance_guid")) {
+            if let Some(p) = instance_of(tx, &title, &root)? {
                 master::report(tx, "partition", &p.computer_reference, &p.reference, state, None)?;
             }
         }
