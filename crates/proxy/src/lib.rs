@@ -10,7 +10,7 @@
 //! Layers: [`store`] (storage behind the narrow [`store::Tx`] interface),
 //! [`master`] (what each call does, over one transaction), [`app`] (the
 //! shared state and error pages), [`http`] (axum routes, form limits, access
-//! log) and [`hateoas`] on it, [`server`] (connections: cap and timeouts,
+//! log) and [`hateoas`] and [`jsonrpc`] (the JSON-RPC API) on it, [`server`] (connections: cap and timeouts,
 //! TLS), [`limits`], [`show`]. Identities: [`ca`] (the certificate
 //! authority), [`tls`] (HTTPS, client certificates), [`identity`] (security
 //! options, certificate and token routes) and [`rules`] (the one rule table
