@@ -162,3 +162,42 @@ fn a_request_through_the_api_is_the_slap_request() {
     let full = r.body_mut().read_to_string().unwrap();
     assert!(full.contains("<string>instance_title</string><string>I</string>"), "{full}");
 }
+
+#[test]
+fn a_request_for_another_master_is_forwarded_as_the_slap_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_background(&ProxyConfig {
+        computer_id: "COMP-EXT".into(),
+        database: Database::sqlite(dir.path().join("b.db")),
+        ..Default::default()
+    })
+    .unwrap();
+    let forwarded = "http://example.com/software/forwarded/software.cfg";
+    let upstream = slapos_proxy::multimaster::Upstream {
+        url: format!("{}/", b.url()),
+        software_releases: vec![forwarded.into()],
+        ..Default::default()
+    };
+    let a = start_background(&ProxyConfig {
+        computer_id: "COMP-1".into(),
+        database: Database::sqlite(dir.path().join("a.db")),
+        multimaster: slapos_proxy::multimaster::Multimaster { upstreams: vec![upstream] },
+        ..Default::default()
+    })
+    .unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let post = |url: String, body: J| {
+        let mut r = agent.post(&url).header("Content-Type", "application/json").send(body.to_string()).unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let format = json!({"computer_guid": "COMP-EXT", "compute_partition_list": [{"partition_id": "slappart0", "ip_list": []}]});
+    assert_eq!(post(format!("{}/slapos.put.v0.compute_node_format", b.url()), format).0, 200);
+    let request = json!({"title": "F", "software_release_uri": forwarded, "software_type": "default"});
+    let (status, text) = post(format!("{}/slapos.post.v0.software_instance", a.url()), request);
+    assert_eq!(status, 200, "{text}");
+    let doc: J = serde_json::from_str(&text).unwrap();
+    // B's partition, requested there as `user_F`
+    assert_eq!((doc["computer_guid"].as_str(), doc["instance_guid"].as_str()), (Some("COMP-EXT"), Some("F______0")));
+    let (_, tree) = post(format!("{}/slapos.get.v0.instance_tree", b.url()), json!({"title": "user_F"}));
+    assert!(tree.contains("\"compute_partition_id\": \"slappart0\""), "{tree}");
+}

@@ -19,7 +19,7 @@ use serde_json::Value as J;
 use slap::pyjson;
 
 use crate::app::{werkzeug_name, App};
-use crate::master::MasterError;
+use crate::master::{Answer, InstanceRequest, MasterError};
 use crate::rules::Identity;
 use crate::store::Store;
 
@@ -157,10 +157,17 @@ async fn answer(app: &Shared, route: &str, headers: &HeaderMap, body: Bytes, cal
     let Some(function) = routes::function(route) else {
         return Err((500, format!("{route} is not part of the open api definition")));
     };
+    let request = match route == REQUEST {
+        true => Some(forward(app, &json, &call).await.map_err(master_error)?),
+        false => None,
+    };
     let shared = app.clone();
     let read_only = route.starts_with("/slapos.get.") || route.starts_with("/slapos.allDocs.");
     let run = move || {
-        let work = |tx: &mut dyn crate::store::Tx| function(tx, &shared.site, &call, &json);
+        let work = |tx: &mut dyn crate::store::Tx| match &request {
+            Some((req, forwarded)) => routes::request_answered(tx, &shared.site, req, forwarded.as_ref(), &json),
+            None => function(tx, &shared.site, &call, &json),
+        };
         if read_only {
             shared.store.read(work)
         } else {
@@ -177,6 +184,23 @@ async fn answer(app: &Shared, route: &str, headers: &HeaderMap, body: Bytes, cal
     }
 }
 
+/// The route of requests, which other masters may answer.
+const REQUEST: &str = "/slapos.post.v0.software_instance";
+
+/// A request forwarded to another master when `[multimaster/…]` says so
+/// (outside any transaction, as the SLAP route): the request as it is to
+/// be done here, or the other master's answer.
+async fn forward(app: &Shared, body: &J, call: &Call) -> Result<(InstanceRequest, Option<Answer>), MasterError> {
+    let mut req = routes::instance_request(body, call);
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let forwarded = crate::multimaster::route(&app, &mut req)?;
+        Ok((req, forwarded))
+    })
+    .await
+    .map_err(|e| MasterError::Unknown(format!("internal failure: {e}")))?
+}
+
 /// A failure of the master's functions as the Python routes answer it:
 /// an allocation failure is a 403, a bad header a 400, the rest a 500.
 fn master_error(e: MasterError) -> (u16, String) {
@@ -184,6 +208,8 @@ fn master_error(e: MasterError) -> (u16, String) {
         MasterError::BadRequest(m) => (400, m),
         MasterError::NotFound(m) | MasterError::Forbidden(m) => (403, m),
         MasterError::TooLarge(m) => (413, m),
+        MasterError::NotReady(m) => (408, m),
+        MasterError::Unreachable(m) => (523, m),
         other => {
             tracing::error!("JSON-RPC: {other}");
             (500, "Internal server error".into())

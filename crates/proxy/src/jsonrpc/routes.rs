@@ -335,7 +335,7 @@ fn compute_partition(tx: &mut dyn Tx, _: &Site, _: &Call, body: &J) -> Result<Re
 }
 
 /// The [`InstanceRequest`] of a `post.v0.software_instance` body.
-fn instance_request(body: &J, call: &Call) -> InstanceRequest {
+pub fn instance_request(body: &J, call: &Call) -> InstanceRequest {
     InstanceRequest {
         software_release: text(body, "software_release_uri").to_string(),
         software_type: text(body, "software_type").to_string(),
@@ -353,9 +353,24 @@ fn instance_request(body: &J, call: &Call) -> InstanceRequest {
 /// `post.v0.software_instance`: `requestComputerPartition`, answered from
 /// the document the master answers (`send_json_rpc_slap_instance`).
 fn request(tx: &mut dyn Tx, site: &Site, call: &Call, body: &J) -> Result<Reply, MasterError> {
-    let req = instance_request(body, call);
-    let (_, requested_by) = master::requester(tx, &req)?;
-    let document = match master::request(tx, site, &req)? {
+    request_answered(tx, site, &instance_request(body, call), None, body)
+}
+
+/// [`request`] of `req` (after [`crate::multimaster::route`]), or the
+/// answer of the master it was forwarded to (`forwarded`).
+pub fn request_answered(
+    tx: &mut dyn Tx,
+    site: &Site,
+    req: &InstanceRequest,
+    forwarded: Option<&Answer>,
+    body: &J,
+) -> Result<Reply, MasterError> {
+    let (_, requested_by) = master::requester(tx, req)?;
+    let answer = match forwarded {
+        Some(a) => a.clone(),
+        None => master::request(tx, site, req)?,
+    };
+    let document = match answer {
         Answer::Marshal(text) | Answer::Text(text) => {
             marshal::decode(&text).map_err(|e| MasterError::Unknown(format!("cannot read the master's answer: {e}")))?
         }
@@ -369,7 +384,7 @@ fn request(tx: &mut dyn Tx, site: &Site, call: &Call, body: &J) -> Result<Reply,
     doc.insert("instance_guid".into(), J::from(instance_guid(&req.title, &requested_by, req.shared)));
     extend(
         &mut doc,
-        if o.class == "ComputerPartition" { bypass_document(&o, &req, body, &root) } else { instance_document(&o, &req, &root) },
+        if o.class == "ComputerPartition" { bypass_document(&o, req, body, &root) } else { instance_document(&o, req, &root) },
     );
     Ok(Ok(J::Object(doc)))
 }
