@@ -175,6 +175,8 @@ async fn answer(app: &Shared, route: &str, headers: &HeaderMap, body: Bytes, cal
         }
     };
     match tokio::task::spawn_blocking(run).await {
+        // Python checks its answers too (`validate_and_send_json_rpc_document`)
+        Ok(Ok(Ok(doc))) => schema::check_answer(route, &doc).map(|()| doc).map_err(|m| (500, m)),
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => Err(master_error(e)),
         Err(e) => {

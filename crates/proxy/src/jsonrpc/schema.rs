@@ -22,10 +22,23 @@ pub const JSON_RPC: &str = include_str!("json_rpc.json");
 /// The experimental document (`json_rpc_experimental.json`).
 pub const JSON_RPC_EXPERIMENTAL: &str = include_str!("json_rpc_experimental.json");
 
-/// One route's request schema and its compiled validator.
-struct Endpoint {
+/// A schema and its compiled validator.
+struct Compiled {
     schema: J,
     validator: jsonschema::Validator,
+}
+
+impl Compiled {
+    fn new(schema: &J) -> Compiled {
+        let validator = jsonschema::draft7::new(schema).expect("the vendored schemas compile");
+        Compiled { schema: schema.clone(), validator }
+    }
+}
+
+/// One route's request and answer schemas.
+struct Endpoint {
+    input: Compiled,
+    output: Compiled,
 }
 
 /// Every route of both documents, compiled once.
@@ -34,9 +47,10 @@ static ENDPOINTS: LazyLock<HashMap<String, Endpoint>> = LazyLock::new(|| {
     for doc in [JSON_RPC, JSON_RPC_EXPERIMENTAL] {
         let doc: J = serde_json::from_str(doc).expect("the vendored OpenAPI documents are JSON");
         for (path, item) in doc["paths"].as_object().expect("the documents have paths") {
-            let schema = item["post"]["requestBody"]["content"]["application/json"]["schema"].clone();
-            let validator = jsonschema::draft7::new(&schema).expect("the vendored schemas compile");
-            all.insert(path.clone(), Endpoint { schema, validator });
+            let post = &item["post"];
+            let input = Compiled::new(&post["requestBody"]["content"]["application/json"]["schema"]);
+            let output = Compiled::new(&post["responses"]["200"]["content"]["application/json"]["schema"]);
+            all.insert(path.clone(), Endpoint { input, output });
         }
     }
     all
@@ -53,23 +67,37 @@ pub fn routes() -> Vec<String> {
 /// message Python's `jsonschema` gives for the first error it meets.
 /// A route of neither document is refused with Python's message.
 pub fn check(route: &str, body: &J) -> Result<(), String> {
-    let Some(endpoint) = ENDPOINTS.get(route) else {
-        return Err(format!("{route} is not part of the open api definition"));
-    };
-    let first = endpoint
+    match ENDPOINTS.get(route) {
+        Some(endpoint) => first_error(&endpoint.input, body),
+        None => Err(format!("{route} is not part of the open api definition")),
+    }
+}
+
+/// Checks an answer against the answer schema of `route`, as the Python
+/// proxy does before sending it (a 500 with the message otherwise).
+pub fn check_answer(route: &str, doc: &J) -> Result<(), String> {
+    match ENDPOINTS.get(route) {
+        Some(endpoint) => first_error(&endpoint.output, doc),
+        None => Ok(()),
+    }
+}
+
+/// The first error Python would meet validating `body` with `compiled`.
+fn first_error(compiled: &Compiled, body: &J) -> Result<(), String> {
+    let first = compiled
         .validator
         .iter_errors(body)
         .map(|e| {
             let schema_path = tokens(e.schema_path().as_str());
             let instance_path = tokens(e.instance_path().as_str());
-            let rank = rank(&endpoint.schema, &schema_path, &instance_path, e.kind());
+            let rank = rank(&compiled.schema, &schema_path, &instance_path, e.kind());
             // the crate reports a property refused by a false schema at its
             // object's place (0.61), or at its own: the object is one of them
             let holder = match at(body, &instance_path) {
                 J::Object(_) => at(body, &instance_path),
                 _ => instance_path.split_last().map(|(_, p)| at(body, p)).unwrap_or(&J::Null),
             };
-            (rank, message(&endpoint.schema, &schema_path, e.kind(), e.instance(), holder))
+            (rank, message(&compiled.schema, &schema_path, e.kind(), e.instance(), holder))
         })
         .min_by(|a, b| a.0.cmp(&b.0));
     match first {
@@ -159,6 +187,9 @@ fn message(schema: &J, schema_path: &[String], kind: &ValidationErrorKind, insta
             format!("{value} is not of type {types}")
         }
         ValidationErrorKind::Enum { .. } => format!("{value} is not one of {}", repr(at(schema, schema_path))),
+        ValidationErrorKind::Constant { .. } => format!("{} was expected", repr(at(schema, schema_path))),
+        ValidationErrorKind::OneOfNotValid { .. } => format!("{value} is not valid under any of the given schemas"),
+        ValidationErrorKind::OneOfMultipleValid { .. } => format!("{value} is valid under each of the given schemas"),
         ValidationErrorKind::MaxLength { limit: 0 } => format!("{value} is expected to be empty"),
         ValidationErrorKind::MaxLength { .. } => format!("{value} is too long"),
         ValidationErrorKind::FalseSchema => format!("False schema does not allow {value}"),
@@ -211,6 +242,16 @@ mod tests {
         // a schema with no `properties` at all
         let e = check("/slapos.allDocs.v0.instance_tree_list", &json!({"b": 1, "a": 2})).unwrap_err();
         assert_eq!(e, "Additional properties are not allowed ('a', 'b' were unexpected)");
+    }
+
+    #[test]
+    fn answers_are_checked_against_their_schema() {
+        assert_eq!(check_answer("/slapos.get.v0.compute_node_status", &json!({"text": "x"})), Ok(()));
+        let e = check_answer("/slapos.get.v0.compute_node_status", &json!({})).unwrap_err();
+        assert_eq!(e, "'text' is a required property");
+        let e = check_answer("/slapos.post.v0.compute_node_usage", &json!({"type": "failure", "title": "x"})).unwrap_err();
+        // as Python's jsonschema words it
+        assert_eq!(e, "'success' was expected");
     }
 
     #[test]
