@@ -607,6 +607,10 @@ pub fn identity_of(tx: &mut dyn Tx, serial: Option<&crate::tls::ClientSerial>) -
 fn refuse(who: &Identity, route: &str, why: &str) -> Response {
     let message = format!("{who} refused on {route}: {why}");
     tracing::warn!("{message}");
+    if route.starts_with("/slapos.") {
+        // the JSON-RPC API answers its errors as JSON documents
+        return crate::jsonrpc::error_document(403, &message);
+    }
     error_page(StatusCode::FORBIDDEN, &message)
 }
 

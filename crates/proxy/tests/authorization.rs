@@ -538,6 +538,20 @@ fn a_user_lists_only_their_trees_and_computers_through_the_json_api() {
     assert_eq!(list(Who::OtherUser, "/slapos.allDocs.v0.instance_tree_list"), "{\"result_list\": [{\"title\": \"tree-b\"}]}");
     assert_eq!(list(Who::Owner, "/slapos.allDocs.WIP.compute_node_list"), "{\"result_list\": [{\"computer_guid\": \"COMP-1\"}]}");
     // the administrator sees everything
+    // a refusal is a JSON error document there
+    let (status, body) = site
+        .call(
+            Who::Owner,
+            "JSON",
+            "/slapos.put.v0.compute_node_bang",
+            &[("", "{\"computer_guid\": \"COMP-1\", \"message\": \"m\"}".to_string())],
+        )
+        .unwrap();
+    assert_eq!(status, 403);
+    assert!(
+        body.starts_with("{\"status\": 403, \"type\": \"Forbidden\", \"title\": \"user alice refused on /slapos.put.v0.compute_node_bang"),
+        "{body}"
+    );
     assert_eq!(
         list(Who::Admin, "/slapos.allDocs.v0.instance_tree_list"),
         "{\"result_list\": [{\"title\": \"tree-a\"}, {\"title\": \"tree-b\"}]}"
