@@ -21,6 +21,7 @@ PACKAGES=(
   iproute2 passwd login util-linux procps          # ip netns/useradd/runuser for node tests
   bc                                               # arithmetic in the bench scripts
   postgresql                                       # the master on PostgreSQL: its tests start their own server (initdb, pg_ctl)
+  haproxy                                          # the fleet test: HAProxy in front of two masters
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -8,7 +8,9 @@
 #         `needs_root` ones (users, network namespaces); as a user the
 #         needs_root ones are left out, and said so
 #   e2e   as root, the end-to-end life cycles of crates/slapos/tests/e2e.rs
-#         (left out of the slow tier; alone: scripts/e2e.sh)
+#         and the fleet of crates/slapos/tests/fleet.rs (10 nodes, two
+#         masters behind HAProxy on PostgreSQL) (left out of the slow tier;
+#         alone: scripts/e2e.sh)
 # A test that cannot run where it is asked to fails; nothing passes unrun.
 # (Steps are called in an `||` list, where bash's -e does not apply: each
 # step returns its failures itself.)
@@ -72,14 +74,16 @@ step_e2e() {
   # crates/slapos/tests/e2e.rs: a whole node life cycle, five ways (all
   # ours; our node and client against the Python master; the Python node
   # and client against ours; both of ours and the Python node and client
-  # against our master over HTTPS with certificates), one after the other
+  # against our master over HTTPS with certificates), one after the other;
+  # then the fleet (10 nodes, two masters behind HAProxy on PostgreSQL, one
+  # killed)
   if ! is_root; then
     log "end-to-end runs skipped: they need root"
     return 0
   fi
   SLAPOS_VENV=$(bash scripts/python-venv.sh) || return 1
   export SLAPOS_VENV
-  cargo_test "end-to-end" -p slapos --test e2e --no-fail-fast -- --ignored --test-threads=1 needs_root_e2e_
+  cargo_test "end-to-end" -p slapos --test e2e --test fleet --no-fail-fast -- --ignored --test-threads=1 needs_root_e2e_
 }
 
 steps=("$@")

@@ -36,6 +36,20 @@ impl BridgeNamespace {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Plugs the namespace `other` into this one's `br0`: a veth pair whose
+    /// end `port` is a port of `br0` here and whose end `up0` in `other`
+    /// holds `address` (`172.31.237.10/24`). Nodes in namespaces of their
+    /// own reach a hub (a master, a load balancer) this way; the pair goes
+    /// with either namespace.
+    #[track_caller]
+    pub fn plug(&self, other: &str, port: &str, address: &str) {
+        let (here, there) = (self.name.as_str(), other);
+        run(Command::new("ip").args(["-n", here, "link", "add", port, "type", "veth", "peer", "name", "up0", "netns", there]));
+        run(Command::new("ip").args(["-n", here, "link", "set", port, "master", "br0", "up"]));
+        run(Command::new("ip").args(["-n", there, "addr", "add", address, "dev", "up0"]));
+        run(Command::new("ip").args(["-n", there, "link", "set", "up0", "up"]));
+    }
 }
 
 impl Drop for BridgeNamespace {
