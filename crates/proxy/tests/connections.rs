@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use slapos_proxy::{start_background, Connections, ProxyConfig};
+use slapos_proxy::{start_background, Connections, Database, ProxyConfig};
+use test_support::postgres::TestPostgres;
 
 const CHILD: &str = "SLAPOS_PROXY_TEST_MASTER";
 
@@ -44,7 +45,7 @@ impl ChildMaster {
         std::fs::write(&cfg, format!("[slapos]\ncomputer_id = COMP-CONN\n\n[slapproxy]\nport = {port}\n{extra}")).unwrap();
         let log = dir.join("master.log");
         let child = Command::new(std::env::current_exe().unwrap())
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .args([test, "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
             .env(CHILD, &cfg)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -107,15 +108,36 @@ fn raise_descriptor_limit(wanted: u64) {
     }
 }
 
+/// `[slapproxy] database_uri` of a fresh database of `pg`.
+fn database_uri(pg: &TestPostgres) -> String {
+    format!("database_uri = {}\n", pg.database("connections"))
+}
+
 #[test]
 fn a_canary_is_answered_under_1100_idle_and_100_slow_connections() {
     const TEST: &str = "a_canary_is_answered_under_1100_idle_and_100_slow_connections";
     if let Ok(cfg) = std::env::var(CHILD) {
         return run_child_master(&cfg);
     }
+    canary_under_load(TEST, "");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL"]
+fn needs_postgres_a_canary_is_answered_under_1100_idle_and_100_slow_connections() {
+    const TEST: &str = "needs_postgres_a_canary_is_answered_under_1100_idle_and_100_slow_connections";
+    if let Ok(cfg) = std::env::var(CHILD) {
+        return run_child_master(&cfg);
+    }
+    let pg = TestPostgres::start();
+    canary_under_load(TEST, &database_uri(&pg));
+}
+
+/// The canary test, its master being the test `test` with `extra` in `[slapproxy]`.
+fn canary_under_load(test: &str, extra: &str) {
     raise_descriptor_limit(4096);
     let dir = tempfile::tempdir().unwrap();
-    let mut master = ChildMaster::start(TEST, dir.path(), "");
+    let mut master = ChildMaster::start(test, dir.path(), extra);
     assert!(canary(master.addr).0.starts_with("HTTP/1.1 200"), "{}", master.log());
 
     let idle: Vec<TcpStream> = (0..1100).filter_map(|_| TcpStream::connect_timeout(&master.addr, Duration::from_secs(1)).ok()).collect();
@@ -193,14 +215,20 @@ fn keep_alive_request(s: &mut TcpStream) -> String {
 #[test]
 fn idle_and_slow_connections_are_closed_after_their_timeouts() {
     let dir = tempfile::tempdir().unwrap();
+    idle_and_slow_connections(Database::sqlite(dir.path().join("proxy.db")));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL"]
+fn needs_postgres_idle_and_slow_connections_are_closed_after_their_timeouts() {
+    let pg = TestPostgres::start();
+    idle_and_slow_connections(Database::Postgres(pg.database("connections")));
+}
+
+fn idle_and_slow_connections(database: Database) {
     let connections =
         Connections { header_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(3), ..Connections::default() };
-    let config = ProxyConfig {
-        computer_id: "COMP-T".into(),
-        database: slapos_proxy::Database::sqlite(dir.path().join("proxy.db")),
-        connections,
-        ..Default::default()
-    };
+    let config = ProxyConfig { computer_id: "COMP-T".into(), database, connections, ..Default::default() };
     let master = start_background(&config).unwrap();
 
     let mut idle = TcpStream::connect(master.addr).unwrap();
@@ -242,8 +270,24 @@ fn long_request_values_are_cut_in_the_log() {
     if let Ok(cfg) = std::env::var(CHILD) {
         return run_child_master(&cfg);
     }
+    long_request_values(TEST, "");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL"]
+fn needs_postgres_long_request_values_are_cut_in_the_log() {
+    const TEST: &str = "needs_postgres_long_request_values_are_cut_in_the_log";
+    if let Ok(cfg) = std::env::var(CHILD) {
+        return run_child_master(&cfg);
+    }
+    let pg = TestPostgres::start();
+    long_request_values(TEST, &database_uri(&pg));
+}
+
+/// The log test, its master being the test `test` with `extra` in `[slapproxy]`.
+fn long_request_values(test: &str, extra: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut master = ChildMaster::start(TEST, dir.path(), "");
+    let mut master = ChildMaster::start(test, dir.path(), extra);
     let url = format!("http://{}", master.addr);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let ten_mb = "v".repeat(10 << 20);

@@ -1,6 +1,7 @@
 //! The master's request limits: oversized or overfull requests are refused
 //! with 413/400 and change nothing; long free text is stored cut; the node
-//! history is kept within its retention.
+//! history is kept within its retention. Each test runs on SQLite and, as a
+//! `needs_postgres` twin, on PostgreSQL (`test_support::postgres`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use slap::client::{ClientConfig, SlapClient};
 use slap::marshal::{self, Value};
 use slapos_proxy::store::{ReportRow, Store, Tx, UsageRow};
-use slapos_proxy::{start_background, ProxyConfig, Retention, SqliteStore};
+use slapos_proxy::{start_background, AnyStore, Database, ProxyConfig, Retention};
+use test_support::postgres::TestPostgres;
 
 const COMPUTER: &str = "COMP-LIM";
 const SR: &str = "http://example.com/software.cfg";
@@ -53,8 +55,31 @@ fn request_form<'a>(title: &'a str, parameters: &'a str) -> Vec<(&'a str, &'a st
     ]
 }
 
-fn partition_titles(db: &std::path::Path) -> Vec<String> {
-    let store = SqliteStore::open_read_only(db).unwrap();
+/// Declares `$name` (on SQLite) and `$pg_name` (on PostgreSQL), both
+/// running `$body(database)`.
+macro_rules! on_both_backends {
+    ($name:ident, $pg_name:ident, $body:ident) => {
+        #[test]
+        fn $name() {
+            let dir = tempfile::tempdir().unwrap();
+            $body(Database::sqlite(dir.path().join("proxy.db")));
+        }
+
+        #[test]
+        #[ignore = "needs PostgreSQL"]
+        fn $pg_name() {
+            let pg = TestPostgres::start();
+            $body(Database::Postgres(pg.database("limits")));
+        }
+    };
+}
+
+fn config(database: &Database) -> ProxyConfig {
+    ProxyConfig { computer_id: COMPUTER.into(), database: database.clone(), ..Default::default() }
+}
+
+fn partition_titles(db: &Database) -> Vec<String> {
+    let store = AnyStore::open_read_only(db).unwrap();
     store
         .read(|t: &mut dyn Tx| t.partitions(None))
         .unwrap()
@@ -67,12 +92,14 @@ fn parameters(value: &str) -> String {
     marshal::encode(&Value::Dict(BTreeMap::from([("big".to_string(), s(value))]))).unwrap()
 }
 
-#[test]
-fn oversized_requests_are_refused_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("proxy.db");
-    let config = ProxyConfig { computer_id: COMPUTER.into(), database: slapos_proxy::Database::sqlite(&db), ..Default::default() };
-    let master = start_background(&config).unwrap();
+on_both_backends!(
+    oversized_requests_are_refused_and_change_nothing,
+    needs_postgres_oversized_requests_are_refused_and_change_nothing,
+    oversized_requests
+);
+
+fn oversized_requests(db: Database) {
+    let master = start_background(&config(&db)).unwrap();
     let client = SlapClient::new(ClientConfig::new(master.url())).unwrap();
     client.load_computer_configuration(&format_report()).unwrap();
     let url = format!("{}/requestComputerPartition", master.url());
@@ -125,16 +152,14 @@ fn oversized_requests_are_refused_and_change_nothing() {
     assert_eq!(partition_titles(&db), vec!["small".to_string()]);
 }
 
-#[test]
-fn long_error_logs_are_stored_cut_to_their_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("proxy.db");
-    let config = ProxyConfig { computer_id: COMPUTER.into(), database: slapos_proxy::Database::sqlite(&db), ..Default::default() };
-    let master = start_background(&config).unwrap();
+on_both_backends!(long_error_logs_are_stored_cut_to_their_end, needs_postgres_long_error_logs_are_stored_cut_to_their_end, long_error_logs);
+
+fn long_error_logs(db: Database) {
+    let master = start_background(&config(&db)).unwrap();
     let client = SlapClient::new(ClientConfig::new(master.url())).unwrap();
     let log = format!("{}\nthe last line says why", "z".repeat(10 << 20));
     client.software_release_error(SR, COMPUTER, &log).unwrap();
-    let store = SqliteStore::open_read_only(&db).unwrap();
+    let store = AnyStore::open_read_only(&db).unwrap();
     let reports = store.read(|t: &mut dyn Tx| t.last_reports()).unwrap();
     let message = reports[0].message.as_deref().unwrap();
     assert!(message.len() <= 64 * 1024 + 40, "{} bytes stored", message.len());
@@ -154,16 +179,12 @@ fn report(reference: &str, i: usize) -> ReportRow {
     }
 }
 
-fn count(db: &std::path::Path, sql: &str) -> i64 {
-    rusqlite::Connection::open(db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
-}
+on_both_backends!(node_history_is_kept_within_its_retention, needs_postgres_node_history_is_kept_within_its_retention, history);
 
-#[test]
-fn node_history_is_kept_within_its_retention() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("proxy.db");
+fn history(db: Database) {
     let retention = Retention { reports_per_object: 3, reports: 10, usage_per_computer: 2, usage: 5, ..Retention::default() };
-    let store = SqliteStore::open(&db).unwrap().with_retention(retention);
+    let store = AnyStore::open(&db, retention).unwrap();
+    let reports = || store.read(|t: &mut dyn Tx| t.reports()).unwrap();
     store
         .transaction(|t: &mut dyn Tx| {
             for i in 0..8 {
@@ -172,7 +193,7 @@ fn node_history_is_kept_within_its_retention() {
             Ok::<_, slapos_proxy::StoreError>(())
         })
         .unwrap();
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM report"), 3);
+    assert_eq!(reports().len(), 3);
     let last = store.read(|t: &mut dyn Tx| t.last_reports()).unwrap();
     assert_eq!(last[0].state, "state7");
     // many objects: at most `reports` in all, the newest
@@ -190,10 +211,12 @@ fn node_history_is_kept_within_its_retention() {
             Ok::<_, slapos_proxy::StoreError>(())
         })
         .unwrap();
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM report"), 10);
-    assert_eq!(count(&db, "SELECT CAST(MIN(time) AS INTEGER) FROM report"), 120);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM usage"), 5);
-    assert_eq!(count(&db, &format!("SELECT COUNT(*) FROM usage WHERE computer_reference = '{COMPUTER}'")), 0);
+    let kept = reports();
+    assert_eq!(kept.len(), 10);
+    assert_eq!(kept.iter().map(|r| r.time as i64).min(), Some(120));
+    let usage = store.read(|t: &mut dyn Tx| t.usages(1000)).unwrap();
+    assert_eq!(usage.len(), 5);
+    assert!(usage.iter().all(|u| u.computer_reference != COMPUTER), "{usage:?}");
 }
 
 /// A marshalled dictionary of `n` entries that fails to decode at its very end.
@@ -206,15 +229,10 @@ fn slow_to_refuse(n: usize) -> String {
     doc
 }
 
-#[test]
-fn heavy_decoding_does_not_hold_other_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = ProxyConfig {
-        computer_id: COMPUTER.into(),
-        database: slapos_proxy::Database::sqlite(dir.path().join("proxy.db")),
-        ..Default::default()
-    };
-    let master = start_background(&config).unwrap();
+on_both_backends!(heavy_decoding_does_not_hold_other_requests, needs_postgres_heavy_decoding_does_not_hold_other_requests, heavy_decoding);
+
+fn heavy_decoding(db: Database) {
+    let master = start_background(&config(&db)).unwrap();
     let url = format!("{}/requestComputerPartition", master.url());
     let heavy = Arc::new(slow_to_refuse(80_000));
     let started = Instant::now();
