@@ -1,5 +1,6 @@
 //! `slapos proxy start|show` as a program: clean stop on SIGTERM, nothing
-//! acknowledged is lost on `kill -9`, concurrent clients, bad input.
+//! acknowledged is lost on `kill -9`, concurrent clients, bad input (these
+//! two also on PostgreSQL, as `needs_postgres` twins).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -31,15 +32,25 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+/// The configuration; `extra` goes in `[slapproxy]` (`database_uri = …`).
+fn write_config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
     let cfg = dir.join("slapos.cfg");
     // only computer_id in [slapos]; the database defaults next to the file
-    std::fs::write(&cfg, format!("[slapos]\ncomputer_id = COMP-BIN\n\n[slapproxy]\nport = {port}\n")).unwrap();
+    std::fs::write(&cfg, format!("[slapos]\ncomputer_id = COMP-BIN\n\n[slapproxy]\nport = {port}\n{extra}")).unwrap();
     cfg
 }
 
 fn start(dir: &Path, port: u16) -> Master {
-    let cfg = write_config(dir, port);
+    start_on(dir, port, "")
+}
+
+/// `database_uri = …` of a fresh database of `pg`.
+fn on_postgres(pg: &test_support::postgres::TestPostgres) -> String {
+    format!("database_uri = {}\n", pg.database("binary"))
+}
+
+fn start_on(dir: &Path, port: u16, extra: &str) -> Master {
+    let cfg = write_config(dir, port, extra);
     let log = dir.join(format!("proxy-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
     let child = Command::new(BIN)
         .args(["proxy", "start", "--cfg"])
@@ -109,8 +120,20 @@ type BadCall<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
 
 #[test]
 fn bad_input_is_refused_without_state_change_and_the_master_keeps_serving() {
+    bad_input("");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL"]
+fn needs_postgres_bad_input_is_refused_without_state_change_and_the_master_keeps_serving() {
+    let pg = test_support::postgres::TestPostgres::start();
+    bad_input(&on_postgres(&pg));
+}
+
+/// The bad input test on the database of `extra` (the default SQLite file without).
+fn bad_input(extra: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let m = start(dir.path(), free_port());
+    let m = start_on(dir.path(), free_port(), extra);
     let a = agent();
     let url = |p: &str| format!("{}/{p}", m.url);
     assert_eq!(post(&a, &url("loadComputerConfigurationFromXML"), &[("xml", &format_report(2))]).unwrap().0, 200);
@@ -173,13 +196,26 @@ fn bad_input_is_refused_without_state_change_and_the_master_keeps_serving() {
     }
     // (a fresh connection: the server closes the one of the oversized body)
     assert_eq!(get(&agent(), &url("getFullComputerInformation?computer_id=COMP-BIN")).1, before, "no state changed");
+    assert_eq!(dir.path().join("proxy.db").exists(), extra.is_empty(), "the master used the configured database");
 }
 
 #[test]
 fn nothing_acknowledged_is_lost_on_kill_9_and_concurrent_clients_never_see_locks() {
+    kill_9_under_writers("");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL"]
+fn needs_postgres_nothing_acknowledged_is_lost_on_kill_9_and_concurrent_clients_never_see_locks() {
+    let pg = test_support::postgres::TestPostgres::start();
+    kill_9_under_writers(&on_postgres(&pg));
+}
+
+/// The kill -9 test on the database of `extra` (the default SQLite file without).
+fn kill_9_under_writers(extra: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut m = start(dir.path(), port);
+    let mut m = start_on(dir.path(), port, extra);
     let a = agent();
     assert_eq!(post(&a, &format!("{}/loadComputerConfigurationFromXML", m.url), &[("xml", &format_report(20))]).unwrap().0, 200);
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
@@ -228,11 +264,12 @@ fn nothing_acknowledged_is_lost_on_kill_9_and_concurrent_clients_never_see_locks
     assert!(!log.contains("database is locked"), "{log}");
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() >= 300, "only {} writes acknowledged before the kill", acknowledged.len());
-    // restart on the same file: every acknowledged supply is there
-    let m2 = start(dir.path(), free_port());
+    // restart on the same database: every acknowledged supply is there
+    let m2 = start_on(dir.path(), free_port(), extra);
     let (_, body) = get(&a, &format!("{}/getFullComputerInformation?computer_id=COMP-BIN", m2.url));
     let missing: Vec<&String> = acknowledged.iter().filter(|sr| !body.contains(&format!("<string>{sr}</string>"))).collect();
     assert!(missing.is_empty(), "{} acknowledged supplies lost, e.g. {:?}", missing.len(), missing.first());
+    assert_eq!(dir.path().join("proxy.db").exists(), extra.is_empty(), "the master used the configured database");
 }
 
 #[test]
