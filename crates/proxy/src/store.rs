@@ -44,7 +44,7 @@ pub enum StoreError {
         supported: i64,
     },
     /// The PostgreSQL database could not be opened.
-    #[error("database {uri}: {source}")]
+    #[error("database {uri}: {}", with_causes(source))]
     PgOpen {
         /// The database URI, without its password.
         uri: String,
@@ -57,6 +57,29 @@ pub enum StoreError {
     /// No connection could be had from the pool.
     #[error("database connection pool: {0}")]
     Pool(String),
+    /// The PostgreSQL URI's TLS settings cannot be used.
+    #[error("database {uri}: {message}")]
+    PgTls {
+        /// The database URI, without its password.
+        uri: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// `error: cause: cause…` on one line (the `postgres` crate's errors keep
+/// why a connection failed, a TLS verification say, in their source).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A computer partition and the instance it hosts (if any).

@@ -207,3 +207,33 @@ fn needs_postgres_identity_and_parity_rows_behave_as_on_sqlite() {
     })
     .unwrap();
 }
+
+#[test]
+#[ignore = "needs PostgreSQL"]
+fn needs_postgres_tls_connections_verify_the_server_against_sslrootcert() {
+    let pki = test_support::tls::Pki::new("pg");
+    let (cert, key) = pki.server_files(&["127.0.0.1"]);
+    let port = test_support::free_port();
+    let pg = TestPostgres::start_tls(port, &cert, &key);
+    pg.database("tls");
+    let tcp = pg.tcp_uri("tls");
+    let ca = pki.ca_file.display().to_string();
+    // TCP to this server is TLS only (hostssl): opening and writing prove it
+    let store = PgStore::open(&format!("{tcp}?sslmode=verify-full&sslrootcert={ca}")).unwrap();
+    store.transaction(|tx: &mut dyn Tx| tx.upsert_computer(&ComputerRow { reference: "C".into(), ..Default::default() })).unwrap();
+    assert_eq!(store.read(|tx: &mut dyn Tx| tx.computers()).unwrap().len(), 1);
+    // a server whose certificate another CA signed is refused
+    let other = test_support::tls::Pki::new("other");
+    let refused = PgStore::open(&format!("{tcp}?sslrootcert={}", other.ca_file.display())).err().expect("an unknown CA is refused");
+    let said = refused.to_string();
+    assert!(said.contains("database postgresql://postgres@127.0.0.1") && said.contains("certificate"), "{said}");
+    // require without a CA: refused rather than unverified
+    let unverified = PgStore::open(&format!("{tcp}?sslmode=require")).err().expect("sslmode=require without sslrootcert is refused");
+    assert!(unverified.to_string().contains("sslrootcert"), "{unverified}");
+    // plain TCP: the server refuses it (so the TLS above was real)
+    let plain = PgStore::open(&tcp).err().expect("plain TCP is refused by a hostssl-only server").to_string();
+    assert!(plain.contains("no encryption"), "{plain}");
+    // a CA file that is not one: one line naming it
+    let bad = PgStore::open(&format!("{tcp}?sslrootcert={}", cert.with_extension("nope").display())).err().unwrap();
+    assert!(bad.to_string().contains(".nope"), "{bad}");
+}

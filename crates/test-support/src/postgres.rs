@@ -21,6 +21,8 @@ pub struct TestPostgres {
     bin: PathBuf,
     /// (uid, gid) the server runs as, when not the current user's.
     owner: Option<(u32, u32)>,
+    /// Its port (which also names its unix socket).
+    port: u16,
 }
 
 /// The newest PostgreSQL's binaries directory.
@@ -37,6 +39,16 @@ fn bin_dir() -> PathBuf {
 impl TestPostgres {
     /// Makes and starts a server (C collation, no fsync: tests only).
     pub fn start() -> TestPostgres {
+        Self::start_with(None)
+    }
+
+    /// A server that also listens on 127.0.0.1:`port` with TLS only there
+    /// (`hostssl`): `cert` and `key` (PEM) are its certificate and key.
+    pub fn start_tls(port: u16, cert: &Path, key: &Path) -> TestPostgres {
+        Self::start_with(Some((port, cert, key)))
+    }
+
+    fn start_with(tls: Option<(u16, &Path, &Path)>) -> TestPostgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new().prefix("slaptest-pg").tempdir().expect("temporary directory");
         let owner = nix::unistd::geteuid().is_root().then(|| {
@@ -47,11 +59,46 @@ impl TestPostgres {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the PostgreSQL directory");
         }
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let pg = TestPostgres { dir, bin, owner };
+        let port = tls.map_or(5432, |t| t.0);
+        let pg = TestPostgres { dir, bin, owner, port };
         pg.run("initdb", &["-D", &pg.data(), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
-        let options = format!("-k {} -c listen_addresses='' -c fsync=off -c max_connections=200", pg.dir.path().display());
+        let mut options = format!("-k {} -c fsync=off -c max_connections=200", pg.dir.path().display());
+        match tls {
+            None => options += " -c listen_addresses=''",
+            Some((port, cert, key)) => options += &pg.tls_options(port, cert, key),
+        }
         pg.run("pg_ctl", &["-D", &pg.data(), "-l", &pg.log_path(), "-o", &options, "-w", "-t", "60", "start"]);
         pg
+    }
+
+    /// Copies the certificate and key where the server (its user, 0600)
+    /// reads them, allows only TLS on TCP; the server's options.
+    fn tls_options(&self, port: u16, cert: &Path, key: &Path) -> String {
+        let (cert_copy, key_copy) = (self.dir.path().join("server.crt"), self.dir.path().join("server.key"));
+        std::fs::copy(cert, &cert_copy).unwrap();
+        std::fs::copy(key, &key_copy).unwrap();
+        std::fs::set_permissions(&key_copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = self.owner {
+            for f in [&cert_copy, &key_copy] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let hba = Path::new(&self.data()).join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        let ssl_only: String =
+            text.lines().map(|l| if l.starts_with("host ") { format!("hostssl{}\n", &l[4..]) } else { format!("{l}\n") }).collect();
+        std::fs::write(&hba, ssl_only).unwrap();
+        format!(
+            " -c listen_addresses=127.0.0.1 -p {port} -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert_copy.display(),
+            key_copy.display()
+        )
+    }
+
+    /// The URI of database `name` over TCP on 127.0.0.1 (a server of
+    /// [`TestPostgres::start_tls`]).
+    pub fn tcp_uri(&self, name: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
     fn data(&self) -> String {
@@ -89,7 +136,7 @@ impl TestPostgres {
     /// The URI of database `name` on this server.
     pub fn uri(&self, name: &str) -> String {
         let socket: String = form_urlencoded::byte_serialize(self.dir.path().display().to_string().as_bytes()).collect();
-        format!("postgresql://postgres@{socket}/{name}")
+        format!("postgresql://postgres@{socket}:{}/{name}", self.port)
     }
 
     /// Creates an empty database and gives its URI.

@@ -57,6 +57,17 @@ impl Pki {
         (write(self.dir.path(), &format!("{name}.crt"), &cert.pem()), write(self.dir.path(), &format!("{name}.key"), &key.serialize_pem()))
     }
 
+    /// A server certificate for `names` and its key signed by this CA, as
+    /// PEM files: `(cert_file, key_file)` (a PostgreSQL server's, say).
+    pub fn server_files(&self, names: &[&str]) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.issue(names, ExtendedKeyUsagePurpose::ServerAuth);
+        let name = names.first().copied().unwrap_or("server");
+        (
+            write(self.dir.path(), &format!("{name}-server.crt"), &cert.pem()),
+            write(self.dir.path(), &format!("{name}-server.key"), &key.serialize_pem()),
+        )
+    }
+
     /// A rustls server configuration with a certificate for `names`, that
     /// requires a client certificate of this CA when `client_auth`.
     pub fn server_config(&self, names: &[&str], client_auth: bool) -> Arc<rustls::ServerConfig> {

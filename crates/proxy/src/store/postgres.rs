@@ -8,13 +8,21 @@
 //! different partitions), and a named advisory lock ([`Tx::lock_name`])
 //! serialises requests for one instance title. A transaction that fails with
 //! a serialisation failure, a deadlock or a lost insert race is run again.
+//!
+//! TLS: `sslrootcert=<CA file>` in the URI (libpq's parameter, so the same
+//! URI works with `psql`) makes every connection TLS, the server's
+//! certificate verified against that CA and its name against the host;
+//! without it connections are plain (a unix socket, a private network) and
+//! `sslmode=require` is refused rather than left unverified.
 
 use std::time::Duration;
 
+use postgres::config::SslMode;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{IsolationLevel, NoTls, Row, Transaction};
+use postgres::{IsolationLevel, Row, Transaction};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     hide_password, hour_of, movement_cutoff, scope_condition, AddressRow, Backend, CertificateRow, ComputerRow, EventFilter, ForwardRow,
@@ -40,7 +48,7 @@ const ATTEMPTS: u32 = 30;
 /// The advisory lock key that serialises migrations of one database.
 const MIGRATION_LOCK: i64 = 0x5_1a90_5000;
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
 /// PostgreSQL storage.
 pub struct PgStore {
@@ -52,8 +60,48 @@ pub struct PgStore {
     isolation: Isolation,
 }
 
-fn config(uri: &str) -> Result<postgres::Config, StoreError> {
-    uri.parse::<postgres::Config>().map_err(|e| StoreError::PgOpen { uri: hide_password(uri), source: e })
+/// The settings of `uri` and its TLS connector (see the module's TLS).
+fn config(uri: &str) -> Result<(postgres::Config, MakeRustlsConnect), StoreError> {
+    let tls_error = |message: String| StoreError::PgTls { uri: hide_password(uri), message };
+    let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let mut root_cert = None;
+    let mut kept = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match (key.as_ref(), value.as_ref()) {
+            ("sslrootcert", file) => root_cert = Some(std::path::PathBuf::from(file)),
+            // what libpq calls them; the certificate is always verified here
+            ("sslmode", "verify-ca" | "verify-full") => {
+                kept.append_pair("sslmode", "require");
+            }
+            (k, v) => {
+                kept.append_pair(k, v);
+            }
+        }
+    }
+    let kept = kept.finish();
+    let plain = if kept.is_empty() { base.to_string() } else { format!("{base}?{kept}") };
+    let mut config = plain.parse::<postgres::Config>().map_err(|e| StoreError::PgOpen { uri: hide_password(uri), source: e })?;
+    let Some(root_cert) = root_cert else {
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(tls_error("sslmode=require needs sslrootcert=<CA file> (the server's certificate is always verified)".into()));
+        }
+        let empty = rustls::RootCertStore::empty();
+        return Ok((config.ssl_mode(SslMode::Disable).clone(), connector(empty)?));
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in slap::tls::load_ca(&root_cert).map_err(|e| tls_error(e.to_string()))? {
+        roots.add(cert).map_err(|e| tls_error(format!("{}: {e}", root_cert.display())))?;
+    }
+    Ok((config.ssl_mode(SslMode::Require).clone(), connector(roots)?))
+}
+
+/// A rustls connector (ring) trusting `roots`.
+fn connector(roots: rustls::RootCertStore) -> Result<MakeRustlsConnect, StoreError> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Pool(format!("TLS: {e}")))?;
+    Ok(MakeRustlsConnect::new(builder.with_root_certificates(roots).with_no_client_auth()))
 }
 
 impl PgStore {
@@ -66,7 +114,8 @@ impl PgStore {
     pub fn open_at_version(uri: &str, version: i64) -> Result<PgStore, StoreError> {
         let shown = hide_password(uri);
         let open_err = |source| StoreError::PgOpen { uri: shown.clone(), source };
-        let mut client = config(uri)?.connect(NoTls).map_err(open_err)?;
+        let (config, tls) = config(uri)?;
+        let mut client = config.connect(tls).map_err(open_err)?;
         let mut t = client.transaction().map_err(open_err)?;
         // one migrating process at a time; the others wait and find it done
         t.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).map_err(open_err)?;
@@ -103,7 +152,8 @@ impl PgStore {
     }
 
     fn pooled(uri: &str, read_only: bool) -> Result<PgStore, StoreError> {
-        let manager = PostgresConnectionManager::new(config(uri)?, NoTls);
+        let (config, tls) = config(uri)?;
+        let manager = PostgresConnectionManager::new(config, tls);
         // as many connections as the master's blocking threads; opened as needed
         let pool = r2d2::Pool::builder()
             .max_size(16)
