@@ -352,6 +352,7 @@ impl Fleet {
         let _ = self.masters[0].take().map(|mut a| a.wait());
         let failed: Vec<_> = results.iter().filter(|r| r.1 != Some(0)).collect();
         eprintln!("[fleet] first instance runs: {} of {NODES} exited 0, others {failed:?}", NODES - failed.len());
+        self.say_why(&results, "instance-1");
         let states = server_states(&self.path("haproxy.sock"));
         assert_eq!(states.get("master-a").map(String::as_str), Some("DOWN"), "HAProxy did not mark the killed master down: {states:?}");
         assert_eq!(states.get("master-b").map(String::as_str), Some("UP"), "HAProxy lost the living master: {states:?}");
@@ -368,11 +369,23 @@ impl Fleet {
                 break;
             }
             eprintln!("[fleet] round {round}: nodes {pending:?} not done yet");
-            self.on_nodes(&pending, &format!("instance-{round}"), &["instance", "--now"]);
+            let name = format!("instance-{round}");
+            let results = self.on_nodes(&pending, &name, &["instance", "--now"]);
+            self.say_why(&results, &name);
         }
         let all: Vec<usize> = (0..NODES).collect();
         let results = self.on_nodes(&all, "instance-last", &["instance", "--now"]);
         self.all_ok(&results, "instance-last");
+    }
+
+    /// The error lines of the runs of `results` that failed (a run may fail
+    /// and the next one succeed, as under cron: they are printed, not asserted).
+    fn say_why(&self, results: &[(usize, Option<i32>)], name: &str) {
+        for &(i, code) in results.iter().filter(|r| r.1 != Some(0)) {
+            let text = fs::read_to_string(self.node_dir(i).join(format!("log/{name}.log"))).unwrap_or_default();
+            let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR") || l.contains("rror:")).take(5).collect();
+            eprintln!("[fleet] node {i}: `{name}` exited {code:?}:\n  {}", errors.join("\n  "));
+        }
     }
 
     /// Whether node `i`'s instances are published and reported started.
