@@ -12,6 +12,8 @@
 //! * [`model`]: typed computers, partitions, software releases, instances,
 //!   states, and their conversion from/to marshalled objects;
 //! * [`client`]: a blocking HTTP client for every call the Python client makes;
+//! * [`schema`]: software release schemas (`software.cfg.json`), bounded
+//!   loading and parameter validation;
 //! * [`pyjson`]: JSON written byte for byte as Python's `json.dumps`;
 //! * [`tls`]: the clients' TLS files (`master_ca_file`, `cert_file`, `key_file`),
 //!   checked when loaded.
@@ -23,6 +25,7 @@ pub mod instance_xml;
 pub mod marshal;
 pub mod model;
 pub mod pyjson;
+pub mod schema;
 
 pub use client::{ClientConfig, InstanceRequest, RequestResult, SlapClient, SlapError};
 pub use marshal::{Object, Value};
