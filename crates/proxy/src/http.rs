@@ -551,6 +551,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::identity::router())
         .merge(crate::accounting::routes::router())
         .merge(crate::jsonrpc::router())
+        .merge(crate::schema_api::router())
         // every route is authorized by proxy::rules (a route without a rule
         // is refused): routes merged after this layer would escape it
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), crate::rules::authorize))

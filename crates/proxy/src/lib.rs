@@ -17,6 +17,7 @@
 //! every call goes through). Beyond one master: [`multimaster`] (requests
 //! forwarded to other masters), [`relay`] (`/http_proxy/`, the frontend
 //! bypass's relay), [`software_root`] (local software release paths rebased).
+//! For the panel: [`schema_api`] (`/api/schema`, software release schemas).
 
 #![warn(missing_docs)]
 
@@ -33,6 +34,7 @@ pub mod migrate;
 pub mod multimaster;
 pub mod relay;
 pub mod rules;
+pub mod schema_api;
 pub mod server;
 pub mod shacache;
 pub mod show;

@@ -213,6 +213,8 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/slapos.get.v0.instance_tree", Rule::Tree(J("title"))),
     ("/slapos.allDocs.v0.instance_tree_list", Rule::People),
     ("/slapos.allDocs.WIP.compute_node_list", Rule::People),
+    // the parameter schema of a software release supplied here (the panel)
+    ("/api/schema", Rule::Authenticated),
 ];
 
 /// The rule of a route (as the router spells it).
