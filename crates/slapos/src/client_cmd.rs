@@ -14,6 +14,7 @@ use slap::hateoas::HateoasClient;
 use slap::instance_xml;
 use slap::marshal::Value;
 use slap::model::{InstanceState, SoftwareState};
+use slap::schema::{self, Serialisation, SoftwareReleaseSchema};
 use slap::tls::TlsFiles;
 use slapos_config::{client_config_path, Config};
 
@@ -67,6 +68,11 @@ pub struct RequestArgs {
     /// Print the connection parameters as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Refuse to send parameters that do not validate against the software
+    /// release's schema (`software.cfg.json`), or when that schema cannot be
+    /// read; without it, such problems are warnings, as in SlapOS.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -278,19 +284,110 @@ pub fn json_to_value(v: &serde_json::Value) -> Value {
     }
 }
 
-/// The serialisation a software release declares in its JSON schema
-/// (`<url>.json` next to a local `software.cfg`), if we can read it.
-fn declared_serialisation(software_url: &str) -> Option<String> {
-    let path = software_url.strip_prefix("file://").unwrap_or(software_url);
-    if !path.starts_with('/') {
-        return None;
+/// SlapOS validates nothing for this alias of the frontend (it has no schema).
+const UNVALIDATED_RELEASES: &[&str] = &["http://git.erp5.org/gitweb/slapos.git/blob_plain/HEAD:/software/apache-frontend/software.cfg"];
+
+/// The software release's schema (`<url>.json`), None when it publishes
+/// none or it cannot be read: that is a warning, as in SlapOS, or an error
+/// with `--strict`.
+fn release_schema(software_url: &str, strict: bool) -> anyhow::Result<Option<SoftwareReleaseSchema>> {
+    if UNVALIDATED_RELEASES.contains(&software_url) {
+        return Ok(None);
     }
-    let schema = format!("{path}.json");
-    match std::fs::read_to_string(&schema) {
-        Ok(text) => serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["serialisation"].as_str().map(str::to_string)),
-        Err(_) => {
-            tracing::warn!("no parameter schema at {schema}: parameters are sent as given");
-            None
+    match SoftwareReleaseSchema::load(software_url, &schema::Options::default()) {
+        Ok(Some(s)) => Ok(Some(s)),
+        Ok(None) => {
+            tracing::debug!("{software_url} has no schema ({software_url}.json): parameters are not validated");
+            Ok(None)
+        }
+        Err(e) if strict => bail!("cannot validate the parameters against the schema of {software_url} (--strict): {e}"),
+        Err(e) => {
+            // SlapOS: a warning, then the request as if there were no schema
+            tracing::warn!("Unable to load JSON: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// Checks `parameters` (as they will be sent) against the schema of
+/// `software_type`, warning as SlapOS does (`Request parameters do not
+/// validate against schema definition:` and one indented line per problem);
+/// with `strict`, a problem is an error.
+fn check_parameters(
+    schema: &SoftwareReleaseSchema,
+    software_type: Option<&str>,
+    parameters: &serde_json::Map<String, serde_json::Value>,
+    strict: bool,
+) -> anyhow::Result<()> {
+    let url = schema.software_url();
+    let name = software_type.unwrap_or(schema::DEFAULT_SOFTWARE_TYPE);
+    if schema.software_type(software_type).is_err() {
+        tracing::warn!("No schema defined for software type '{name}' of software release {url}");
+        return Ok(());
+    }
+    if schema.serialisation(software_type).is_none() {
+        tracing::warn!("Invalid or undefined serialisation for software type '{name}' of software release {url}");
+    }
+    let start = std::time::Instant::now();
+    let issues = match schema.validate(software_type, &serde_json::Value::Object(parameters.clone())) {
+        Ok(issues) => issues,
+        Err(e) if strict => bail!("cannot validate the parameters against the schema of {url} (--strict): {e}"),
+        Err(e) => {
+            tracing::warn!("Error validating request parameters against schema definition:\n{e}");
+            return Ok(());
+        }
+    };
+    tracing::debug!("parameters validated against the schema of {url} in {:?}", start.elapsed());
+    if issues.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = issues.iter().map(|i| format!("  {i}")).collect();
+    tracing::warn!("Request parameters do not validate against schema definition:\n{}", lines.join("\n"));
+    if strict {
+        bail!("{} problem(s) in the parameters of {} for {url} (--strict): nothing requested", issues.len(), name);
+    }
+    Ok(())
+}
+
+/// The parameters as given: `--parameters` (strings) or a `--parameters-file`.
+enum GivenParameters {
+    Pairs(serde_json::Map<String, serde_json::Value>),
+    File(ParametersFile),
+}
+
+/// Reads the parameters given (before anything is fetched: bad input fails
+/// first).
+fn given_parameters(args: &RequestArgs) -> anyhow::Result<GivenParameters> {
+    Ok(match &args.parameters_file {
+        Some(file) => GivenParameters::File(read_parameters_file(file)?),
+        None => GivenParameters::Pairs(parse_key_values(&args.parameters, "parameter")?.into_iter().map(|(k, v)| (k, json!(v))).collect()),
+    })
+}
+
+/// The parameters to send, as JSON: `--parameters` as strings, a
+/// `--parameters-file` as SlapOS reads it (wrapped as `_` for json-in-xml:
+/// `--force-serialisation`, else the schema's; an instance XML file as it
+/// is).
+fn request_parameters(
+    args: &RequestArgs,
+    given: GivenParameters,
+    schema: Option<&SoftwareReleaseSchema>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let wrap = |m: &serde_json::Map<String, serde_json::Value>| -> serde_json::Map<String, serde_json::Value> {
+        instance_xml::wrap_json(m).into_iter().map(|(k, v)| (k, json!(v.as_str()))).collect()
+    };
+    let forced = args.force_serialisation.as_deref().and_then(Serialisation::parse);
+    match given {
+        GivenParameters::Pairs(m) if forced == Some(Serialisation::JsonInXml) => wrap(&m),
+        GivenParameters::Pairs(m) => m,
+        GivenParameters::File(ParametersFile::Xml(dict)) => dict.into_iter().map(|(k, v)| (k, json!(v))).collect(),
+        GivenParameters::File(ParametersFile::Values(params)) => {
+            let serialisation = forced.or_else(|| schema.and_then(|s| s.serialisation(args.software_type.as_deref())));
+            if serialisation == Some(Serialisation::JsonInXml) {
+                wrap(&params)
+            } else {
+                params
+            }
         }
     }
 }
@@ -364,24 +461,14 @@ fn request(args: RequestArgs, settings: &ClientSettings) -> anyhow::Result<u8> {
     let client = settings.slap()?;
     let software_url = resolve_software(&client, &args.software_url)?;
     let node = parse_key_values(&args.node, "node option")?;
-    let mut parameters: BTreeMap<String, Value> = match &args.parameters_file {
-        Some(file) => match read_parameters_file(file)? {
-            ParametersFile::Xml(dict) => dict.into_iter().map(|(k, v)| (k, v.map(Value::Str).unwrap_or(Value::None))).collect(),
-            ParametersFile::Values(params) => {
-                let serialisation = args.force_serialisation.clone().or_else(|| declared_serialisation(&software_url));
-                if serialisation.as_deref() == Some("json-in-xml") {
-                    instance_xml::wrap_json(&params)
-                } else {
-                    params.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect()
-                }
-            }
-        },
-        None => parse_key_values(&args.parameters, "parameter")?.into_iter().map(|(k, v)| (k, Value::str(v))).collect(),
-    };
-    if args.parameters_file.is_none() && args.force_serialisation.as_deref() == Some("json-in-xml") {
-        let m = parameters.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect();
-        parameters = instance_xml::wrap_json(&m);
+    let given = given_parameters(&args)?;
+    tracing::debug!("Validating request parameters for {} as an instance of {software_url} ...", args.reference);
+    let schema = release_schema(&software_url, args.strict)?;
+    let parameters = request_parameters(&args, given, schema.as_ref());
+    if let Some(schema) = &schema {
+        check_parameters(schema, args.software_type.as_deref(), &parameters, args.strict)?;
     }
+    let parameters: BTreeMap<String, Value> = parameters.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect();
     let mut req = InstanceRequest::new(&software_url, &args.reference);
     req.software_type = args.software_type.clone().unwrap_or_default();
     req.parameters = parameters;
