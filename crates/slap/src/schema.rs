@@ -17,7 +17,8 @@
 //! their JSON text ([`Serialisation::JsonInXml`]); `xml` ones as flat
 //! string parameters; [`crate::instance_xml::wrap_json`] serialises them so.
 //!
-//! Every document is untrusted: fetched with a timeout, at most
+//! Every document is untrusted: fetched with a timeout (and a total for
+//! all the fetches of one release), at most
 //! [`Options::max_document_bytes`] each and [`Options::max_documents`] in
 //! all, only over `http(s)` or, for a local software release, from local
 //! files (`file:` and plain paths; below [`Options::local_root`] when set).
@@ -50,6 +51,9 @@ pub const OLD_DEFAULT_SOFTWARE_TYPE: &str = "RootSoftwareInstance";
 pub struct Options {
     /// Timeout of each HTTP fetch (connection to end of body).
     pub timeout: Duration,
+    /// Time all the HTTP fetches of one software release may take together
+    /// (a chain of slow documents stops there).
+    pub total_timeout: Duration,
     /// Largest document read, in bytes (larger ones are an error).
     pub max_document_bytes: u64,
     /// Most documents fetched for one software release (`software.cfg.json`
@@ -64,7 +68,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { timeout: Duration::from_secs(10), max_document_bytes: 1 << 20, max_documents: 32, local_root: None }
+        Options {
+            timeout: Duration::from_secs(10),
+            total_timeout: Duration::from_secs(30),
+            max_document_bytes: 1 << 20,
+            max_documents: 32,
+            local_root: None,
+        }
     }
 }
 
@@ -214,7 +224,7 @@ impl SoftwareReleaseSchema {
     /// URL, a `file:` URL or a local path (relative to the current directory).
     pub fn load(software_url: &str, options: &Options) -> Result<Option<SoftwareReleaseSchema>, SchemaError> {
         let release = release_url(software_url)?;
-        let fetcher = Arc::new(Fetcher::new(&release, options.clone())?);
+        let fetcher = Arc::new(Fetcher::new(&release, options.clone()));
         let json_url = Url::parse(&format!("{release}.json"))
             .map_err(|e| SchemaError::InvalidUrl { url: software_url.to_string(), message: e.to_string() })?;
         let document = match fetcher.get(&json_url) {
@@ -286,7 +296,7 @@ impl SoftwareReleaseSchema {
     pub fn resolved_request_schema(&self, software_type: Option<&str>) -> Result<Option<Value>, SchemaError> {
         let Some(url) = self.software_type(software_type)?.request.clone() else { return Ok(None) };
         let document = self.fetcher.get(&url).map_err(|e| e.into_error(&url))?;
-        let mut inliner = Inliner { fetcher: &self.fetcher, stack: Vec::new(), budget: 1000 };
+        let mut inliner = Inliner { fetcher: &self.fetcher, url: &url, stack: Vec::new(), budget: 1000, size: 0 };
         let base = document_base(&url, &document);
         inliner.inline(&document, &base, &document, 0).map(Some)
     }
@@ -425,10 +435,12 @@ struct Fetcher {
     /// A local release may read local files; a remote one never.
     local: bool,
     cache: Mutex<HashMap<Url, Arc<Value>>>,
+    /// Time spent in HTTP fetches so far.
+    spent: Mutex<Duration>,
 }
 
 impl Fetcher {
-    fn new(release: &Url, options: Options) -> Result<Fetcher, SchemaError> {
+    fn new(release: &Url, options: Options) -> Fetcher {
         let local = release.scheme() == "file";
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(options.timeout))
@@ -436,7 +448,7 @@ impl Fetcher {
             .user_agent(format!("slapos-rs/{}", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        Ok(Fetcher { agent, options, local, cache: Mutex::new(HashMap::new()) })
+        Fetcher { agent, options, local, cache: Mutex::new(HashMap::new()), spent: Mutex::new(Duration::ZERO) }
     }
 
     /// The JSON document at `url` (its fragment ignored), from the cache or
@@ -487,8 +499,20 @@ impl Fetcher {
             ureq::Error::StatusCode(s) => error(format!("HTTP status {s}")),
             other => error(other.to_string()),
         };
-        let mut resp = self.agent.get(url.as_str()).call().map_err(transport)?;
-        resp.body_mut().with_config().limit(self.options.max_document_bytes).read_to_vec().map_err(transport)
+        let spent = *self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let left = self.options.total_timeout.saturating_sub(spent);
+        if left.is_zero() {
+            return Err(error(format!("the schema's fetches took more than {:?} in all", self.options.total_timeout)));
+        }
+        let start = std::time::Instant::now();
+        let timeout = self.options.timeout.min(left);
+        let read = || -> Result<Vec<u8>, ureq::Error> {
+            let request = self.agent.get(url.as_str()).config().timeout_global(Some(timeout)).build();
+            request.call()?.body_mut().with_config().limit(self.options.max_document_bytes).read_to_vec()
+        };
+        let result = read();
+        *self.spent.lock().unwrap_or_else(|p| p.into_inner()) += start.elapsed();
+        result.map_err(transport)
     }
 
     fn file(&self, url: &Url) -> Result<Vec<u8>, Fetched> {
@@ -546,9 +570,17 @@ impl jsonschema::Retrieve for Retriever {
     }
 }
 
+/// The largest schema [`SoftwareReleaseSchema::resolved_request_schema`]
+/// makes: its values plus the bytes of its strings and keys.
+pub const MAX_RESOLVED_SIZE: usize = 8 << 20;
+
 /// Replaces `$ref`s by their targets, within a budget.
 struct Inliner<'a> {
     fetcher: &'a Fetcher,
+    /// The request schema (named in errors).
+    url: &'a Url,
+    /// What was written so far, in [`MAX_RESOLVED_SIZE`] units.
+    size: usize,
     /// The references being expanded (a loop leaves the `$ref`).
     stack: Vec<Url>,
     /// References left to expand.
@@ -557,6 +589,15 @@ struct Inliner<'a> {
 
 impl Inliner<'_> {
     fn inline(&mut self, value: &Value, base: &Url, document: &Value, depth: usize) -> Result<Value, SchemaError> {
+        self.size += 1 + match value {
+            Value::String(s) => s.len(),
+            Value::Object(m) => m.keys().map(String::len).sum(),
+            _ => 0,
+        };
+        if self.size > MAX_RESOLVED_SIZE {
+            let message = format!("with its $refs inlined it is larger than {MAX_RESOLVED_SIZE} bytes");
+            return Err(SchemaError::Invalid { url: self.url.to_string(), message });
+        }
         match value {
             Value::Array(a) => a.iter().map(|v| self.inline(v, base, document, depth)).collect::<Result<_, _>>().map(Value::Array),
             Value::Object(m) => match m.get("$ref").and_then(Value::as_str) {

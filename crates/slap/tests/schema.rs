@@ -213,6 +213,22 @@ fn a_slow_server_times_out() {
     let err = SoftwareReleaseSchema::load(&format!("{}/software.cfg", srv.url), &options).unwrap_err().to_string();
     assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
     assert!(err.contains("timed out"), "{err}");
+    // a chain of slow documents: stopped by the total
+    let cfg = json!({"software-type": {"default": {"request": "0.json"}}}).to_string();
+    let srv = test_support::serve(move |r| {
+        if r.path() == "software.cfg.json" {
+            return (200, cfg.clone());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        let n: u32 = r.path().trim_end_matches(".json").parse().unwrap_or(0);
+        (200, json!({"properties": {"x": {"$ref": format!("{}.json", n + 1)}}}).to_string())
+    });
+    let options = Options { timeout: Duration::from_secs(1), total_timeout: Duration::from_millis(800), ..Options::default() };
+    let schema = SoftwareReleaseSchema::load(&format!("{}/software.cfg", srv.url), &options).unwrap().unwrap();
+    let start = Instant::now();
+    let err = schema.validate(None, &json!({})).unwrap_err().to_string();
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(err.contains("took more than") || err.contains("timed out"), "{err}");
 }
 
 #[test]
@@ -233,4 +249,17 @@ fn validation_takes_milliseconds_once_compiled() {
         schema.validate(None, &json!({"name": "n", "port": i + 1})).unwrap();
     }
     assert!(start.elapsed() < Duration::from_secs(1), "1000 validations took {:?}", start.elapsed());
+}
+
+#[test]
+fn inlining_refs_cannot_blow_up() {
+    // a 600 kB definition named 100 times: 60 MB if inlined naively
+    let big = json!({"definitions": {"d": {"description": "x".repeat(600_000)}}}).to_string();
+    let props: serde_json::Map<String, Value> = (0..100).map(|i| (format!("p{i}"), json!({"$ref": "big.json#/definitions/d"}))).collect();
+    let (_srv, url) = remote_with(json!({"properties": props}), vec![("h/big.json", big)]);
+    let schema = SoftwareReleaseSchema::load(&url, &Options::default()).unwrap().unwrap();
+    let err = schema.resolved_request_schema(None).unwrap_err().to_string();
+    assert!(err.contains("with its $refs inlined it is larger than"), "{err}");
+    // validation does not inline: it works
+    assert_eq!(schema.validate(None, &json!({"p1": 1})).unwrap(), []);
 }

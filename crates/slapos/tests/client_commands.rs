@@ -11,7 +11,8 @@ use slap::marshal::Value;
 use test_support::Master;
 
 const BIN: &str = env!("CARGO_BIN_EXE_slapos");
-const SR: &str = "http://example.com/software/client-test/software.cfg";
+// a local path without schema: `request` fetches no software.cfg.json (no network in tests)
+const SR: &str = "/nonexistent/slaptest/client-test/software.cfg";
 const COMPUTER: &str = "COMP-CLI";
 
 fn client_cfg(dir: &Path, master_url: &str) -> std::path::PathBuf {

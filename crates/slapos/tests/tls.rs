@@ -23,7 +23,8 @@ use slapos_grid::node::{Node, NodeError};
 use tls_support::{serve, Backend, Pki, TlsServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_slapos");
-const SR: &str = "http://example.com/software/tls-test/software.cfg";
+// a local path without schema: `request` fetches no software.cfg.json (no network in tests)
+const SR: &str = "/nonexistent/slaptest/tls-test/software.cfg";
 const COMPUTER: &str = "COMP-TLS";
 const V1_CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../slap/tests/data/v1-client.crt");
 const V1_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../slap/tests/data/v1-client.key");
