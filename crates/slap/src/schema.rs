@@ -385,15 +385,26 @@ fn software_type(release: &Url, name: &str, v: &Value) -> Result<SoftwareType, S
     })
 }
 
-/// `/a/0/b` → `$.a[0].b`, as Python jsonschema's `json_path`.
+/// `^[a-zA-Z][a-zA-Z0-9_]*$`: a property name written `.name` in a JSON path.
+fn plain_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `/a/0/b-c` → `$.a[0]['b-c']`, as Python jsonschema's `json_path`.
 fn json_path(location: &jsonschema::paths::Location) -> String {
     let mut path = String::from("$");
     for segment in location {
         match segment {
             jsonschema::paths::LocationSegment::Index(i) => path.push_str(&format!("[{i}]")),
-            jsonschema::paths::LocationSegment::Property(p) => {
+            jsonschema::paths::LocationSegment::Property(p) if plain_name(&p) => {
                 path.push('.');
                 path.push_str(&p);
+            }
+            jsonschema::paths::LocationSegment::Property(p) => {
+                path.push_str("['");
+                path.push_str(&p.replace('\\', "\\\\").replace('\'', "\\'"));
+                path.push_str("']");
             }
         }
     }

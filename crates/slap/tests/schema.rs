@@ -263,3 +263,16 @@ fn inlining_refs_cannot_blow_up() {
     // validation does not inline: it works
     assert_eq!(schema.validate(None, &json!({"p1": 1})).unwrap(), []);
 }
+
+#[test]
+fn issue_paths_are_written_as_python_jsonschema_writes_them() {
+    let props: serde_json::Map<String, Value> =
+        ["a-b", "it's", "x1_", "1a", "ok"].iter().map(|k| (k.to_string(), json!({"type": "integer"}))).collect();
+    let (_srv, url) = remote_with(json!({"properties": props, "items": {"type": "integer"}}), vec![]);
+    let schema = SoftwareReleaseSchema::load(&url, &Options::default()).unwrap().unwrap();
+    let issues = schema.validate(None, &json!({"a-b": "x", "it's": "x", "x1_": "x", "1a": "x", "ok": "x"})).unwrap();
+    let mut p = paths(&issues);
+    p.sort();
+    assert_eq!(p, ["$.ok", "$.x1_", "$['1a']", "$['a-b']", "$['it\\'s']"]);
+    assert_eq!(paths(&schema.validate(None, &json!(["x"])).unwrap()), ["$[0]"]);
+}

@@ -479,18 +479,31 @@ fn needs_venv_request_validation_agrees_with_slapos() {
         vec!["--type".into(), "json".into(), "--parameters-file".into(), file("d.json", r#"{"size": 0, "tags": [1, "a"]}"#)],
         vec!["--type".into(), "json".into(), "--parameters-file".into(), file("e.yaml", "size: 4\ntree: {child: {child: {}}}\n")],
         vec!["--type".into(), "json".into(), "--parameters-file".into(), file("f.json", r#"{"tree": {"child": 1}}"#)],
+        // the e2e release (names that are not identifiers: `$['fail-buildout']`)
+        vec!["--parameters".into(), "fail-buildout=yes".into(), "greeting=".into()],
     ];
-    let expected: [&[&str]; 8] =
-        [&[], &["$", "$.mode", "$.port"], &[], &["$.port"], &["$.port"], &["$.size", "$.tags[0]"], &[], &["$", "$.tree.child"]];
+    let e2e_sr = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/e2e-sr/software.cfg").display().to_string();
+    let expected: [&[&str]; 9] = [
+        &[],
+        &["$", "$.mode", "$.port"],
+        &[],
+        &["$.port"],
+        &["$.port"],
+        &["$.size", "$.tags[0]"],
+        &[],
+        &["$", "$.tree.child"],
+        &["$.greeting", "$['fail-buildout']"],
+    ];
     for (i, args) in cases.iter().enumerate() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let sr = if i == 8 { &e2e_sr } else { &sr };
         let theirs = Command::new(venv.join("bin/slapos"))
-            .args(["request", "--cfg", cfg.to_str().unwrap(), &format!("py-{i}"), &sr])
+            .args(["request", "--cfg", cfg.to_str().unwrap(), &format!("py-{i}"), sr])
             .args(&args)
             .output()
             .unwrap();
         assert!(theirs.status.success(), "case {i}, the Python client: {}", stderr(&theirs));
-        let ours = Command::new(BIN).args(["request", &format!("rs-{i}"), &sr]).args(&args).arg("--cfg").arg(&cfg).output().unwrap();
+        let ours = Command::new(BIN).args(["request", &format!("rs-{i}"), sr]).args(&args).arg("--cfg").arg(&cfg).output().unwrap();
         assert!(ours.status.success(), "case {i}: {}", stderr(&ours));
         let (py, rs) = (stderr(&theirs), stderr(&ours));
         assert_eq!(warned_paths(&py), expected[i], "case {i} {args:?}: SlapOS's verdict changed: {py}");
