@@ -3,7 +3,8 @@
 //!
 //! Answers `{"software_release", "software_types": {"<name>": {"title",
 //! "description", "shared", "software_type"}}, "software_type",
-//! "serialisation": "xml"|"json-in-xml", "parameters": <the request schema,
+//! "serialisation": "xml"|"json-in-xml" (json-in-xml when the release declares
+//! none, as SlapOS assumes), "parameters": <the request schema,
 //! its $refs inlined, or null>}`; 404 `{"error"}` when the release publishes
 //! no schema or has no such type; 400 on bad input; 502 when the schema
 //! cannot be fetched or is invalid.

@@ -317,7 +317,7 @@ impl SoftwareReleaseSchema {
         if let Value::Object(m) = &mut parameters {
             m.remove("$schema");
         }
-        Ok(validator.iter_errors(&parameters).map(|e| Issue { path: json_path(e.instance_path()), message: e.to_string() }).collect())
+        Ok(validator.iter_errors(&parameters).map(|e| Issue { path: json_path(e.instance_path()), message: python_message(&e) }).collect())
     }
 
     /// The compiled validator of `software_type`'s request schema (compiled
@@ -383,6 +383,50 @@ fn software_type(release: &Url, name: &str, v: &Value) -> Result<SoftwareType, S
         request: join("request")?,
         response: join("response")?,
     })
+}
+
+/// The message of `e` as Python jsonschema words it for the common
+/// keywords (values as Python `repr`s); the crate's own for the others.
+fn python_message(e: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::{TypeKind, ValidationErrorKind as K};
+    let repr = |v: &Value| crate::instance_xml::python_repr(&to_python(v));
+    let instance = repr(e.instance());
+    match e.kind() {
+        K::Type { kind } => {
+            let types: Vec<String> = match kind {
+                TypeKind::Single(t) => vec![format!("'{t}'")],
+                TypeKind::Multiple(set) => set.iter().map(|t| format!("'{t}'")).collect(),
+            };
+            format!("{instance} is not of type {}", types.join(", "))
+        }
+        K::Enum { options } => format!("{instance} is not one of {}", repr(options)),
+        K::Required { property } => format!("{} is a required property", repr(property)),
+        K::Constant { expected_value } => format!("{} was expected", repr(expected_value)),
+        K::Minimum { limit } => format!("{instance} is less than the minimum of {}", repr(limit)),
+        K::Maximum { limit } => format!("{instance} is greater than the maximum of {}", repr(limit)),
+        K::MinLength { limit: 1 } => format!("{instance} should be non-empty"),
+        K::MinLength { .. } => format!("{instance} is too short"),
+        K::MaxLength { limit: 0 } => format!("{instance} is expected to be empty"),
+        K::MaxLength { .. } => format!("{instance} is too long"),
+        _ => e.to_string(),
+    }
+}
+
+/// A JSON value as the Python value `json.load` makes of it.
+fn to_python(v: &Value) -> crate::marshal::Value {
+    use crate::marshal::Value as P;
+    match v {
+        Value::Null => P::None,
+        Value::Bool(b) => P::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => P::Int(i.into()),
+            (None, Some(u)) => P::Int(u.into()),
+            _ => P::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => P::Str(s.clone()),
+        Value::Array(a) => P::List(a.iter().map(to_python).collect()),
+        Value::Object(m) => P::Dict(m.iter().map(|(k, v)| (k.clone(), to_python(v))).collect()),
+    }
 }
 
 /// `^[a-zA-Z][a-zA-Z0-9_]*$`: a property name written `.name` in a JSON path.

@@ -450,8 +450,16 @@ fn warned_paths(stderr: &str) -> Vec<String> {
     paths
 }
 
+/// The problem lines of a client's warning (`$.port: …`), sorted.
+fn warned_lines(stderr: &str) -> Vec<String> {
+    let mut lines: Vec<String> = stderr.lines().filter_map(|l| l.strip_prefix("  $")).map(|l| format!("${l}")).collect();
+    lines.sort();
+    lines
+}
+
 /// SlapOS's `slapos request` and ours give the same verdict (valid, or the
-/// same problems at the same places) on the same parameters and schemas.
+/// same problems at the same places, in the same words) on the same
+/// parameters and schemas.
 #[test]
 #[ignore = "needs the venv"]
 fn needs_venv_request_validation_agrees_with_slapos() {
@@ -509,6 +517,8 @@ fn needs_venv_request_validation_agrees_with_slapos() {
         assert_eq!(warned_paths(&py), expected[i], "case {i} {args:?}: SlapOS's verdict changed: {py}");
         assert_eq!(py.contains(NOT_VALID), rs.contains(NOT_VALID), "case {i} {args:?}: verdicts differ\nSlapOS: {py}\nours: {rs}");
         assert_eq!(warned_paths(&py), warned_paths(&rs), "case {i} {args:?}\nSlapOS: {py}\nours: {rs}");
+        // and, for these keywords, the same words
+        assert_eq!(warned_lines(&py), warned_lines(&rs), "case {i} {args:?}");
     }
 }
 
