@@ -228,11 +228,6 @@ async fn run_id(State(app): State<Shared>) -> Response {
     text(app.run_id.clone())
 }
 
-async fn index() -> Response {
-    let body = "<!doctype html>\n<html lang=en>\n<title>SlapOS master</title>\n<h1>SlapOS master</h1>\n<p>This is a SlapOS master (slapos proxy). Nodes and clients talk to it with SLAP; people use <code>slapos proxy show</code>, <code>slapos service list</code> or <a href=\"/hateoas/\">/hateoas/</a>.</p>\n";
-    text(body.into())
-}
-
 // -- POST routes -----------------------------------------------------------
 
 /// The fields of `requestComputerPartition` as an [`InstanceRequest`].
@@ -522,7 +517,7 @@ where
 pub fn router(app: Arc<App>) -> Router {
     let max_body = app.limits.max_request_size;
     Router::new()
-        .route("/", g(index))
+        .route("/", g(crate::panel::index))
         .route("/getRunId", g(run_id))
         .route("/getFullComputerInformation", g(full_computer_information))
         .route("/getComputerInformation", g(full_computer_information))
@@ -552,6 +547,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::accounting::routes::router())
         .merge(crate::jsonrpc::router())
         .merge(crate::schema_api::router())
+        .merge(crate::panel::router())
         // every route is authorized by proxy::rules (a route without a rule
         // is refused): routes merged after this layer would escape it
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), crate::rules::authorize))

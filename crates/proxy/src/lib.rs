@@ -32,6 +32,7 @@ pub mod limits;
 pub mod master;
 pub mod migrate;
 pub mod multimaster;
+pub mod panel;
 pub mod relay;
 pub mod rules;
 pub mod schema_api;

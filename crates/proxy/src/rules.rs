@@ -215,6 +215,15 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/slapos.allDocs.WIP.compute_node_list", Rule::People),
     // the parameter schema of a software release supplied here (the panel)
     ("/api/schema", Rule::Authenticated),
+    // the panel shows and changes the whole site: the administrator's (its
+    // files are public: nothing in them is private)
+    ("/panel/", Rule::Administrator),
+    ("/panel/instance", Rule::Administrator),
+    ("/panel/request", Rule::Administrator),
+    ("/panel/supply", Rule::Administrator),
+    ("/panel/instance/state", Rule::Administrator),
+    ("/panel/instance/parameters", Rule::Administrator),
+    ("/panel/assets/{name}", Rule::Public),
 ];
 
 /// The rule of a route (as the router spells it).

@@ -355,6 +355,11 @@ fn call_of(route: &str, rule: Rule, who: Who, site: &Site) -> (&'static str, Str
         "/json_rpc.json" | "/json_rpc_experimental.json" => vec![],
         // not supplied: allowed callers get 404, nothing fetched (a closed loopback port)
         "/api/schema" => vec![("software_release", "http://127.0.0.1:9/software.cfg".into())],
+        "/panel/" | "/panel/instance" | "/panel/request" => return ("GET", route.to_string(), vec![]),
+        "/panel/assets/{name}" => return ("GET", "/panel/assets/panel.css".into(), vec![]),
+        "/panel/supply" => vec![("url", SR.into()), ("computer", C1.into()), ("state", "available".into())],
+        "/panel/instance/state" => vec![("computer", C1.into()), ("partition", Q.into()), ("state", "stopped".into())],
+        "/panel/instance/parameters" => vec![("computer", C1.into()), ("partition", Q.into()), ("parameters", "{}".into())],
         other => panic!("route {other} has a rule but no call in the matrix: add one"),
     };
     (method, route.to_string(), form)

@@ -34,11 +34,6 @@ fn replace_after(body: &str, key: &str, part: impl Fn(char) -> bool) -> String {
     out
 }
 
-/// Steps we do not replay: the panel redirect (the JSON-RPC API has its
-/// own captures too, `tests/jsonrpc_replay.rs`).
-fn skipped(name: &str, _step: &str) -> bool {
-    name.starts_with("074")
-}
 
 /// Where we answer differently on purpose: malformed input is a 400 with a
 /// message (the Python proxy crashes with a 500);
@@ -153,9 +148,6 @@ fn replay(database: Database) {
             Some("B") if step == "multimaster-prepare-B" => b.url(),
             _ => continue,
         };
-        if skipped(&name, step) {
-            continue;
-        }
         let req = &v["request"];
         let method = req["method"].as_str().unwrap();
         let mut url = format!("{server}{}", req["path"].as_str().unwrap());
