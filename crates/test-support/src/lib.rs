@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod browser;
 pub mod exercise;
 pub mod netns;
 pub mod postgres;
