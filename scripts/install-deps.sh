@@ -22,6 +22,7 @@ PACKAGES=(
   bc                                               # arithmetic in the bench scripts
   postgresql                                       # the master on PostgreSQL: its tests start their own server (initdb, pg_ctl)
   haproxy                                          # the fleet test: HAProxy in front of two masters
+  chromium chromium-driver                         # the panel's browser tests (needs_browser, needs_root_e2e_panel_*)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -125,6 +125,8 @@ for _ in $(seq 1 50); do
   if ANSWER=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode().strip())' "$URL" 2>/dev/null); then
     log "$URL answers: $ANSWER"
     log "stop it with: bash scripts/local-cloud.sh down   (or sudo bash scripts/quickstart.sh stop)"
+    log "the web panel (the site, the instance, its actions):"
+    echo "http://127.0.0.1:$PORT/panel/"
     exit 0
   fi
   sleep 0.2

@@ -85,3 +85,5 @@ rm -rf "$DIST" && mv "$DIST.new" "$DIST"
 log "bringing up the local cloud as $USER_NAME (state in $USER_HOME/.slapos-local)"
 as_user bash "$DIST/scripts/local-cloud.sh" up
 log "stop it with: bash scripts/quickstart.sh stop"
+PANEL_PORT=$(sed -n 's/^port = //p' "$USER_HOME/.slapos-local/etc/slapos.cfg" 2>/dev/null | head -n1)
+log "the web panel: http://127.0.0.1:${PANEL_PORT:-8080}/panel/"
