@@ -96,6 +96,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
+
+// the life cycle driven from the web panel in a browser (same Site)
+#[path = "e2e-panel/panel.rs"]
+mod panel;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Group, Pid, User};
 use test_support::netns::{BridgeNamespace, TestUsers};
