@@ -17,6 +17,8 @@ use test_support::browser::Browser;
 const COMPUTER: &str = "COMP-0";
 const SR: &str = "https://lab.example/software/e2e/software.cfg";
 const BROKEN_SR: &str = "https://lab.example/software/broken/software.cfg";
+/// Not supplied: `/api/schema` answers 404 without fetching anything.
+const UNSUPPLIED_SR: &str = "https://lab.example/software/unsupplied/software.cfg";
 const HOSTILE: &str = "<script>alert('title')</script><img src=x onerror=alert(1)>";
 
 fn request(tx: &mut dyn Tx, title: &str, params: &[(&str, &str)], authorization: Option<(String, String)>) -> (String, String) {
@@ -39,7 +41,7 @@ fn request(tx: &mut dyn Tx, title: &str, params: &[(&str, &str)], authorization:
 
 /// The seeded site: a computer, two software releases (one failed), a tree
 /// with a hostile title, connection parameters and a child, a tree in error.
-fn seed(tx: &mut dyn Tx) -> Vec<(String, String)> {
+fn seed(tx: &mut dyn Tx, schema_sr: &str) -> Vec<(String, String)> {
     let computer = ComputerRow { reference: COMPUTER.into(), address: Some("10.0.0.1".into()), netmask: Some("255.255.255.0".into()) };
     let partitions: Vec<ReportedPartition> = (0..5)
         .map(|i| ReportedPartition {
@@ -50,6 +52,7 @@ fn seed(tx: &mut dyn Tx) -> Vec<(String, String)> {
     master::load_format_report(tx, &computer, &partitions).unwrap();
     master::supply(tx, SR, COMPUTER, "available").unwrap();
     master::supply(tx, BROKEN_SR, COMPUTER, "available").unwrap();
+    master::supply(tx, schema_sr, COMPUTER, "available").unwrap();
     master::report(tx, "software", COMPUTER, SR, "available", None).unwrap();
     master::report(tx, "software", COMPUTER, BROKEN_SR, "error", Some("Installing foo.\nError: <b>download</b> failed")).unwrap();
     let root = request(tx, HOSTILE, &[("name", "<i>x</i>")], None);
@@ -68,10 +71,10 @@ fn seed(tx: &mut dyn Tx) -> Vec<(String, String)> {
     vec![root, child, broken]
 }
 
-/// Browser errors we expect while the accounting and schema APIs are
-/// elsewhere: their 404s (the panel shows "no usage" and a JSON field).
+/// Browser errors we expect: the 404 of `/api/schema` for a release that
+/// publishes no schema (the panel then asks for JSON).
 fn expected(message: &str) -> bool {
-    (message.contains("/api/usage") || message.contains("/api/schema")) && message.contains("404")
+    message.contains("/api/schema") && message.contains("404")
 }
 
 async fn visit(b: &Browser, url: &str, shot: &str) {
@@ -140,7 +143,7 @@ const SCHEMA_FIXTURE: &str = r#"{"type":"object","required":["name","size"],"pro
   "extra":{"type":"object"}}}"#;
 
 async fn schema_form(b: &Browser, base: &str) {
-    let url = format!("{base}/panel/request?software_release={SR}&title=from-form&computer={COMPUTER}");
+    let url = format!("{base}/panel/request?software_release={UNSUPPLIED_SR}&title=from-form&computer={COMPUTER}");
     visit(b, &url, "05-request-form").await;
     assert!(b.wait_until("document.getElementById('schema-status').textContent !== ''", Duration::from_secs(10)).await);
     let render = format!("return slapPanel.renderSchemaForm(document.getElementById('schema-fields'), {SCHEMA_FIXTURE});");
@@ -173,11 +176,48 @@ async fn schema_form(b: &Browser, base: &str) {
     assert!(text.contains("Requested.") && text.contains("from-form") && text.contains("web"), "{text}");
 }
 
+/// The form generated from the schema `/api/schema` serves for a supplied
+/// release: its fields, a `$ref` resolved, bounds enforced, the
+/// serialisation of each software type.
+async fn served_schema(b: &Browser, base: &str, sr: &str) {
+    let q = form_urlencoded::Serializer::new(String::new()).append_pair("software_release", sr).append_pair("title", "typed").finish();
+    visit(b, &format!("{base}/panel/request?{q}"), "07-request-form-from-schema").await;
+    let status = "document.getElementById('schema-status').textContent";
+    assert!(
+        b.wait_until(&format!("{status}.startsWith('3 parameter')"), Duration::from_secs(10)).await,
+        "no fields from the served schema"
+    );
+    let kinds = b
+        .client
+        .execute(
+            "return Array.from(document.querySelectorAll('#schema-fields .field')).map(f => f.dataset.name + ':' + f.dataset.kind);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kinds, serde_json::json!(["name:string", "port:integer", "mode:enum"]));
+    let max = b.client.execute("return document.querySelector('[name=\"schema:port\"]').max;", vec![]).await.unwrap();
+    assert_eq!(max, "65535", "the $ref'd bounds");
+    assert!(b.wait_until("document.getElementById('parameters-label').hidden", Duration::from_secs(2)).await, "the JSON field is hidden");
+    b.client.execute("document.querySelector('[name=\"schema:port\"]').value = '70000';", vec![]).await.unwrap();
+    b.client.find(Locator::Id("request-submit")).await.unwrap().click().await.unwrap();
+    let refused = "document.querySelector('[data-name=port] .field-error').textContent === 'at most 65535'";
+    assert!(b.wait_until(refused, Duration::from_secs(5)).await, "an out-of-bounds port is refused before sending");
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/panel/request", "not sent");
+    b.screenshot("08-request-form-from-schema-invalid").await;
+    // the json type serialises as JSON in XML
+    b.client
+        .execute("const t = document.getElementById('software_type'); t.value = 'json'; t.dispatchEvent(new Event('change'));", vec![])
+        .await
+        .unwrap();
+    assert!(b.wait_until("document.getElementById('serialisation').value === 'json-in-xml'", Duration::from_secs(10)).await);
+}
+
 async fn actions(b: &Browser) {
     let state = "document.getElementById('requested-state').textContent.trim()";
     b.client.find(Locator::Id("action-stopped")).await.unwrap().click().await.unwrap();
     assert!(b.wait_until(&format!("{state} === 'stopped'"), Duration::from_secs(10)).await, "stopped");
-    b.screenshot("07-instance-stopped").await;
+    b.screenshot("09-instance-stopped").await;
     // destroying needs the confirmation ticked: the browser refuses the form
     b.client.find(Locator::Id("action-destroy")).await.unwrap().click().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -185,18 +225,18 @@ async fn actions(b: &Browser) {
     b.client.find(Locator::Css("#destroy-form input[name=confirm]")).await.unwrap().click().await.unwrap();
     b.client.find(Locator::Id("action-destroy")).await.unwrap().click().await.unwrap();
     assert!(b.wait_until(&format!("{state} === 'destroyed'"), Duration::from_secs(10)).await, "destroyed");
-    b.screenshot("08-instance-destroyed").await;
+    b.screenshot("10-instance-destroyed").await;
 }
 
 /// The site page follows a node's report without being reloaded.
 async fn live(b: &Browser, base: &str, broken: &(String, String)) {
-    visit(b, &format!("{base}/panel/"), "09-site-before-update").await;
+    visit(b, &format!("{base}/panel/"), "11-site-before-update").await;
     b.client.execute("window.notReloaded = true;", vec![]).await.unwrap();
     let form = [("computer_id", broken.0.as_str()), ("computer_partition_id", broken.1.as_str())];
     ureq::post(&format!("{base}/startedComputerPartition")).send_form(form).unwrap();
     let fixed = "window.notReloaded && !document.querySelector('section.tree.error')";
     assert!(b.wait_until(fixed, Duration::from_secs(15)).await, "the error went away without a reload");
-    b.screenshot("10-site-after-update").await;
+    b.screenshot("12-site-after-update").await;
     let errors = b.errors(expected).await;
     assert!(errors.is_empty(), "browser errors: {errors:?}");
 }
@@ -207,7 +247,20 @@ async fn needs_browser_panel_pages_forms_and_actions() {
     test_support::browser::require_browser();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("proxy.db");
-    let seeded = SqliteStore::open(&db).unwrap().transaction(|tx| -> Result<_, slapos_proxy::store::StoreError> { Ok(seed(tx)) }).unwrap();
+    // a local release publishing a schema (software.cfg.json, per-type
+    // schemas, a $ref): slap::schema's test fixture
+    let release = dir.path().join("schema-sr");
+    std::fs::create_dir(&release).unwrap();
+    let fixture = test_support::repo_root().join("crates/slap/tests/data/schema");
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, release.join(path.file_name().unwrap())).unwrap();
+    }
+    let schema_sr = release.join("software.cfg").to_str().unwrap().to_string();
+    let seeded = SqliteStore::open(&db)
+        .unwrap()
+        .transaction(|tx| -> Result<_, slapos_proxy::store::StoreError> { Ok(seed(tx, &schema_sr)) })
+        .unwrap();
     let config = ProxyConfig { computer_id: COMPUTER.into(), database: slapos_proxy::Database::sqlite(&db), ..Default::default() };
     let master = tokio::task::spawn_blocking(move || start_background(&config).unwrap()).await.unwrap();
     let base = master.url();
@@ -220,6 +273,7 @@ async fn needs_browser_panel_pages_forms_and_actions() {
     pages(&b, &base, &seeded).await;
     schema_form(&b, &base).await;
     actions(&b).await;
+    served_schema(&b, &base, &schema_sr).await;
     live(&b, &base, &seeded[2]).await;
     b.close().await;
     tokio::task::spawn_blocking(move || drop(master)).await.unwrap();

@@ -146,6 +146,11 @@
     var reload = function () { form.schemaLoaded = loadSchema(form); };
     form.querySelector("#software_release").addEventListener("change", reload);
     form.querySelector("#software_type").addEventListener("change", reload);
+    // our messages first: a click comes before the browser's own checks
+    form.querySelector("#request-submit").addEventListener("click", function (ev) {
+      var box = form.querySelector("#schema-fields");
+      if (box.schema && !collect(box).ok) ev.preventDefault();
+    });
     form.addEventListener("submit", function (ev) {
       var box = form.querySelector("#schema-fields");
       if (!box.schema) return;

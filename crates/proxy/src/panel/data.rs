@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 
 use slap::instance_xml::xml_to_dict;
 
-use crate::store::{PartitionRow, ReportRow, StoreError, Tx};
+use crate::accounting::{self, Event, EventKind};
+use crate::store::{EventFilter, PartitionRow, ReportRow, StoreError, Tx};
+
+/// The events an instance page shows at most.
+const TIMELINE: usize = 100;
 
 /// A software release supplied to a computer, with the node's last word on it.
 #[derive(Debug, Clone)]
@@ -106,8 +110,9 @@ pub struct Detail {
     pub connection: BTreeMap<String, String>,
     /// The instances it requested.
     pub children: Vec<Instance>,
-    /// The node's reports on it, newest first.
-    pub timeline: Vec<ReportRow>,
+    /// What happened to it (states, errors, promise failures, bangs),
+    /// newest first (`proxy::accounting`).
+    pub timeline: Vec<Event>,
     /// Its addresses, as (interface, address).
     pub addresses: Vec<(String, String)>,
 }
@@ -197,12 +202,15 @@ pub fn detail(tx: &mut dyn Tx, computer: &str, partition: &str) -> Result<Option
             children.push(self::instance(&reports, child));
         }
     }
-    let mut timeline: Vec<ReportRow> = tx
-        .reports()?
-        .into_iter()
-        .filter(|r| r.kind == "partition" && r.computer_reference == computer && r.reference == partition)
-        .collect();
-    timeline.reverse();
+    let filter = EventFilter {
+        computer: Some(computer.into()),
+        partition: Some(partition.into()),
+        tree: None,
+        since: 0.0,
+        until: f64::MAX,
+        limit: TIMELINE,
+    };
+    let timeline = accounting::events(tx, &filter)?.into_iter().filter(|e| e.kind != EventKind::Usage).collect();
     let addresses = tx.addresses(Some(computer), partition)?.into_iter().map(|a| (a.interface, a.address)).collect();
     Ok(Some(Detail {
         parameters: decoded(instance.row.xml.as_deref()),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use maud::{html, Markup, DOCTYPE};
 
 use super::data::{Computer, Detail, Instance, Overview, Software, Tree};
+use crate::accounting::{Event, EventKind};
 use crate::store::ReportRow;
 
 /// Seconds between two refreshes of a page's live part (htmx polling).
@@ -205,7 +206,7 @@ pub fn instance(d: &Detail, flash: &Flash) -> Markup {
             h2 { "Connection parameters" }
             div #connection { (dict(&d.connection, true)) }
             h2 { "Promises" }
-            (promises(i))
+            (promises(&d.timeline))
             h2 { "Children" }
             @if d.children.is_empty() { p.muted { "none" } } @else {
                 ul { @for c in &d.children { li { a href=(instance_href(&c.row.computer_reference, &c.row.reference)) { (c.title()) } " " (reported(&c.reported)) } } }
@@ -224,13 +225,19 @@ pub fn instance(d: &Detail, flash: &Flash) -> Markup {
     page(i.title(), flash, body)
 }
 
-fn errors(timeline: &[ReportRow]) -> Markup {
-    let last_error = timeline.first().filter(|r| r.state == "error");
+/// The newest error or promise failure, unless a later report says the
+/// instance is fine again.
+fn last_error(timeline: &[Event]) -> Option<&Event> {
+    let newest = timeline.iter().find(|e| e.kind != EventKind::Bang)?;
+    matches!(newest.kind, EventKind::Error | EventKind::Promise).then_some(newest)
+}
+
+fn errors(timeline: &[Event]) -> Markup {
     html! {
-        @if let Some(r) = last_error {
+        @if let Some(e) = last_error(timeline) {
             section.card.error #last-error {
-                h2 { "Error" } small.when { (when(r.time)) }
-                pre.log { (log_tail(r.message.as_deref().unwrap_or(""))) }
+                h2 { @if e.kind == EventKind::Promise { "Promise failed" } @else { "Error" } } small.when { (when(e.time)) }
+                pre.log { (log_tail(e.message.as_deref().unwrap_or(""))) }
             }
         }
     }
@@ -241,22 +248,28 @@ fn log_tail(log: &str) -> String {
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
-fn promises(i: &Instance) -> Markup {
+/// The promises' result at the node's last run: failing (a promise event
+/// newest), passing (a `started` state newest), unknown otherwise.
+fn promises(timeline: &[Event]) -> Markup {
+    let newest = timeline.iter().find(|e| matches!(e.kind, EventKind::State | EventKind::Error | EventKind::Promise));
     html! {
-        @match &i.reported {
-            Some(r) if r.state == "error" => p.error { "failing (see the error above)" },
-            Some(r) if r.state == "started" => p { "all passed at the last run (" (when(r.time)) ")" },
+        @match newest {
+            Some(e) if e.kind == EventKind::Promise => p.error { "failing at " (when(e.time)) " (see above)" },
+            Some(e) if e.kind == EventKind::Error => p.error { "not checked: the instance failed (see above)" },
+            Some(e) if e.state.as_deref() == Some("started") => p { "all passed at the last run (" (when(e.time)) ")" },
             _ => p.muted { "not checked yet" },
         }
     }
 }
 
-fn timeline(reports: &[ReportRow]) -> Markup {
+fn timeline(events: &[Event]) -> Markup {
     html! {
-        @if reports.is_empty() { p.muted { "no report yet" } } @else {
-            ol.timeline { @for r in reports {
-                li { small.when { (when(r.time)) } " " (state(&r.state))
-                    @if let Some(m) = r.message.as_deref().and_then(|m| m.lines().last()) { " " span.msg { (m) } } }
+        @if events.is_empty() { p.muted { "no report yet" } } @else {
+            ol.timeline { @for e in events {
+                li { small.when { (when(e.time)) } " "
+                    @if let Some(s) = &e.state { (state(s)) } @else { (state(e.kind.name())) }
+                    @if e.kind != EventKind::State { " " small { (e.kind.name()) } }
+                    @if let Some(m) = e.message.as_deref().and_then(|m| m.lines().last()) { " " span.msg { (m) } } }
             } }
         }
     }

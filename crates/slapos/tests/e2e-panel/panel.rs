@@ -24,7 +24,8 @@ fn with_browser(site: &Site, steps: impl AsyncFnOnce(&Browser) + Send) {
         rt.block_on(async {
             let b = Browser::start(375, 812).await;
             steps(&b).await;
-            let errors = b.errors(|m| (m.contains("/api/usage") || m.contains("/api/schema")) && m.contains("404")).await;
+            // the e2e release publishes no schema: /api/schema answers 404
+            let errors = b.errors(|m| m.contains("/api/schema") && m.contains("404")).await;
             assert!(errors.is_empty(), "[panel] browser errors: {errors:?}");
             b.close().await;
         })
@@ -49,7 +50,10 @@ async fn supply_and_request(b: &Browser, sr: &str) {
     fill(b, "#supply-form input[name=url]", sr).await;
     b.client.find(Locator::Css("#supply-form select[name=computer]")).await.unwrap().select_by_value(COMPUTER_ID).await.unwrap();
     b.client.find(Locator::Css("#supply-form button")).await.unwrap().click().await.unwrap();
-    assert!(b.wait_until("document.querySelector('.flash') && !document.querySelector('.flash.error')", WAIT).await, "[panel] supply failed");
+    assert!(
+        b.wait_until("document.querySelector('.flash') && !document.querySelector('.flash.error')", WAIT).await,
+        "[panel] supply failed"
+    );
     assert!(text(b, "main").await.contains(sr), "[panel] the supplied release is not listed");
     b.screenshot("e2e-01-supplied").await;
     let q = format!("software_release={}", sr.replace('/', "%2F"));
