@@ -63,6 +63,13 @@ fn seed(tx: &mut dyn Tx, schema_sr: &str) -> Vec<(String, String)> {
     ]);
     master::set_connection(tx, &root.0, &root.1, &conn, None).unwrap();
     master::report(tx, "partition", &root.0, &root.1, "started", None).unwrap();
+    let journal = format!(
+        "<?xml version=\"1.0\"?><journal><transaction type=\"Sale Packing List\"><title>Resource consumptions</title>\
+         <reference>{COMPUTER}</reference><movement><resource>CPU</resource><title>CPU Usage</title><reference>{}</reference>\
+         <quantity>42.0</quantity><price>0.0</price></movement></transaction></journal>",
+        root.1
+    );
+    master::use_computer(tx, COMPUTER, &journal).unwrap();
     let child = request(tx, "child", &[], Some(root.clone()));
     master::report(tx, "partition", &child.0, &child.1, "started", None).unwrap();
     let broken = request(tx, "broken", &[], None);
@@ -126,6 +133,11 @@ async fn pages(b: &Browser, base: &str, seeded: &[(String, String)]) {
         .collect();
     assert_eq!(links, vec!["https://example.com/?a=1&b=%3Cb%3E".to_string()], "only the https URL is a link");
     assert!(b.client.find(Locator::LinkText("child")).await.is_ok(), "the child is listed");
+    assert!(b.wait_until("document.querySelector('.usage .uplot')", Duration::from_secs(10)).await, "no usage chart");
+    let title = b.client.find(Locator::Css(".usage .u-title")).await.unwrap().text().await.unwrap();
+    assert!(title.starts_with("CPU"), "the chart of the CPU usage: {title}");
+    b.client.execute("document.querySelector('.usage').scrollIntoView();", vec![]).await.unwrap();
+    b.screenshot("02-instance-usage").await;
     visit(b, &instance_url(base, &seeded[1]), "03-child-instance").await;
     visit(b, &instance_url(base, &seeded[2]), "04-instance-in-error").await;
     let log = b.client.find(Locator::Css("#last-error pre")).await.unwrap().text().await.unwrap();

@@ -166,6 +166,11 @@
   function chart(box, series) {
     var xs = series.points.map(function (p) { return p.start; });
     var ys = series.points.map(function (p) { return p.quantity; });
+    if (xs.length === 1) {
+      // one bucket alone: an hour either side, not uPlot's years
+      xs = [xs[0] - 3600, xs[0], xs[0] + 3600];
+      ys = [null, ys[0], null];
+    }
     var holder = el("div", { "class": "chart" });
     box.appendChild(holder);
     var width = Math.max(200, Math.min(box.clientWidth || 320, 900));
