@@ -76,6 +76,18 @@ pub enum SoftwareError {
     /// The software's `buildout.cfg` cannot hold the URL or a part list.
     #[error(transparent)]
     Template(#[from] crate::templates::TemplateError),
+    /// The release is on `download-from-binary-cache-force-url-list` and
+    /// the cache could not install it (it is not built; the next run tries
+    /// again).
+    #[error("Binary cache forced for {url} ({prefix}), but {why}, will retry again")]
+    CacheForced {
+        /// The release.
+        url: String,
+        /// The prefix of the force list it matched.
+        prefix: String,
+        /// Why the cache did not install it.
+        why: String,
+    },
     /// `[slapos] buildout` is not a program on PATH.
     #[error("buildout program '{0}' not found (set [slapos] buildout)")]
     NoBuildout(String),
@@ -136,8 +148,17 @@ pub fn install(node: &Node, url: &SoftwareUrl, force: bool, debug: bool) -> Resu
     let sp = url.hash().dir(&cfg.software_root);
     node::check_free_space(&sp, cfg.software_min_free_space, "software_min_free_space")?;
     let cache = cfg.networkcache.as_ref();
-    if cache.is_some_and(|nc| crate::networkcache::install_from_cache(nc, url.as_str(), &cfg.software_root, &sp)) {
-        return Ok(());
+    if let Some(nc) = cache {
+        match crate::networkcache::try_install(nc, url.as_str(), &cfg.software_root, &sp) {
+            Ok(bytes) => {
+                tracing::info!("installed {url} from the binary cache ({bytes} bytes)");
+                return Ok(());
+            }
+            Err(why) => match crate::networkcache::matching(&nc.force_list, url.as_str()) {
+                Some(prefix) => return Err(SoftwareError::CacheForced { url: url.to_string(), prefix: prefix.into(), why }),
+                None => tracing::info!("binary cache not used for {url}: {why}"),
+            },
+        }
     }
     // the software root and its paths are the software user's: never through their links
     let root = Dir::open(&cfg.software_root)?;

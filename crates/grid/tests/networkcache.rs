@@ -1,12 +1,14 @@
 //! The node's binary cache against the master's `/shacache`: a release
 //! packed, signed and uploaded is installed back from the cache; an entry
 //! signed by a key the node does not trust, a blacklisted URL or an entry
-//! built for another architecture is not used (and nothing is left behind).
+//! built for another architecture, a tampered or broken tarball, a cache that
+//! is down or answers garbage: each is refused with its reason, and nothing
+//! is left behind.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use slapos_grid::networkcache::{self, Machine, Options};
+use slapos_grid::networkcache::{self, Client, Machine, Options};
 use slapos_proxy::{start_background, Background, ProxyConfig};
 
 const URL: &str = "http://sr.example/software.cfg";
@@ -63,6 +65,7 @@ fn site() -> Site {
         upload_dir_url: Some(format!("{base}/dir")),
         signature_private_key_file: Some(key),
         signature_certificates: vec![cert],
+        retry_delay: std::time::Duration::from_millis(10),
         ..Options::default()
     };
     let root = dir.path().join("soft");
@@ -91,6 +94,14 @@ impl Site {
         std::fs::remove_dir_all(&sp).unwrap();
     }
 
+    fn lookup(&self, here: &Machine) -> Result<String, String> {
+        networkcache::lookup(&Client::new(&self.options).unwrap(), &self.options, URL, &md5_hex(URL), here)
+    }
+
+    fn content_dir(&self) -> PathBuf {
+        self.dir.path().join("shacache")
+    }
+
     fn root_entries(&self) -> Vec<String> {
         std::fs::read_dir(&self.root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
     }
@@ -113,7 +124,7 @@ fn an_entry_signed_by_an_untrusted_key_is_not_used() {
     let mut s = site();
     s.build_and_upload();
     s.options.signature_certificates = vec![s.other_cert.clone()];
-    let err = networkcache::lookup(&s.options, URL, &md5_hex(URL), &Machine::this()).unwrap_err();
+    let err = s.lookup(&Machine::this()).unwrap_err();
     assert!(err.contains("no usable entry among 1"), "{err}");
     assert!(!networkcache::install_from_cache(&s.options, URL, &s.root, &s.sp()));
     assert!(s.root_entries().is_empty(), "{:?}", s.root_entries());
@@ -124,7 +135,7 @@ fn a_blacklisted_url_is_not_downloaded() {
     let mut s = site();
     s.build_and_upload();
     s.options.download_blacklist = vec!["http://sr.example/".into()];
-    let err = networkcache::lookup(&s.options, URL, &md5_hex(URL), &Machine::this()).unwrap_err();
+    let err = s.lookup(&Machine::this()).unwrap_err();
     assert!(err.contains("blacklisted"), "{err}");
     assert!(!networkcache::install_from_cache(&s.options, URL, &s.root, &s.sp()));
 }
@@ -135,12 +146,12 @@ fn an_entry_for_another_architecture_or_os_is_not_used() {
     s.build_and_upload();
     let here = Machine::this();
     let elsewhere = Machine { multiarch: "sparc64-linux-gnu".into(), ..here.clone() };
-    assert!(networkcache::lookup(&s.options, URL, &md5_hex(URL), &elsewhere).is_err());
+    assert!(s.lookup(&elsewhere).is_err());
     let other_os = Machine { os: ["debian".into(), "3.1".into(), String::new()], ..here.clone() };
     if here.os[0] != "debian" || !here.os[1].starts_with('3') {
-        assert!(networkcache::lookup(&s.options, URL, &md5_hex(URL), &other_os).is_err());
+        assert!(s.lookup(&other_os).is_err());
     }
-    assert!(networkcache::lookup(&s.options, URL, &md5_hex(URL), &here).is_ok());
+    assert!(s.lookup(&here).is_ok());
 }
 
 #[test]
@@ -197,12 +208,12 @@ fn needs_venv_entries_signed_by_the_python_library_and_by_ours_verify_both_ways(
     };
     // theirs → ours
     peer("upload", "python-key");
-    networkcache::lookup(&o, URL, "python-key", &here).unwrap();
+    networkcache::lookup(&Client::new(&o).unwrap(), &o, URL, "python-key", &here).unwrap();
     // ours → theirs
     let tarball = s.dir.path().join("t.tar.gz");
     std::fs::write(&tarball, b"ours").unwrap();
     let meta_map = serde_json::from_str(&meta).unwrap();
-    networkcache::upload(
+    Client::new(&o).unwrap().upload(
         o.upload_cache_url.as_deref().unwrap(),
         o.upload_dir_url.as_deref().unwrap(),
         "rust-key",
@@ -212,4 +223,115 @@ fn needs_venv_entries_signed_by_the_python_library_and_by_ours_verify_both_ways(
     )
     .unwrap();
     assert_eq!(peer("select", "rust-key"), "1");
+}
+
+/// The only tarball of the master's content directory.
+fn the_tarball(s: &Site) -> PathBuf {
+    let files: Vec<PathBuf> =
+        std::fs::read_dir(s.content_dir()).unwrap().map(|e| e.unwrap().path()).filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+#[test]
+fn a_tampered_tarball_is_refused_and_nothing_is_left() {
+    let s = site();
+    s.build_and_upload();
+    std::fs::write(the_tarball(&s), b"not what was signed").unwrap();
+    let err = networkcache::try_install(&s.options, URL, &s.root, &s.sp()).unwrap_err();
+    assert!(err.contains("does not match its SHA-512"), "{err}");
+    assert!(s.root_entries().is_empty(), "{:?}", s.root_entries());
+}
+
+#[test]
+fn a_broken_tarball_leaves_nothing_half_extracted() {
+    let s = site();
+    // a signed entry whose tarball stops in the middle of its second file
+    let key = md5_hex(URL);
+    let src = s.dir.path().join("src");
+    std::fs::create_dir_all(src.join(&key)).unwrap();
+    let noise: Vec<u8> = (0..400_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(src.join(&key).join("a"), &noise).unwrap();
+    std::fs::write(src.join(&key).join("b"), &noise).unwrap();
+    let tarball = s.dir.path().join("broken.tar.gz");
+    assert!(Command::new("tar").arg("-czf").arg(&tarball).arg("-C").arg(&src).arg(&key).status().unwrap().success());
+    let whole = std::fs::read(&tarball).unwrap();
+    std::fs::write(&tarball, &whole[..whole.len() * 3 / 4]).unwrap();
+    let here = Machine::this();
+    let meta = serde_json::json!({"software_url": URL, "multiarch": here.multiarch, "os": here.os});
+    let o = &s.options;
+    Client::new(o)
+        .unwrap()
+        .upload(
+            o.upload_cache_url.as_deref().unwrap(),
+            o.upload_dir_url.as_deref().unwrap(),
+            &key,
+            &tarball,
+            meta.as_object().unwrap().clone(),
+            o.signature_private_key_file.as_deref(),
+        )
+        .unwrap();
+    let err = networkcache::try_install(o, URL, &s.root, &s.sp()).unwrap_err();
+    assert!(err.contains("tar refused the tarball"), "{err}");
+    assert!(s.root_entries().is_empty(), "half-extracted: {:?}", s.root_entries());
+}
+
+#[test]
+fn a_cache_that_is_down_is_tried_a_few_times_then_skipped() {
+    let s = site();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = format!("http://127.0.0.1:{port}/shacache");
+    let o = Options { download_cache_url: Some(format!("{down}/cache")), download_dir_url: Some(format!("{down}/dir")), ..s.options.clone() };
+    let err = networkcache::lookup(&Client::new(&o).unwrap(), &o, URL, &md5_hex(URL), &Machine::this()).unwrap_err();
+    assert!(err.contains("after 3 tries"), "{err}");
+    assert!(!networkcache::install_from_cache(&o, URL, &s.root, &s.sp()));
+    assert!(s.root_entries().is_empty());
+}
+
+#[test]
+fn a_cache_answering_garbage_or_errors_is_skipped() {
+    let s = site();
+    let garbage = test_support::canned(200, "<html><body>Welcome to nginx!</body></html>");
+    let o = Options { download_dir_url: Some(garbage.url.clone()), ..s.options.clone() };
+    let err = networkcache::lookup(&Client::new(&o).unwrap(), &o, URL, &md5_hex(URL), &Machine::this()).unwrap_err();
+    assert!(err.contains("not a JSON list"), "{err}");
+    let wrong_shape = test_support::canned(200, r#"[1, ["a"], {"x": 2}]"#);
+    let o = Options { download_dir_url: Some(wrong_shape.url.clone()), ..s.options.clone() };
+    let err = networkcache::lookup(&Client::new(&o).unwrap(), &o, URL, &md5_hex(URL), &Machine::this()).unwrap_err();
+    assert!(err.contains("no usable entry among 3"), "{err}");
+    let failing = test_support::canned(503, "busy");
+    let o = Options { download_dir_url: Some(failing.url.clone()), ..s.options.clone() };
+    let err = networkcache::lookup(&Client::new(&o).unwrap(), &o, URL, &md5_hex(URL), &Machine::this()).unwrap_err();
+    assert!(err.contains("answered 503 (after 3 tries)"), "{err}");
+    assert_eq!(failing.received.lock().unwrap().len(), 3, "a 5xx is tried exactly 3 times");
+    assert!(!networkcache::install_from_cache(&o, URL, &s.root, &s.sp()));
+    assert!(s.root_entries().is_empty());
+}
+
+#[test]
+fn a_missing_entry_is_not_retried() {
+    let s = site();
+    let err = s.lookup(&Machine::this()).unwrap_err();
+    assert!(err.contains("no entry for"), "{err}");
+}
+
+#[test]
+fn the_options_have_slapos_names_and_tls_files_are_checked() {
+    let text = "[networkcache]\ndownload-binary-cache-url = https://c/cache\ndownload-binary-dir-url = https://c/dir\n\
+        download-from-binary-cache-url-blacklist =\n  http://a/\n  http://b/\n\
+        upload-to-binary-cache-url-blacklist = http://u/\n\
+        download-from-binary-cache-force-url-list = https://forced/\n\
+        shacache-ca-file = /nonexistent/ca.pem\nshadir-cert-file = /c.pem\nshadir-key-file = /k.pem\n";
+    let o = Options::from_config(&slapos_config::Config::parse(text).unwrap()).unwrap();
+    assert_eq!(o.download_blacklist, vec!["http://a/".to_string(), "http://b/".into()]);
+    assert_eq!(o.upload_blacklist, vec!["http://u/".to_string()]);
+    assert_eq!(o.force_list, vec!["https://forced/".to_string()]);
+    assert_eq!(networkcache::matching(&o.force_list, "https://forced/sr.cfg"), Some("https://forced/"));
+    assert_eq!(o.shacache_tls.ca_file.as_deref(), Some(Path::new("/nonexistent/ca.pem")));
+    assert_eq!(o.shadir_tls.key_file.as_deref(), Some(Path::new("/k.pem")));
+    let err = Client::new(&o).err().unwrap();
+    assert!(err.starts_with("shacache TLS files:") && err.contains("/nonexistent/ca.pem") && !err.contains('\n'), "{err}");
+    // the older name of the download blacklist
+    let old = "[networkcache]\nbinary-cache-url-blacklist = http://old/\n";
+    assert_eq!(Options::from_config(&slapos_config::Config::parse(old).unwrap()).unwrap().download_blacklist, vec!["http://old/".to_string()]);
 }
