@@ -7,7 +7,14 @@
 //! * `GET /shacache/dir/<key>`: the JSON list of `[document, signature]`
 //!   entries indexed under `key`;
 //! * `PUT /shacache/dir/<key>`: add one `[document, signature]` entry;
-//! * `POST /shacache/update`: drop entries whose file is gone.
+//! * `POST /shacache/update`: drop entries whose file is gone, and files
+//!   no entry references (older than [`UNREFERENCED_GRACE`]: an upload names
+//!   its file before its entry), and abandoned partial uploads.
+//!
+//! With `shacache_upstream_cache_url`/`shacache_upstream_dir_url`, a file
+//! or key missing here is fetched from the upstream cache (the file checked
+//! against its SHA-512, the entries checked as uploads are), kept and
+//! served, as the Python proxy does.
 //!
 //! Unlike the Python proxy, names from requests are never paths: a file name
 //! is 128 lowercase hex digits, a key follows [`valid_key`]; uploads stream to
@@ -38,6 +45,9 @@ use crate::app::{error_page, App};
 pub const MAX_ENTRIES_PER_KEY: usize = 64;
 /// Largest `[document, signature]` entry accepted.
 pub const MAX_ENTRY_SIZE: usize = 64 << 10;
+/// Age under which a file no entry references is kept by the garbage
+/// collection (the entry of an upload follows its file).
+pub const UNREFERENCED_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The `[slapproxy] shacache_*` options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +59,9 @@ pub struct Options {
     /// `shacache_signing_key_path`: read by the Python proxy and unused
     /// there; kept for the same configuration files.
     pub signing_key: Option<PathBuf>,
-    /// `shacache_upstream_cache_url` (accepted; not fetched from yet).
+    /// `shacache_upstream_cache_url`: where a file missing here is fetched.
     pub upstream_cache_url: Option<String>,
-    /// `shacache_upstream_dir_url` (accepted; not fetched from yet).
+    /// `shacache_upstream_dir_url`: where a key missing here is fetched.
     pub upstream_dir_url: Option<String>,
     /// `shacache_max_file_size` (ours): largest file stored, in bytes (8 GiB).
     pub max_file_size: u64,
@@ -139,7 +149,18 @@ async fn download(State(app): State<Arc<App>>, UrlPath(sha512): UrlPath<String>)
     if !valid_sha512(&sha512) {
         return bad("not a SHA-512");
     }
-    let file = match tokio::fs::File::open(o.content_dir.join(&sha512)).await {
+    let path = o.content_dir.join(&sha512);
+    if !path.is_file() {
+        if let Some(upstream) = o.upstream_cache_url.clone() {
+            let (o2, sum) = (o.clone(), sha512.clone());
+            match tokio::task::spawn_blocking(move || fetch_upstream_file(&o2, &upstream, &sum)).await {
+                Ok(Ok(())) => {}
+                Ok(Err((status, m))) => return error_page(status, &m),
+                Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("internal failure: {e}")),
+            }
+        }
+    }
+    let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return error_page(StatusCode::NOT_FOUND, "no such file in the cache"),
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot read {sha512}: {e}")),
@@ -261,7 +282,19 @@ async fn select(State(app): State<Arc<App>>, UrlPath(key): UrlPath<String>) -> R
     if !valid_key(&key) {
         return bad("not a valid key");
     }
-    match read_entries(&o.metadata_dir.join(&key)) {
+    let path = o.metadata_dir.join(&key);
+    if !path.is_file() {
+        if let Some(upstream) = o.upstream_dir_url.clone() {
+            let (o2, k) = (o.clone(), key.clone());
+            let _guard = DIR_LOCK.lock().await;
+            match tokio::task::spawn_blocking(move || fetch_upstream_entries(&o2, &upstream, &k)).await {
+                Ok(Ok(())) => {}
+                Ok(Err((status, m))) => return error_page(status, &m),
+                Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("internal failure: {e}")),
+            }
+        }
+    }
+    match read_entries(&path) {
         Ok(Some(entries)) => ([(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&entries).expect("JSON")).into_response(),
         Ok(None) => error_page(StatusCode::NOT_FOUND, "no entry under this key"),
         Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot read the entries: {e}")),
@@ -335,15 +368,128 @@ pub fn collect_garbage(o: &Options) -> std::io::Result<Vec<String>> {
     Ok(removed)
 }
 
+/// The agent that asks the upstream cache (60 s to connect and answer).
+fn upstream_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(std::time::Duration::from_secs(60)))
+        .timeout_recv_response(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+type Upstream = Result<(), (StatusCode, String)>;
+
+fn upstream_error(what: &str, e: ureq::Error) -> (StatusCode, String) {
+    match e {
+        ureq::Error::StatusCode(404) => (StatusCode::NOT_FOUND, format!("no such {what} here or upstream")),
+        e => {
+            tracing::warn!("shacache: upstream {what}: {e}");
+            (StatusCode::BAD_GATEWAY, format!("Upstream error: {e}"))
+        }
+    }
+}
+
+/// Fetches `<upstream>/<sha512>` into the content directory, streamed to a
+/// temporary file (within `shacache_max_file_size`), renamed only when its
+/// SHA-512 matches.
+fn fetch_upstream_file(o: &Options, upstream: &str, sha512: &str) -> Upstream {
+    use std::io::Read;
+    tracing::info!("shacache: fetching {sha512} from upstream");
+    let url = format!("{}/{sha512}", upstream.trim_end_matches('/'));
+    let resp = upstream_agent().get(&url).call().map_err(|e| upstream_error("file", e))?;
+    let mut reader = resp.into_body().into_with_config().limit(o.max_file_size).reader();
+    let tmp = o.content_dir.join(format!(".upload-{:016x}", rand::random::<u64>()));
+    let result = (|| -> Upstream {
+        let bad_gateway = |m: String| (StatusCode::BAD_GATEWAY, m);
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| bad_gateway(e.to_string()))?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA512);
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| bad_gateway(format!("Upstream error: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+            file.write_all(&buf[..n]).map_err(|e| bad_gateway(e.to_string()))?;
+        }
+        let sum: String = ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        if sum != sha512 {
+            tracing::warn!("shacache: upstream served {sha512} with another content: refused");
+            return Err(bad_gateway("Upstream error: the content does not match its SHA-512".into()));
+        }
+        std::fs::rename(&tmp, o.content_dir.join(sha512)).map_err(|e| bad_gateway(e.to_string()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Fetches the entries of `key` from `<upstream>/<key>` and keeps those
+/// that are valid entries (at most [`MAX_ENTRIES_PER_KEY`]).
+fn fetch_upstream_entries(o: &Options, upstream: &str, key: &str) -> Upstream {
+    tracing::info!("shacache: fetching dir {key} from upstream");
+    let url = format!("{}/{key}", upstream.trim_end_matches('/'));
+    let mut resp = upstream_agent().get(&url).call().map_err(|e| upstream_error("key", e))?;
+    let limit = (MAX_ENTRY_SIZE * MAX_ENTRIES_PER_KEY) as u64;
+    let body = resp.body_mut().with_config().limit(limit).read_to_vec().map_err(|e| upstream_error("key", e))?;
+    let list: Vec<serde_json::Value> =
+        serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_GATEWAY, format!("Upstream error: not a list of entries: {e}")))?;
+    let mut kept: Vec<_> = list.into_iter().filter(|e| check_entry(e).is_ok()).collect();
+    let excess = kept.len().saturating_sub(MAX_ENTRIES_PER_KEY);
+    kept.drain(..excess);
+    write_entries(&o.metadata_dir.join(key), &kept).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the entries: {e}")))
+}
+
+/// Removes the files of the content directory that no entry references
+/// and that are older than `grace`, and partial uploads older than a day;
+/// returns the names removed.
+pub fn collect_unreferenced(o: &Options, grace: std::time::Duration) -> std::io::Result<Vec<String>> {
+    let mut referenced = std::collections::HashSet::new();
+    for dirent in std::fs::read_dir(&o.metadata_dir)? {
+        let name = dirent?.file_name().to_string_lossy().into_owned();
+        if !valid_key(&name) {
+            continue;
+        }
+        for e in read_entries(&o.metadata_dir.join(&name))?.unwrap_or_default() {
+            let doc = e.get(0).and_then(|d| d.as_str()).and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok());
+            if let Some(sum) = doc.as_ref().and_then(|d| d.get("sha512")?.as_str().map(str::to_string)) {
+                referenced.insert(sum);
+            }
+        }
+    }
+    let now = std::time::SystemTime::now();
+    let mut removed = Vec::new();
+    for dirent in std::fs::read_dir(&o.content_dir)? {
+        let dirent = dirent?;
+        let name = dirent.file_name().to_string_lossy().into_owned();
+        let meta = dirent.metadata()?;
+        let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+        let partial = name.starts_with(".upload-") && age > std::time::Duration::from_secs(86_400);
+        let unreferenced = valid_sha512(&name) && !referenced.contains(&name) && age > grace;
+        if meta.is_file() && (partial || unreferenced) {
+            std::fs::remove_file(dirent.path())?;
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 async fn update(State(app): State<Arc<App>>) -> Response {
     let o = match cache_of(&app) {
         Ok(o) => o.clone(),
         Err(r) => return r,
     };
     let _guard = DIR_LOCK.lock().await;
-    match tokio::task::spawn_blocking(move || collect_garbage(&o)).await {
-        Ok(Ok(removed)) => {
-            let doc = serde_json::json!({"removed": removed, "updated": []});
+    let gc = move || -> std::io::Result<(Vec<String>, Vec<String>)> {
+        let removed = collect_garbage(&o)?;
+        Ok((removed, collect_unreferenced(&o, UNREFERENCED_GRACE)?))
+    };
+    match tokio::task::spawn_blocking(gc).await {
+        Ok(Ok((removed, files))) => {
+            tracing::info!("shacache update: {} keys changed, {} files removed", removed.len(), files.len());
+            let doc = serde_json::json!({"removed": removed, "updated": [], "removed_files": files});
             ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response()
         }
         Ok(Err(e)) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot update: {e}")),

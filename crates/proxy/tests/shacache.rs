@@ -132,3 +132,87 @@ fn without_its_directories_the_cache_answers_503() {
     let r = agent.get(&format!("{}/shacache/dir/k", master.url())).call().unwrap();
     assert_eq!(r.status().as_u16(), 503);
 }
+
+fn cache_with_upstream(upstream: &str) -> Cache {
+    let dir = tempfile::tempdir().unwrap();
+    let shacache = Options {
+        upstream_cache_url: Some(format!("{upstream}/cache")),
+        upstream_dir_url: Some(format!("{upstream}/dir")),
+        ..Options::under(dir.path())
+    };
+    let config = ProxyConfig {
+        computer_id: "COMP-2".into(),
+        database: slapos_proxy::Database::sqlite(dir.path().join("proxy.db")),
+        shacache: Some(shacache),
+        ..Default::default()
+    };
+    let master = start_background(&config).unwrap();
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(20))).build().into();
+    Cache { dir, master, agent }
+}
+
+#[test]
+fn a_miss_is_fetched_from_the_upstream_cache_and_kept() {
+    let upstream = cache(8 << 30);
+    let (_, sum) = upstream.send("POST", "/cache", b"built upstream");
+    let sum = String::from_utf8(sum).unwrap();
+    let key = "0123456789abcdef0123456789abcdef";
+    let entry = serde_json::json!([serde_json::json!({"sha512": sum}).to_string(), "c2ln"]);
+    assert_eq!(upstream.send("PUT", &format!("/dir/{key}"), entry.to_string().as_bytes()).0, 201);
+    let c = cache_with_upstream(&format!("{}/shacache", upstream.master.url()));
+    let (status, body) = c.send("GET", &format!("/dir/{key}"), b"");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), serde_json::json!([entry]));
+    assert_eq!(c.send("GET", &format!("/cache/{sum}"), b""), (200, b"built upstream".to_vec()));
+    // kept: served while the upstream is gone
+    drop(upstream);
+    assert_eq!(c.send("GET", &format!("/cache/{sum}"), b""), (200, b"built upstream".to_vec()));
+    assert_eq!(c.send("GET", &format!("/dir/{key}"), b"").0, 200);
+    // a miss here and there is a 404; an upstream that is down, a 502
+    assert_eq!(c.send("GET", &format!("/cache/{}", sha512(b"nowhere")), b"").0, 502);
+}
+
+#[test]
+fn an_upstream_serving_other_content_is_refused_and_nothing_is_kept() {
+    let liar = test_support::canned(200, "not the file you asked for");
+    let c = cache_with_upstream(&liar.url);
+    let (status, _) = c.send("GET", &format!("/cache/{}", sha512(b"the real file")), b"");
+    assert_eq!(status, 502);
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+    assert_eq!(std::fs::read_dir(c.dir.path().join("shacache")).unwrap().count(), 0);
+    // garbage for a key: refused, nothing stored
+    assert_eq!(c.send("GET", "/dir/somekey", b"").0, 502);
+    assert!(!c.dir.path().join("shadir/somekey").exists());
+    let missing = test_support::canned(404, "no");
+    let c = cache_with_upstream(&missing.url);
+    assert_eq!(c.send("GET", &format!("/cache/{}", sha512(b"x")), b"").0, 404);
+}
+
+#[test]
+fn update_removes_old_files_no_entry_references_and_keeps_the_others() {
+    let c = cache(8 << 30);
+    let post = |data: &[u8]| String::from_utf8(c.send("POST", "/cache", data).1).unwrap();
+    let (kept, orphan, fresh) = (post(b"referenced"), post(b"orphan"), post(b"just uploaded"));
+    let entry = serde_json::json!([serde_json::json!({"sha512": kept}).to_string(), ""]);
+    assert_eq!(c.send("PUT", "/dir/key", entry.to_string().as_bytes()).0, 201);
+    let content = c.dir.path().join("shacache");
+    let old = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    for name in [&kept, &orphan] {
+        std::fs::File::options().write(true).open(content.join(name)).unwrap().set_modified(old).unwrap();
+    }
+    let partial = content.join(".upload-00000000deadbeef");
+    std::fs::write(&partial, b"half").unwrap();
+    std::fs::File::options().write(true).open(&partial).unwrap().set_modified(old - Duration::from_secs(86_400)).unwrap();
+    let (status, body) = c.send("POST", "/update", b"");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let mut expected = vec![".upload-00000000deadbeef".to_string(), orphan.clone()];
+    expected.sort();
+    assert_eq!(doc["removed_files"], serde_json::json!(expected));
+    assert_eq!(c.send("GET", &format!("/cache/{kept}"), b"").0, 200);
+    assert_eq!(c.send("GET", &format!("/cache/{fresh}"), b"").0, 200, "a file younger than the grace period is kept");
+    assert_eq!(c.send("GET", &format!("/cache/{orphan}"), b"").0, 404);
+    // without a grace period, the fresh orphan goes too
+    let removed = slapos_proxy::shacache::collect_unreferenced(&Options::under(c.dir.path()), Duration::ZERO).unwrap();
+    assert_eq!(removed, vec![fresh]);
+}
