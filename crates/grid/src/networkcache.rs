@@ -237,7 +237,6 @@ pub fn verify(certificates: &[String], document: &str, signature: &str) -> bool 
     })
 }
 
-
 /// Whether `url` starts with one of `prefixes` (the first that matches).
 pub fn matching<'a>(prefixes: &'a [String], url: &str) -> Option<&'a str> {
     prefixes.iter().map(String::as_str).find(|p| url.starts_with(p))
@@ -264,7 +263,9 @@ fn classify(what: &str, e: ureq::Error) -> Failure {
     match e {
         ureq::Error::StatusCode(code) if code < 500 => Failure::Permanent(format!("{what}: answered {code}")),
         ureq::Error::StatusCode(code) => Failure::Transient(format!("{what}: answered {code}")),
-        other => Failure::Transient(format!("{what}: {}", slap::tls::describe_handshake_error(&other).unwrap_or_else(|| other.to_string()))),
+        other => {
+            Failure::Transient(format!("{what}: {}", slap::tls::describe_handshake_error(&other).unwrap_or_else(|| other.to_string())))
+        }
     }
 }
 
@@ -360,7 +361,11 @@ impl Client {
         let Some(body) = body else { return Ok(None) };
         let list: Vec<serde_json::Value> =
             serde_json::from_slice(&body).map_err(|e| format!("{what}: the answer is not a JSON list of entries ({e})"))?;
-        Ok(Some(list.into_iter().map(|v| serde_json::from_value::<(String, String)>(v).map_err(|_| "not a [document, signature] pair".into())).collect()))
+        Ok(Some(
+            list.into_iter()
+                .map(|v| serde_json::from_value::<(String, String)>(v).map_err(|_| "not a [document, signature] pair".into()))
+                .collect(),
+        ))
     }
 
     /// Downloads `<cache_url>/<sha512>` to `dest` (created again on each
@@ -496,8 +501,11 @@ pub fn examine(entry: &Result<(String, String), String>, certificates: &[String]
     let text = |k: &str| doc.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
     v.software_url = text("software_url");
     v.multiarch = text("multiarch");
-    let os: Vec<String> =
-        doc.get("os").and_then(|v| v.as_array()).map(|a| a.iter().map(|s| s.as_str().unwrap_or("").to_string()).collect()).unwrap_or_default();
+    let os: Vec<String> = doc
+        .get("os")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().map(|s| s.as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default();
     v.os = os.try_into().unwrap_or_default();
     v.compatible = here.runs(&v.multiarch, &v.os);
     v.sha512 = Some(text("sha512")).filter(|s| s.len() == 128 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
@@ -652,4 +660,11 @@ pub fn upload_built(o: &Options, url: &str, software_root: &Path, sp: &Path) {
         Ok(sum) => tracing::info!("uploaded {url} to the binary cache ({sum})"),
         Err(why) => tracing::warn!("could not upload {url} to the binary cache: {why}"),
     }
+}
+
+/// The lowercase hex md5 of `s`: the shadir key of a release URL, and of a
+/// source URL after `file-urlmd5:`.
+pub fn md5_hex(s: &str) -> String {
+    use md5::Digest;
+    format!("{:x}", md5::Md5::digest(s.as_bytes()))
 }

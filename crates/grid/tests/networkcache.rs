@@ -213,22 +213,27 @@ fn needs_venv_entries_signed_by_the_python_library_and_by_ours_verify_both_ways(
     let tarball = s.dir.path().join("t.tar.gz");
     std::fs::write(&tarball, b"ours").unwrap();
     let meta_map = serde_json::from_str(&meta).unwrap();
-    Client::new(&o).unwrap().upload(
-        o.upload_cache_url.as_deref().unwrap(),
-        o.upload_dir_url.as_deref().unwrap(),
-        "rust-key",
-        &tarball,
-        meta_map,
-        Some(&key_file),
-    )
-    .unwrap();
+    Client::new(&o)
+        .unwrap()
+        .upload(
+            o.upload_cache_url.as_deref().unwrap(),
+            o.upload_dir_url.as_deref().unwrap(),
+            "rust-key",
+            &tarball,
+            meta_map,
+            Some(&key_file),
+        )
+        .unwrap();
     assert_eq!(peer("select", "rust-key"), "1");
 }
 
 /// The only tarball of the master's content directory.
 fn the_tarball(s: &Site) -> PathBuf {
-    let files: Vec<PathBuf> =
-        std::fs::read_dir(s.content_dir()).unwrap().map(|e| e.unwrap().path()).filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect();
+    let files: Vec<PathBuf> = std::fs::read_dir(s.content_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     files[0].clone()
 }
@@ -281,7 +286,8 @@ fn a_cache_that_is_down_is_tried_a_few_times_then_skipped() {
     let s = site();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let down = format!("http://127.0.0.1:{port}/shacache");
-    let o = Options { download_cache_url: Some(format!("{down}/cache")), download_dir_url: Some(format!("{down}/dir")), ..s.options.clone() };
+    let o =
+        Options { download_cache_url: Some(format!("{down}/cache")), download_dir_url: Some(format!("{down}/dir")), ..s.options.clone() };
     let err = networkcache::lookup(&Client::new(&o).unwrap(), &o, URL, &md5_hex(URL), &Machine::this()).unwrap_err();
     assert!(err.contains("after 3 tries"), "{err}");
     assert!(!networkcache::install_from_cache(&o, URL, &s.root, &s.sp()));
@@ -333,5 +339,8 @@ fn the_options_have_slapos_names_and_tls_files_are_checked() {
     assert!(err.starts_with("shacache TLS files:") && err.contains("/nonexistent/ca.pem") && !err.contains('\n'), "{err}");
     // the older name of the download blacklist
     let old = "[networkcache]\nbinary-cache-url-blacklist = http://old/\n";
-    assert_eq!(Options::from_config(&slapos_config::Config::parse(old).unwrap()).unwrap().download_blacklist, vec!["http://old/".to_string()]);
+    assert_eq!(
+        Options::from_config(&slapos_config::Config::parse(old).unwrap()).unwrap().download_blacklist,
+        vec!["http://old/".to_string()]
+    );
 }

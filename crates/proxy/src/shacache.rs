@@ -438,7 +438,8 @@ fn fetch_upstream_entries(o: &Options, upstream: &str, key: &str) -> Upstream {
     let mut kept: Vec<_> = list.into_iter().filter(|e| check_entry(e).is_ok()).collect();
     let excess = kept.len().saturating_sub(MAX_ENTRIES_PER_KEY);
     kept.drain(..excess);
-    write_entries(&o.metadata_dir.join(key), &kept).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the entries: {e}")))
+    write_entries(&o.metadata_dir.join(key), &kept)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the entries: {e}")))
 }
 
 /// Removes the files of the content directory that no entry references

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 // first: its out!/outln! macros are used by the modules below
 #[macro_use]
 mod output;
+mod cache_cmd;
 mod client_cmd;
 mod console_cmd;
 mod format_cmd;
@@ -106,6 +107,12 @@ pub enum Command {
     Configure(identity_cmd::ConfigureCommand),
     /// Print a shell completion script (`source <(slapos complete)` in bash).
     Complete(CompleteArgs),
+    /// The binary cache: what it holds and whether this node would use it.
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCommand),
+    /// Query the binary cache (SlapOS's spelling of `slapos cache lookup`).
+    #[command(subcommand)]
+    Cachelookup(cache_cmd::LookupCommand),
 }
 
 /// `slapos complete`: as SlapOS's (cliff's) `complete`, `--shell` defaults to bash.
@@ -222,6 +229,7 @@ fn main() -> ExitCode {
         Command::Client(cmd) => client_cmd::run(cmd, &cli.global),
         Command::Console(args) => console_cmd::run(args, &cli.global),
         Command::Complete(args) => complete(args),
+        Command::Cache(cache_cmd::CacheCommand::Lookup(cmd)) | Command::Cachelookup(cmd) => cache_cmd::run(cmd, &cli.global),
         Command::User(cmd) => identity_cmd::user(&cmd, &cli.global),
         Command::Configure(cmd) => identity_cmd::configure(&cmd, &cli.global),
     };
