@@ -347,7 +347,7 @@ impl Client {
     /// The entries under `key` (at most 4 MiB of JSON), each a
     /// `[document, signature]` pair or why it is not one; None when the
     /// directory has no such key (404).
-    pub fn select(&self, dir_url: &str, key: &str) -> Result<Option<Vec<Result<(String, String), String>>>, String> {
+    pub fn select(&self, dir_url: &str, key: &str) -> Result<Option<Vec<Entry>>, String> {
         let what = format!("shadir {key}");
         let body = self.retry(&what, || {
             let mut resp = match self.dir.get(&join(dir_url, key)).call() {
@@ -453,6 +453,9 @@ impl Client {
     }
 }
 
+/// One shadir entry: `(document, signature)`, or why it is not one.
+pub type Entry = Result<(String, String), String>;
+
 /// What one shadir entry is, and whether this node would use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -473,7 +476,7 @@ pub struct Verdict {
 }
 
 /// Examines one entry: signature, document, machine, in that order.
-pub fn examine(entry: &Result<(String, String), String>, certificates: &[String], here: &Machine) -> Verdict {
+pub fn examine(entry: &Entry, certificates: &[String], here: &Machine) -> Verdict {
     let mut v = Verdict {
         software_url: String::new(),
         multiarch: String::new(),
