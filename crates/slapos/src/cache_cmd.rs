@@ -93,9 +93,17 @@ fn binary_sr(o: &Options, software_url: &str) -> anyhow::Result<u8> {
     table.load_preset(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED);
     table.set_header(["multiarch", "distribution", "version", "id", "compatible?", "verified?", "used? why not"]);
     let yes = |b: bool| if b { "yes" } else { "no" };
-    for v in &verdicts {
+    let mut first = None;
+    for (i, v) in verdicts.iter().enumerate() {
         let why_not = blacklisted.map(|b| format!("the URL is blacklisted ({b})")).or_else(|| v.why_not.clone());
-        let used = why_not.map_or_else(|| "yes".to_string(), |w| format!("no: {w}"));
+        let used = match (why_not, first) {
+            (Some(w), _) => format!("no: {w}"),
+            (None, Some(f)) => format!("usable, but entry {f} comes first"),
+            (None, None) => {
+                first = Some(i);
+                "yes".to_string()
+            }
+        };
         table.add_row([&v.multiarch, &v.os[0], &v.os[1], &v.os[2], yes(v.compatible), yes(v.signed), &used]);
     }
     outln!("{table}");

@@ -121,31 +121,51 @@ const MASTER_PORT: u16 = 8765;
 #[test]
 #[ignore = "needs root"]
 fn needs_root_e2e_all_ours() {
-    life_cycle(Mode { name: "all-ours", tag: 'o', master: Side::Ours, node: Side::Ours, tls: false });
+    life_cycle(Mode { name: "all-ours", tag: 'o', master: Side::Ours, node: Side::Ours, tls: false, cache: false });
 }
 
 #[test]
 #[ignore = "needs root"]
 fn needs_root_e2e_our_node_against_python_master() {
-    life_cycle(Mode { name: "python-master", tag: 'm', master: Side::Python, node: Side::Ours, tls: false });
+    life_cycle(Mode { name: "python-master", tag: 'm', master: Side::Python, node: Side::Ours, tls: false, cache: false });
 }
 
 #[test]
 #[ignore = "needs root"]
 fn needs_root_e2e_python_node_against_our_master() {
-    life_cycle(Mode { name: "python-node", tag: 'n', master: Side::Ours, node: Side::Python, tls: false });
+    life_cycle(Mode { name: "python-node", tag: 'n', master: Side::Ours, node: Side::Python, tls: false, cache: false });
 }
 
 #[test]
 #[ignore = "needs root"]
 fn needs_root_e2e_https_all_ours() {
-    life_cycle(Mode { name: "https-all-ours", tag: 'h', master: Side::Ours, node: Side::Ours, tls: true });
+    life_cycle(Mode { name: "https-all-ours", tag: 'h', master: Side::Ours, node: Side::Ours, tls: true, cache: false });
 }
 
 #[test]
 #[ignore = "needs root"]
 fn needs_root_e2e_https_python_node_against_our_master() {
-    life_cycle(Mode { name: "https-python-node", tag: 'y', master: Side::Ours, node: Side::Python, tls: true });
+    life_cycle(Mode { name: "https-python-node", tag: 'y', master: Side::Ours, node: Side::Python, tls: true, cache: false });
+}
+
+/// The binary cache across nodes: node A builds the release and uploads it
+/// to our master's `/shacache`; node C, whose cache entry was tampered
+/// with, refuses it and builds; node B, with an empty software root,
+/// installs it from the cache without running buildout, and its instance
+/// starts and answers. The nodes take turns on one machine with the same
+/// paths (a binary release only runs at the software root it was built at).
+#[test]
+#[ignore = "needs root"]
+fn needs_root_e2e_cache_two_nodes() {
+    let mut site = Site::new(Mode { name: "cache", tag: 'c', master: Side::Ours, node: Side::Ours, tls: false, cache: true });
+    format(&mut site);
+    supply_and_request(&mut site);
+    cache_across_nodes(&mut site);
+    deploy_instance(&mut site);
+    let partition = deployed_partition(&site);
+    check_services_and_promises(&mut site, &partition);
+    check_connection_parameters(&mut site);
+    site.print_timings();
 }
 
 /// The whole life cycle of run.sh, in its order.
@@ -367,6 +387,9 @@ struct Mode {
     /// register`), the user gets a certificate (`configure client`), the
     /// instance requests a child with its partition certificate.
     tls: bool,
+    /// The master serves a binary cache, the node uses it and marks its
+    /// builds (`needs_root_e2e_cache_two_nodes`).
+    cache: bool,
 }
 
 /// What a step must exit with.
@@ -497,9 +520,17 @@ impl Site {
         copy_tree(Path::new(SR_DATA), &self.path("sr"));
         let sr_dir = self.path("sr");
         let profile = fs::read_to_string(sr_dir.join("software.cfg.in")).unwrap();
-        fs::write(sr_dir.join("software.cfg"), profile.replace("@SR_DIR@", sr_dir.to_str().unwrap())).unwrap();
+        let mut profile = profile.replace("@SR_DIR@", sr_dir.to_str().unwrap());
+        if self.mode.cache {
+            profile = self.with_build_marker(&profile);
+        }
+        fs::write(sr_dir.join("software.cfg"), profile).unwrap();
         fs::remove_file(sr_dir.join("software.cfg.in")).unwrap();
-        fs::write(self.path("etc/slapos.cfg"), self.node_configuration()).unwrap();
+        let mut configuration = self.node_configuration();
+        if self.mode.cache {
+            configuration += &self.cache_configuration();
+        }
+        fs::write(self.path("etc/slapos.cfg"), configuration).unwrap();
         if !self.mode.tls {
             // over HTTPS, `configure client` writes it
             let client = format!("[slapos]\nmaster_url = http://127.0.0.1:{MASTER_PORT}\n\n[slapconsole]\n");
@@ -925,5 +956,116 @@ fn copy_tree(from: &Path, to: &Path) {
             fs::copy(entry.path(), &target).unwrap();
             fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
         }
+    }
+}
+
+/// What a build step leaves: the marker `[build-marker]` writes (only when
+/// buildout runs it).
+const BUILD_MARKER: &str = "build-marker/built";
+
+/// [c1]–[c9]: node A builds and uploads; node C refuses a tampered tarball
+/// and builds; node B installs from the cache without building.
+fn cache_across_nodes(site: &mut Site) {
+    let built = site.node("node-a-software", exits(6, 0), &["software", "--now"]);
+    let marker = site.path(BUILD_MARKER);
+    assert!(marker.is_file(), "[c1] node A's build did not run its build step (no {})", marker.display());
+    assert!(built.log.contains("uploaded") && built.log.contains("to the binary cache"), "[c2] node A did not upload:\n{}", built.log);
+    let tarballs = site.cached_tarballs();
+    assert_eq!(tarballs.len(), 1, "[c2] the master's cache should hold one tarball: {tarballs:?}");
+    // node C: A's tarball tampered with on the master
+    let original = fs::read(&tarballs[0]).unwrap();
+    fs::write(&tarballs[0], b"tampered").unwrap();
+    site.fresh_software_root("node-a");
+    fs::remove_file(&marker).unwrap();
+    let c = site.node("node-c-software", exits(6, 0), &["software", "--now"]);
+    assert!(
+        c.log.lines().any(|l| l.contains("binary cache not used") && l.contains("does not match its SHA-512")),
+        "[c3] node C did not say why it refused the tampered tarball:\n{}",
+        c.log
+    );
+    assert!(marker.is_file(), "[c4] node C refused the tampered tarball but did not build the release");
+    assert!(site.software_path().join(".completed").is_file(), "[c4] node C's release is not completed");
+    assert!(site.leftovers_in_software_root().is_empty(), "[c5] node C left {:?}", site.leftovers_in_software_root());
+    fs::write(&tarballs[0], original).unwrap();
+    // node B: an empty software root, installed from the cache
+    site.fresh_software_root("node-c");
+    fs::remove_file(&marker).unwrap();
+    let lookup = site.node_cmd("cache-lookup", exits(7, 0), &["cache", "lookup", "binary-sr", &site.sr_url()]);
+    assert!(lookup.log.contains("yes"), "[c6] `slapos cache lookup` shows no usable entry:\n{}", lookup.log);
+    let b = site.node("node-b-software", exits(6, 0), &["software", "--now"]);
+    assert!(b.log.contains("from the binary cache"), "[c7] node B did not install from the binary cache:\n{}", b.log);
+    assert!(!b.log.contains("Launching buildout"), "[c8] node B ran buildout:\n{}", b.log);
+    assert!(!marker.exists(), "[c8] node B ran the build step ({} is back)", marker.display());
+    let software = site.software_path();
+    assert!(software.join(".completed").is_file() && software.join("instance.cfg").is_file(), "[c9] node B's release is not installed");
+    assert!(site.leftovers_in_software_root().is_empty(), "[c9] node B left {:?}", site.leftovers_in_software_root());
+}
+
+impl Site {
+    /// The release profile with a part that writes [`BUILD_MARKER`].
+    fn with_build_marker(&self, profile: &str) -> String {
+        let dir = self.path("build-marker");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        let part =
+            format!("\n[build-marker]\nrecipe = e2erecipe:template\ncontent = built\noutput = {}\n", self.path(BUILD_MARKER).display());
+        profile.replacen("parts =\n", "parts =\n  build-marker\n", 1) + &part
+    }
+
+    /// The master's cache and the node's `[networkcache]`, with a signing
+    /// key made for this run.
+    fn cache_configuration(&self) -> String {
+        let (key, cert) = (self.path("etc/signature.key"), self.path("etc/signature.crt"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=e2e-cache"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("needs the program openssl");
+        assert!(made.status.success(), "openssl req: {}", String::from_utf8_lossy(&made.stderr));
+        let cert = fs::read_to_string(cert).unwrap().lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n");
+        let (w, base) = (self.work.display(), format!("http://127.0.0.1:{MASTER_PORT}/shacache"));
+        format!(
+            "shacache_content_directory = {w}/srv/shacache\nshacache_metadata_directory = {w}/srv/shadir\n\n\
+             [networkcache]\ndownload-binary-cache-url = {base}/cache\ndownload-binary-dir-url = {base}/dir\n\
+             upload-binary-cache-url = {base}/cache\nupload-binary-dir-url = {base}/dir\n\
+             signature-private-key-file = {}\nsignature-certificate-list =\n{cert}\n",
+            key.display()
+        )
+    }
+
+    /// The tarballs in the master's content directory.
+    fn cached_tarballs(&self) -> Vec<PathBuf> {
+        let entries = fs::read_dir(self.path("srv/shacache")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+        entries.iter().map(|e| e.path()).filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect()
+    }
+
+    /// Moves the software root aside (`opt/slapgrid-<name>`) and makes an
+    /// empty one with the same owner and mode: the next node starts empty.
+    fn fresh_software_root(&self, name: &str) {
+        use std::os::unix::fs::MetadataExt;
+        let root = self.path("opt/slapgrid");
+        let m = fs::metadata(&root).unwrap();
+        fs::rename(&root, self.path(&format!("opt/slapgrid-{name}"))).unwrap();
+        fs::create_dir(&root).unwrap();
+        std::os::unix::fs::chown(&root, Some(m.uid()), Some(m.gid())).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(m.mode() & 0o7777)).unwrap();
+    }
+
+    /// What is in the software root besides the release.
+    fn leftovers_in_software_root(&self) -> Vec<String> {
+        let entries = fs::read_dir(self.path("opt/slapgrid")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+        let md5 = self.sr_md5();
+        entries.iter().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| *n != md5).collect()
+    }
+
+    /// `slapos COMMAND… --cfg slapos.cfg` (a node-side command outside `node`).
+    fn node_cmd(&mut self, name: &str, expect: Expect, args: &[&str]) -> Step {
+        let cfg = self.path("etc/slapos.cfg");
+        let mut full = args.to_vec();
+        full.extend(["--cfg", cfg.to_str().unwrap()]);
+        self.step(name, expect, &full)
     }
 }

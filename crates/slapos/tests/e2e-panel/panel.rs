@@ -115,7 +115,7 @@ async fn gone(b: &Browser) {
 #[ignore = "needs root"]
 fn needs_root_e2e_panel_all_ours() {
     test_support::browser::require_browser();
-    let mut site = Site::new(Mode { name: "panel", tag: 'p', master: Side::Ours, node: Side::Ours });
+    let mut site = Site::new(Mode { name: "panel", tag: 'p', master: Side::Ours, node: Side::Ours, tls: false, cache: false });
     assert_eq!(PANEL, format!("http://127.0.0.1:{MASTER_PORT}/panel/"));
     site.node("node-format", exits(1, 0), &["format", "--now", "-v"]);
     let sr = site.sr_url();
