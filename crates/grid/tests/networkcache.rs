@@ -344,3 +344,33 @@ fn the_options_have_slapos_names_and_tls_files_are_checked() {
         vec!["http://old/".to_string()]
     );
 }
+
+#[test]
+fn the_cache_is_reached_over_tls_with_the_shacache_and_shadir_files() {
+    let mut s = site();
+    let pki = test_support::tls::Pki::new("cache");
+    let (cert, key) = pki.client("computer");
+    let backend: std::net::SocketAddr = s._master.url().trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let server = test_support::tls::serve(pki.server_config(&["127.0.0.1"], true), test_support::tls::Backend::Forward(backend));
+    let base = format!("{}/shacache", server.url);
+    let files = slap::tls::TlsFiles { ca_file: Some(pki.ca_file.clone()), cert_file: Some(cert), key_file: Some(key) };
+    s.options = Options {
+        download_cache_url: Some(format!("{base}/cache")),
+        download_dir_url: Some(format!("{base}/dir")),
+        upload_cache_url: Some(format!("{base}/cache")),
+        upload_dir_url: Some(format!("{base}/dir")),
+        shacache_tls: files.clone(),
+        shadir_tls: files,
+        ..s.options.clone()
+    };
+    s.build_and_upload();
+    networkcache::try_install(&s.options, URL, &s.root, &s.sp()).unwrap();
+    assert!(s.sp().join("bin/hello").is_file());
+    assert!(server.answered.load(std::sync::atomic::Ordering::SeqCst) >= 4, "not through the TLS server");
+    // without the CA, the server is not trusted: one line that says so
+    std::fs::remove_dir_all(s.sp()).unwrap();
+    s.options.shadir_tls.ca_file = None;
+    let err = networkcache::try_install(&s.options, URL, &s.root, &s.sp()).unwrap_err();
+    assert!(!err.contains('\n') && err.contains("shadir"), "{err}");
+    assert!(s.root_entries().is_empty());
+}
