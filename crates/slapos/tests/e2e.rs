@@ -150,7 +150,8 @@ fn needs_root_e2e_https_python_node_against_our_master() {
 
 /// The binary cache across nodes: node A builds the release and uploads it
 /// to our master's `/shacache`; node C, whose cache entry was tampered
-/// with, refuses it and builds; node B, with an empty software root,
+/// with, refuses it and builds; the Python node P installs A's entry from
+/// the cache without building; node B, with an empty software root,
 /// installs it from the cache without running buildout, and its instance
 /// starts and answers. The nodes take turns on one machine with the same
 /// paths (a binary release only runs at the software root it was built at).
@@ -963,8 +964,9 @@ fn copy_tree(from: &Path, to: &Path) {
 /// buildout runs it).
 const BUILD_MARKER: &str = "build-marker/built";
 
-/// [c1]–[c9]: node A builds and uploads; node C refuses a tampered tarball
-/// and builds; node B installs from the cache without building.
+/// [c1]–[c10]: node A builds and uploads; node C refuses a tampered tarball
+/// and builds; the Python node P and node B install from the cache without
+/// building.
 fn cache_across_nodes(site: &mut Site) {
     let built = site.node("node-a-software", exits(6, 0), &["software", "--now"]);
     let marker = site.path(BUILD_MARKER);
@@ -987,9 +989,14 @@ fn cache_across_nodes(site: &mut Site) {
     assert!(site.software_path().join(".completed").is_file(), "[c4] node C's release is not completed");
     assert!(site.leftovers_in_software_root().is_empty(), "[c5] node C left {:?}", site.leftovers_in_software_root());
     fs::write(&tarballs[0], original).unwrap();
-    // node B: an empty software root, installed from the cache
+    // node P: the Python node (slapos.core 1.26.1) installs what ours uploaded
     site.fresh_software_root("node-c");
     fs::remove_file(&marker).unwrap();
+    let p = site.python_node("python-node-software", exits(6, 0), &["software", "--now"]);
+    assert!(!marker.exists(), "[c10] the Python node built the release instead of installing it from our cache:\n{}", p.log);
+    assert!(site.software_path().join(".completed").is_file(), "[c10] the Python node did not install the release:\n{}", p.log);
+    // node B: an empty software root, installed from the cache
+    site.fresh_software_root("node-p");
     let lookup = site.node_cmd("cache-lookup", exits(7, 0), &["cache", "lookup", "binary-sr", &site.sr_url()]);
     assert!(lookup.log.contains("yes"), "[c6] `slapos cache lookup` shows no usable entry:\n{}", lookup.log);
     let b = site.node("node-b-software", exits(6, 0), &["software", "--now"]);
@@ -1059,6 +1066,14 @@ impl Site {
         let entries = fs::read_dir(self.path("opt/slapgrid")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
         let md5 = self.sr_md5();
         entries.iter().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| *n != md5).collect()
+    }
+
+    /// `slapos node SUBCOMMAND --cfg slapos.cfg ARGS…` of the Python node.
+    fn python_node(&mut self, name: &str, expect: Expect, args: &[&str]) -> Step {
+        let node = std::mem::replace(&mut self.mode.node, Side::Python);
+        let step = self.node(name, expect, args);
+        self.mode.node = node;
+        step
     }
 
     /// `slapos COMMAND… --cfg slapos.cfg` (a node-side command outside `node`).
