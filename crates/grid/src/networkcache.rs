@@ -644,12 +644,14 @@ pub fn upload_built(o: &Options, url: &str, software_root: &Path, sp: &Path) {
         let client = Client::new(o)?;
         let tmp = tempfile::Builder::new().prefix(".cache-").tempdir_in(software_root).map_err(|e| e.to_string())?;
         let tarball = tmp.path().join("software.tar.gz");
-        let status = Command::new("tar")
-            .args(["-czf", &tarball.display().to_string(), "-C", &software_root.display().to_string(), "--", key])
-            .status()
+        // packed as the software user: root never reads the release's files
+        give_to_owner(&[tmp.path()], software_root)?;
+        let args: Vec<String> =
+            ["-czf", &tarball.display().to_string(), "-C", &software_root.display().to_string(), "--", key].map(String::from).to_vec();
+        let out = crate::process::run_as_owner_of(software_root, "tar", &args, tmp.path(), &[], Some(Duration::from_secs(3600)), |_| {})
             .map_err(|e| format!("cannot run tar: {e}"))?;
-        if !status.success() {
-            return Err(format!("tar failed ({status})"));
+        if !out.success {
+            return Err(format!("tar failed: {}", out.output.lines().last().unwrap_or("")));
         }
         let here = Machine::this();
         let mut meta = serde_json::Map::new();
