@@ -7,7 +7,9 @@
 //! * `GET /shacache/dir/<key>`: the JSON list of `[document, signature]`
 //!   entries indexed under `key`;
 //! * `PUT /shacache/dir/<key>`: add one `[document, signature]` entry;
-//! * `POST /shacache/update`: drop entries whose file is gone, and files
+//! * `POST /shacache/update`: with an upstream, add upstream's new entries
+//!   to each local key ([`sync_with_upstream`]); without an upstream cache,
+//!   drop entries whose file is gone; remove files
 //!   no entry references (older than [`UNREFERENCED_GRACE`]: an upload names
 //!   its file before its entry), and abandoned partial uploads.
 //!
@@ -442,6 +444,48 @@ fn fetch_upstream_entries(o: &Options, upstream: &str, key: &str) -> Upstream {
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the entries: {e}")))
 }
 
+/// With an upstream directory: adds to each local key the valid entries
+/// upstream has that it lacks (at most [`MAX_ENTRIES_PER_KEY`], newest
+/// kept); returns the keys changed. Unlike the Python proxy, which replaces
+/// each key by upstream's list (dropping what nodes uploaded here), local
+/// entries are kept; an upstream that fails is logged and skipped.
+pub fn sync_with_upstream(o: &Options, upstream: &str) -> std::io::Result<Vec<String>> {
+    let mut updated = Vec::new();
+    for dirent in std::fs::read_dir(&o.metadata_dir)? {
+        let key = dirent?.file_name().to_string_lossy().into_owned();
+        if !valid_key(&key) {
+            continue;
+        }
+        let path = o.metadata_dir.join(&key);
+        let mut entries = read_entries(&path)?.unwrap_or_default();
+        let url = format!("{}/{key}", upstream.trim_end_matches('/'));
+        let limit = (MAX_ENTRY_SIZE * MAX_ENTRIES_PER_KEY) as u64;
+        let theirs = upstream_agent().get(&url).call().and_then(|mut r| r.body_mut().with_config().limit(limit).read_to_vec());
+        let theirs: Vec<serde_json::Value> = match theirs {
+            Ok(body) => serde_json::from_slice(&body).unwrap_or_default(),
+            Err(ureq::Error::StatusCode(404)) => continue,
+            Err(e) => {
+                tracing::warn!("shacache update: upstream {key}: {e}");
+                continue;
+            }
+        };
+        let before = entries.len();
+        for e in theirs.into_iter().filter(|e| check_entry(e).is_ok()) {
+            if !entries.contains(&e) {
+                entries.push(e);
+            }
+        }
+        if entries.len() != before {
+            let excess = entries.len().saturating_sub(MAX_ENTRIES_PER_KEY);
+            entries.drain(..excess);
+            write_entries(&path, &entries)?;
+            updated.push(key);
+        }
+    }
+    updated.sort();
+    Ok(updated)
+}
+
 /// Removes the files of the content directory that no entry references
 /// and that are older than `grace`, and partial uploads older than a day;
 /// returns the names removed.
@@ -483,14 +527,24 @@ async fn update(State(app): State<Arc<App>>) -> Response {
         Err(r) => return r,
     };
     let _guard = DIR_LOCK.lock().await;
-    let gc = move || -> std::io::Result<(Vec<String>, Vec<String>)> {
-        let removed = collect_garbage(&o)?;
-        Ok((removed, collect_unreferenced(&o, UNREFERENCED_GRACE)?))
+    let gc = move || -> std::io::Result<(Vec<String>, Vec<String>, Vec<String>)> {
+        let updated = match o.upstream_dir_url.as_deref() {
+            Some(upstream) => sync_with_upstream(&o, upstream)?,
+            None => Vec::new(),
+        };
+        // with an upstream cache, a file missing here is fetched when asked
+        let removed = if o.upstream_cache_url.is_some() { Vec::new() } else { collect_garbage(&o)? };
+        Ok((removed, updated, collect_unreferenced(&o, UNREFERENCED_GRACE)?))
     };
     match tokio::task::spawn_blocking(gc).await {
-        Ok(Ok((removed, files))) => {
-            tracing::info!("shacache update: {} keys changed, {} files removed", removed.len(), files.len());
-            let doc = serde_json::json!({"removed": removed, "updated": [], "removed_files": files});
+        Ok(Ok((removed, updated, files))) => {
+            tracing::info!(
+                "shacache update: {} keys updated, {} keys changed, {} files removed",
+                updated.len(),
+                removed.len(),
+                files.len()
+            );
+            let doc = serde_json::json!({"removed": removed, "updated": updated, "removed_files": files});
             ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response()
         }
         Ok(Err(e)) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot update: {e}")),

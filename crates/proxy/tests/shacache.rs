@@ -216,3 +216,26 @@ fn update_removes_old_files_no_entry_references_and_keeps_the_others() {
     let removed = slapos_proxy::shacache::collect_unreferenced(&Options::under(c.dir.path()), Duration::ZERO).unwrap();
     assert_eq!(removed, vec![fresh]);
 }
+
+#[test]
+fn update_adds_the_new_entries_of_the_upstream_and_keeps_the_local_ones() {
+    let upstream = cache(8 << 30);
+    let key = "fedcba9876543210fedcba9876543210";
+    let entry = |s: &[u8], tag: &str| serde_json::json!([serde_json::json!({"sha512": sha512(s), "tag": tag}).to_string(), ""]);
+    let put = |c: &Cache, e: &serde_json::Value| assert_eq!(c.send("PUT", &format!("/dir/{key}"), e.to_string().as_bytes()).0, 201);
+    put(&upstream, &entry(b"one", "upstream-1"));
+    let c = cache_with_upstream(&format!("{}/shacache", upstream.master.url()));
+    assert_eq!(c.send("GET", &format!("/dir/{key}"), b"").0, 200);
+    put(&c, &entry(b"local", "uploaded-here"));
+    put(&upstream, &entry(b"two", "upstream-2"));
+    let (status, body) = c.send("POST", "/update", b"");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["updated"], serde_json::json!([key]));
+    assert_eq!(doc["removed"], serde_json::json!([]), "entries whose file is upstream are kept");
+    let list: serde_json::Value = serde_json::from_slice(&c.send("GET", &format!("/dir/{key}"), b"").1).unwrap();
+    assert_eq!(list, serde_json::json!([entry(b"one", "upstream-1"), entry(b"local", "uploaded-here"), entry(b"two", "upstream-2")]));
+    // nothing new upstream: nothing updated
+    let doc: serde_json::Value = serde_json::from_slice(&c.send("POST", "/update", b"").1).unwrap();
+    assert_eq!(doc["updated"], serde_json::json!([]));
+}
