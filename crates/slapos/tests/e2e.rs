@@ -964,12 +964,25 @@ fn copy_tree(from: &Path, to: &Path) {
 /// buildout runs it).
 const BUILD_MARKER: &str = "build-marker/built";
 
-/// [c1]–[c10]: node A builds and uploads; node C refuses a tampered tarball
+/// [c0]–[c10]: a release on the force list is not built; node A builds and uploads; node C refuses a tampered tarball
 /// and builds; the Python node P and node B install from the cache without
 /// building.
 fn cache_across_nodes(site: &mut Site) {
-    let built = site.node("node-a-software", exits(6, 0), &["software", "--now"]);
     let marker = site.path(BUILD_MARKER);
+    // a release on the force list is never built: the empty cache fails it
+    let cfg = site.path("etc/slapos.cfg");
+    let configuration = fs::read_to_string(&cfg).unwrap();
+    let forced = format!("{configuration}download-from-binary-cache-force-url-list = {}\n", site.path("sr").display());
+    fs::write(&cfg, forced).unwrap();
+    let f = site.node("node-forced-software", Expect::Any, &["software", "--now"]);
+    fs::write(&cfg, configuration).unwrap();
+    assert!(
+        f.log.lines().any(|l| l.contains("Binary cache forced for") && l.contains("no entry for") && l.contains("will retry again")),
+        "[c0] a release on download-from-binary-cache-force-url-list missing from the cache did not fail saying so:\n{}",
+        f.log
+    );
+    assert!(!marker.exists() && !site.software_path().exists(), "[c0] a release on the force list was built");
+    let built = site.node("node-a-software", exits(6, 0), &["software", "--now"]);
     assert!(marker.is_file(), "[c1] node A's build did not run its build step (no {})", marker.display());
     assert!(built.log.contains("uploaded") && built.log.contains("to the binary cache"), "[c2] node A did not upload:\n{}", built.log);
     let tarballs = site.cached_tarballs();
