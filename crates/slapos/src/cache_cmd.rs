@@ -35,7 +35,8 @@ pub enum LookupCommand {
         /// The package name.
         name: String,
         /// Its version.
-        version: String,
+        #[arg(value_name = "VERSION")]
+        package_version: String,
     },
 }
 
@@ -48,7 +49,7 @@ pub fn run(cmd: LookupCommand, global: &Global) -> anyhow::Result<u8> {
     match cmd {
         LookupCommand::BinarySr { software_url } => binary_sr(&o, &software_url),
         LookupCommand::Url { url } => generic(&config, &o, &format!("file-urlmd5:{}", md5_hex(&url)), "url"),
-        LookupCommand::Pypi { name, version } => generic(&config, &o, &format!("pypi:{name}={version}"), "basename"),
+        LookupCommand::Pypi { name, package_version } => generic(&config, &o, &format!("pypi:{name}={package_version}"), "basename"),
     }
 }
 

@@ -99,4 +99,21 @@ fn lookup_shows_each_entry_and_why_this_node_would_not_use_it() {
         .unwrap();
     let (_, out) = slapos(&cfg, &["cache", "lookup", "binary-sr", URL]);
     assert!(out.contains("no: its signature is not by a certificate"), "{out}");
+    // the download cache: a source URL and a Python package, signed
+    let source = "http://example.org/src/foo-1.0.tar.gz";
+    for (key, name, value) in
+        [(format!("file-urlmd5:{}", md5_hex(source)), "url", source), ("pypi:foo=1.0".to_string(), "basename", "foo-1.0.tar.gz")]
+    {
+        let meta = serde_json::json!({ name: value });
+        let (cache, dir_url) = (o.upload_cache_url.as_deref().unwrap(), o.upload_dir_url.as_deref().unwrap());
+        client.upload(cache, dir_url, &key, &tarball, meta.as_object().unwrap().clone(), Some(&dir.path().join("signer.key"))).unwrap();
+    }
+    std::fs::write(&cfg, format!("[networkcache]\ndownload-dir-url = {base}/dir\nsignature-certificate-list =\n{cert_lines}\n")).unwrap();
+    let (code, out) = slapos(&cfg, &["cachelookup", "url", source]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.lines().any(|l| l.contains(source) && l.contains("true")), "{out}");
+    let (code, out) = slapos(&cfg, &["cache", "lookup", "pypi", "foo", "1.0"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.lines().any(|l| l.contains("foo-1.0.tar.gz") && l.contains("true")), "{out}");
+    assert_eq!(slapos(&cfg, &["cache", "lookup", "pypi", "foo", "2.0"]).0, 1);
 }
