@@ -4,7 +4,7 @@
 //! `slapos.cfg` `[networkcache]`.
 
 use slapos_config::{node_config_path, Config};
-use slapos_grid::networkcache::{self, Client, Machine, Options};
+use slapos_grid::networkcache::{self, md5_hex, Client, Machine, Options};
 
 use crate::Global;
 
@@ -52,8 +52,6 @@ pub fn run(cmd: LookupCommand, global: &Global) -> anyhow::Result<u8> {
         LookupCommand::Pypi { name, package_version } => generic(&config, &o, &format!("pypi:{name}={package_version}"), "basename"),
     }
 }
-
-use networkcache::md5_hex;
 
 fn binary_sr(o: &Options, software_url: &str) -> anyhow::Result<u8> {
     let looks_md5 = software_url.len() == 32 && software_url.bytes().all(|b| b.is_ascii_hexdigit());
