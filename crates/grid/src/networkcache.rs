@@ -504,11 +504,15 @@ pub fn examine(entry: &Entry, certificates: &[String], here: &Machine) -> Verdic
     let text = |k: &str| doc.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
     v.software_url = text("software_url");
     v.multiarch = text("multiarch");
-    let os: Vec<String> = doc
-        .get("os")
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().map(|s| s.as_str().unwrap_or("").to_string()).collect())
-        .unwrap_or_default();
+    let os: Vec<String> = match doc.get("os") {
+        Some(serde_json::Value::Array(a)) => a.iter().map(|s| s.as_str().unwrap_or("").to_string()).collect(),
+        // slapgrid's older entries: "machine" and the repr of a tuple
+        Some(serde_json::Value::String(t)) if doc.get("multiarch").is_none() && text("machine") == "x86_64" => {
+            v.multiarch = "x86_64-linux-gnu".into();
+            python_tuple(t)
+        }
+        _ => Vec::new(),
+    };
     v.os = os.try_into().unwrap_or_default();
     v.compatible = here.runs(&v.multiarch, &v.os);
     v.sha512 = Some(text("sha512")).filter(|s| s.len() == 128 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
@@ -522,6 +526,12 @@ pub fn examine(entry: &Entry, certificates: &[String], here: &Machine) -> Verdic
         None
     };
     v
+}
+
+/// The strings of a Python tuple's repr (`('debian', '12', '')`).
+fn python_tuple(text: &str) -> Vec<String> {
+    let inner = text.trim().trim_start_matches('(').trim_end_matches(')');
+    inner.split(',').map(str::trim).filter(|p| !p.is_empty()).map(|p| p.trim_matches(|c| c == '\'' || c == '"').to_string()).collect()
 }
 
 /// The SHA-512 of the first usable entry for `url` under `key`, or why
@@ -672,4 +682,20 @@ pub fn upload_built(o: &Options, url: &str, software_root: &Path, sp: &Path) {
 pub fn md5_hex(s: &str) -> String {
     use md5::Digest;
     format!("{:x}", md5::Md5::digest(s.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_slapgrid_entries_with_machine_and_a_tuple_repr_are_read() {
+        let here = Machine { multiarch: "x86_64-linux-gnu".into(), os: ["debian".into(), "12".into(), "bookworm".into()] };
+        let doc = serde_json::json!({"machine": "x86_64", "os": "('debian', '12.5', '')", "sha512": "a".repeat(128)}).to_string();
+        let v = examine(&Ok((doc, String::new())), &[], &here);
+        assert_eq!((v.multiarch.as_str(), v.os.clone()), ("x86_64-linux-gnu", ["debian".to_string(), "12.5".into(), "".into()]));
+        assert!(v.compatible);
+        assert_eq!(v.why_not.as_deref(), Some("its signature is not by a certificate of signature-certificate-list"));
+        assert_eq!(python_tuple("('ubuntu', '22.04', 'jammy')"), ["ubuntu", "22.04", "jammy"]);
+    }
 }
