@@ -22,9 +22,12 @@
 //! extracted into a temporary directory beside the software path and renamed
 //! into place: a failed install leaves nothing behind.
 //!
-//! Signatures are made and checked by the `openssl` program rather than a
-//! Rust RSA crate: it is what `slapos.crypto` calls, the node already needs
-//! it (certificates), and it kept this module free of a second X.509 stack.
+//! Signatures are made and checked by the `openssl` program rather than in
+//! process: `ring` (already built) verifies RSA/SHA-1 but cannot sign with
+//! SHA-1, `rustls-webpki` refuses X.509 v1 certificates (which a
+//! `signature-certificate-list` may hold), and the `rsa` + `sha1` +
+//! `x509-cert` crates would be a second crypto stack for one call per
+//! entry; `openssl` is also what `slapos.crypto` calls.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
