@@ -374,3 +374,31 @@ fn the_cache_is_reached_over_tls_with_the_shacache_and_shadir_files() {
     assert!(!err.contains('\n') && err.contains("shadir"), "{err}");
     assert!(s.root_entries().is_empty());
 }
+
+#[test]
+fn a_tarball_with_members_outside_its_release_writes_nothing_outside() {
+    let s = site();
+    let key = md5_hex(URL);
+    let tarball = s.dir.path().join("hostile.tar.gz");
+    let script = "import io, sys, tarfile\nt = tarfile.open(sys.argv[1], 'w:gz')\n\
+        for name in [sys.argv[2] + '/bin/ok', sys.argv[2] + '/../../escaped', '/tmp/absolute-' + sys.argv[2], 'other/x']:\n\
+        \x20   data = b'x'\n    i = tarfile.TarInfo(name); i.size = len(data); t.addfile(i, io.BytesIO(data))\nt.close()\n";
+    let made = Command::new("python3").args(["-c", script]).arg(&tarball).arg(&key).status().unwrap();
+    assert!(made.success(), "python3 could not make the tarball");
+    let here = Machine::this();
+    let meta = serde_json::json!({"software_url": URL, "multiarch": here.multiarch, "os": here.os});
+    let o = &s.options;
+    let (cache, dir) = (o.upload_cache_url.as_deref().unwrap(), o.upload_dir_url.as_deref().unwrap());
+    Client::new(o)
+        .unwrap()
+        .upload(cache, dir, &key, &tarball, meta.as_object().unwrap().clone(), o.signature_private_key_file.as_deref())
+        .unwrap();
+    let result = networkcache::try_install(o, URL, &s.root, &s.sp());
+    assert!(!s.dir.path().join("escaped").exists() && !s.root.join("escaped").exists(), "a member escaped the release: {result:?}");
+    assert!(!Path::new(&format!("/tmp/absolute-{key}")).exists(), "an absolute member was written: {result:?}");
+    assert!(!s.root.join("other").exists());
+    match result {
+        Ok(_) => assert_eq!(s.root_entries(), vec![key]),
+        Err(_) => assert!(s.root_entries().is_empty(), "{:?}", s.root_entries()),
+    }
+}
