@@ -144,6 +144,8 @@ pub struct NodeConfig {
     /// certificate of the node or of a partition is renewed (None: a third
     /// of its lifetime, at most 30 days; [`crate::certificate`]).
     pub certificate_renewal: Option<Duration>,
+    /// `[slapos] manager_list`: the managers run (`prerm`, `portredir`).
+    pub managers: crate::manager::Managers,
 }
 
 /// slapos.human's `human2bytes`: `1000M`, `1 G`, `2Gi`, `512k`, `10 MB`,
@@ -262,6 +264,11 @@ impl NodeConfig {
             instance_min_free_space: size("instance_min_free_space")?,
             networkcache: crate::networkcache::Options::from_config(config),
             certificate_renewal: int("certificate_renewal_days")?.filter(|d| *d > 0).map(|d| Duration::from_secs(d as u64 * 24 * 3600)),
+            managers: crate::manager::Managers::parse(get("manager_list").unwrap_or_default()).map_err(|e| NodeConfigError::Invalid {
+                key: "manager_list",
+                what: "a list of slapos.core managers (prerm, portredir)",
+                value: e.0,
+            })?,
         })
     }
 }

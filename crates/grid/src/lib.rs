@@ -22,6 +22,7 @@ pub mod collect;
 pub mod config;
 pub mod decision;
 pub mod fsafe;
+pub mod manager;
 pub mod instance;
 pub mod names;
 pub mod networkcache;

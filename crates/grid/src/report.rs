@@ -306,6 +306,9 @@ pub enum DestroyError {
         /// What it said.
         output: String,
     },
+    /// A pre-delete script (`prerm` manager) still ran at its deadline.
+    #[error(transparent)]
+    Prerm(#[from] crate::manager::prerm::PrermError),
     /// The partition directory cannot be emptied.
     #[error("cannot empty {}: {source}", .path.display())]
     Empty {
@@ -335,6 +338,11 @@ fn destroy_partition(node: &Node, p: &ComputerPartition) -> Result<(), DestroyEr
     if !retention_allows(&pp, now)? {
         tracing::info!("Computer Partition {id} is kept until its retention delay expires.");
         return Ok(());
+    }
+    if cfg.managers.prerm {
+        let plan = crate::manager::prerm::plan(&Dir::open_nofollow(&pp)?);
+        let deadline = cfg.partition_timeout.unwrap_or(std::time::Duration::from_secs(3600));
+        crate::manager::prerm::apply(&plan, &pp, id, deadline)?;
     }
     let destroy = pp.join("sbin/destroy");
     // run as the partition's user: a link is theirs to follow

@@ -470,8 +470,16 @@ impl Supervisor {
         }
     }
 
-    /// Stops a partition: its group file goes, and with it the group.
+    /// Stops a partition: its group file goes, and with it the group, and
+    /// the groups managers added (`<partition>-socat`, and the
+    /// `<partition>-prerm` a Python node may have left), as slapgrid's.
     pub fn stop_partition(&self, partition_id: &str) -> Result<(), SupervisorError> {
+        for suffix in MANAGER_GROUPS {
+            let path = self.conf_dir.join(format!("{partition_id}-{suffix}.conf"));
+            if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+        }
         self.install_group(partition_id, None)
     }
 
@@ -487,6 +495,9 @@ impl Supervisor {
             .collect())
     }
 }
+
+/// The suffixes of the groups managers add to a partition.
+const MANAGER_GROUPS: &[&str] = &["socat", "prerm"];
 
 pub(crate) fn mkdir_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     if !path.is_dir() {

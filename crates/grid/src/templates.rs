@@ -282,12 +282,79 @@ pub fn partition_group_conf(
         let who = format!("{}:{}", owner.uid, owner.gid);
         return Err(refused("a supervisord configuration", "user", &who, "a partition's programs never run as root"));
     }
-    let list: Vec<String> = programs.iter().map(|p| format!("{partition_id}_{}", p.id)).collect();
-    let mut out = format!("[group:{partition_id}]\nprograms={}\n", list.join(","));
-    let path = sv_path("directory", instance_path)?;
-    let (user, home) = (sv_value("USER", &owner.user)?, sv_value("HOME", &owner.home)?);
+    // the owner is checked even for an empty group
+    sv_value("USER", &owner.user)?;
+    sv_value("HOME", &owner.home)?;
+    let section = |p: &Program| -> Result<GroupProgram, TemplateError> {
+        Ok(GroupProgram { id: p.id.to_string(), name: p.name.clone(), command: sv_path("command", &p.command)?, owner: owner.clone() })
+    };
+    let list = programs.iter().map(section).collect::<Result<Vec<_>, _>>()?;
+    group_conf(partition_id.as_str(), instance_path, &list)
+}
+
+/// A program of a manager's group ([`manager_group_conf`]): its command is
+/// written by the node (never a partition's text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerProgram {
+    /// The program id in its group (`socat-tcp-8080`): letters, digits, `-`, `_`.
+    pub id: String,
+    /// The program run.
+    pub program: std::path::PathBuf,
+    /// Its arguments, each one word.
+    pub args: Vec<String>,
+    /// Who runs it (root only where SlapOS runs it as root: a redirection
+    /// from a privileged port).
+    pub owner: ProgramOwner,
+}
+
+/// `supervisord.conf.d/<partition>-<suffix>.conf`: the group a manager adds
+/// to a partition (`portredir`'s `<partition>-socat`), programs as
+/// slapgrid's `addProgramToGroup` writes them.
+pub fn manager_group_conf(
+    partition_id: &PartitionId,
+    suffix: &str,
+    instance_path: &Path,
+    programs: &[ManagerProgram],
+) -> Result<String, TemplateError> {
+    let group = format!("{partition_id}-{suffix}");
+    let plain = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if !plain(suffix) {
+        return Err(refused("a supervisord configuration", "group", &group, "a manager's suffix is letters, digits, '-' and '_'"));
+    }
+    let mut list = Vec::new();
     for p in programs {
-        let program_id = format!("{partition_id}_{}", p.id);
+        if !plain(&p.id) {
+            return Err(refused("a supervisord configuration", "program", &p.id, "letters, digits, '-' and '_' only"));
+        }
+        let mut words = vec![sv_path("command", &p.program)?];
+        for a in &p.args {
+            words.push(sv_value("command", a)?);
+        }
+        if let Some(w) = words.iter().find(|w| w.starts_with(';') || w.starts_with('#')) {
+            return Err(refused("a supervisord configuration", "command", w, "a word starting with ';' or '#' starts a comment"));
+        }
+        list.push(GroupProgram { id: p.id.clone(), name: p.id.clone(), command: words.join(" "), owner: p.owner.clone() });
+    }
+    group_conf(&group, instance_path, &list)
+}
+
+/// One program of a group, its values checked.
+struct GroupProgram {
+    id: String,
+    name: String,
+    command: String,
+    owner: ProgramOwner,
+}
+
+/// A group and its programs (`[group:…]`, then one `[program:…]` each, as
+/// slapgrid's program template).
+fn group_conf(group: &str, instance_path: &Path, programs: &[GroupProgram]) -> Result<String, TemplateError> {
+    let list: Vec<String> = programs.iter().map(|p| format!("{group}_{}", p.id)).collect();
+    let mut out = format!("[group:{group}]\nprograms={}\n", list.join(","));
+    let path = sv_path("directory", instance_path)?;
+    for p in programs {
+        let program_id = format!("{group}_{}", p.id);
+        let (user, home) = (sv_value("USER", &p.owner.user)?, sv_value("HOME", &p.owner.home)?);
         let _ = write!(
             out,
             "\n[program:{program_id}]
@@ -315,10 +382,10 @@ stderr_logfile_maxbytes=100KB
 stderr_logfile_backups=1
 environment=USER=\"{user}\",LOGNAME=\"{user}\",HOME=\"{home}\"
 ",
-            command = sv_path("command", &p.command)?,
+            command = p.command,
             name = sv_value("process_name", &p.name)?,
-            uid = owner.uid,
-            gid = owner.gid,
+            uid = p.owner.uid,
+            gid = p.owner.gid,
         );
     }
     Ok(out)

@@ -171,12 +171,37 @@ impl Run<'_> {
             Decision::UpToDate { state } if state != InstanceState::Started || self.opts.force_stop => Outcome::UpToDate,
             Decision::UpToDate { .. } => {
                 let _scope = PartitionScope::enter(&t.pp, id, &t.owner);
-                self.up_to_date(&t)
+                let outcome = self.up_to_date(&t);
+                self.tear_down(&t);
+                outcome
             }
             Decision::Process { state, reason } => {
                 let _scope = PartitionScope::enter(&t.pp, id, &t.owner);
-                self.reprocess(&t, state, reason)
+                let outcome = self.reprocess(&t, state, reason);
+                if state == InstanceState::Started && !self.opts.force_stop {
+                    self.tear_down(&t);
+                }
+                outcome
             }
+        }
+    }
+
+    /// The managers' step after a started partition, processed or up to
+    /// date, failed or not (slapgrid's `instanceTearDown`): `portredir`'s
+    /// socat group from the partition's `.slapos-port-redirect`. A failure
+    /// is logged; the partition's outcome stays what it was. (Stopped and
+    /// destroyed partitions lose the group with their others.)
+    fn tear_down(&self, t: &Target) {
+        use crate::manager::portredir;
+        if !self.node.cfg.managers.portredir {
+            return;
+        }
+        let Ok(id) = PartitionId::parse(t.id) else { return };
+        let plan = portredir::plan(&t.pd, portredir::partition_ipv6(t.p));
+        let o = &t.owner;
+        let po = ProgramOwner { uid: o.uid, gid: o.gid, user: o.name.clone(), home: o.home.clone() };
+        if let Err(e) = portredir::apply(&self.node.supervisor, &id, &t.pp, &plan, &po) {
+            tracing::error!("{}: port redirections not in place: {e}", t.id);
         }
     }
 
