@@ -23,6 +23,7 @@ PACKAGES=(
   postgresql                                       # the master on PostgreSQL: its tests start their own server (initdb, pg_ctl)
   haproxy                                          # the fleet test: HAProxy in front of two masters
   chromium chromium-driver                         # the panel's browser tests (needs_browser, needs_root_e2e_panel_*)
+  socat                                            # the portredir manager runs it (node tests)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -371,3 +371,61 @@ fn needs_venv_kill_9_in_the_middle_of_a_build_then_the_next_run_resumes() {
     assert!(sp.join(".completed").exists());
     assert!(sp.join("instance.cfg").exists());
 }
+
+/// The managers of `manager_list` on a real node: `portredir` relays a
+/// port of the partition's `.slapos-port-redirect` to its service through
+/// socat under supervisord; `prerm` runs `etc/prerm/*` before the
+/// partition is emptied, and the socat group goes with the partition.
+#[test]
+#[ignore = "needs the venv"]
+fn needs_venv_managers_redirect_ports_and_run_pre_delete_scripts() {
+    assert!(
+        Path::new("/usr/bin/socat").exists() || Command::new("socat").arg("-V").output().is_ok(),
+        "needs socat (scripts/install-deps.sh)"
+    );
+    let c = Cloud::new("managers");
+    let cfg = std::fs::read_to_string(&c.cfg).unwrap().replace("[slapos]\n", "[slapos]\nmanager_list = prerm, portredir\n");
+    std::fs::write(&c.cfg, cfg).unwrap();
+    let http_port = test_support::free_port();
+    c.ok(&["node", "format", "--local", "--now"], 0);
+    c.ok(&["supply", &c.sr_url(), "local"], 0);
+    c.run(&["request", "hello", &c.sr_url(), "--parameters", &format!("port={http_port}")]);
+    c.ok(&["node", "software", "--now"], 0);
+    c.ok(&["node", "instance", "--now"], 0);
+    let url = c.url_of("hello", http_port);
+    assert!(wait_answer(&url).is_some(), "{url}");
+    let host = url.trim_start_matches("http://").split(':').next().unwrap().to_string();
+
+    // the partition asks for a redirection (and writes nonsense beside it)
+    let pp = c.dir.path().join("srv/slapgrid/slappart0");
+    let relay = test_support::free_port();
+    let redirect = format!(
+        r#"[{{"srcPort": {relay}, "srcAddress": "127.0.0.1", "destPort": {http_port}, "destAddress": "{host}"}}, {{"srcPort": "22; reboot", "destPort": 1}}]"#
+    );
+    std::fs::write(pp.join(".slapos-port-redirect"), redirect).unwrap();
+    std::fs::create_dir_all(pp.join("etc/prerm")).unwrap();
+    let mark = c.dir.path().join("prerm-ran");
+    std::fs::write(pp.join("etc/prerm/save-data"), format!("#!/bin/sh\nid -u > {}\n", mark.display())).unwrap();
+    std::fs::set_permissions(pp.join("etc/prerm/save-data"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    chown_tree(&pp);
+    let out = c.ok(&["node", "instance", "--now"], 0);
+    assert!(out.contains("redirection 1: bad srcPort"), "the bad entry is named: {out}");
+    let conf = c.dir.path().join("srv/slapgrid/etc/supervisord.conf.d/slappart0-socat.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains(&format!("TCP4-LISTEN:{relay},bind=127.0.0.1,fork TCP4:{host}:{http_port}")), "{text}");
+    let relayed = wait_answer(&format!("http://127.0.0.1:{relay}/"));
+    assert_eq!(relayed.as_deref().map(str::trim), Some("Hello from SlapOS"), "the service answers through socat");
+
+    // destruction: the pre-delete script runs as the partition's user, then the partition is emptied
+    c.ok(&["request", "hello", &c.sr_url(), "--state", "destroyed"], 0);
+    c.ok(&["node", "instance", "--now"], 0);
+    assert!(!conf.exists(), "the socat group goes with the partition's");
+    assert!(get(&format!("http://127.0.0.1:{relay}/")).is_none());
+    assert!(!mark.exists(), "not before the destruction");
+    let out = c.ok(&["node", "report", "--now"], 0);
+    assert!(out.contains("Running pre-delete script etc/prerm/save-data"), "{out}");
+    let uid = std::fs::read_to_string(&mark).expect("the pre-delete script ran");
+    let expected = if as_root() { NOBODY } else { nix::unistd::getuid().as_raw() };
+    assert_eq!(uid.trim(), expected.to_string(), "as the partition's user");
+    assert_eq!(std::fs::read_dir(&pp).unwrap().count(), 0, "then emptied");
+}

@@ -184,10 +184,7 @@ print(json.dumps(p.added))
     let theirs: Vec<(String, String, String, bool)> = serde_json::from_slice(&out.stdout).unwrap();
     let socat = bin.join("socat").display().to_string();
     let pd = Dir::open(&pp).unwrap();
-    let ours: Vec<(String, String, String, bool)> = plan(&pd, v6())
-        .redirects
-        .iter()
-        .map(|r| (GROUP_SUFFIX.to_string(), r.program_id(), r.command(&socat), r.as_user()))
-        .collect();
+    let ours: Vec<(String, String, String, bool)> =
+        plan(&pd, v6()).redirects.iter().map(|r| (GROUP_SUFFIX.to_string(), r.program_id(), r.command(&socat), r.as_user())).collect();
     assert_eq!(ours, theirs);
 }
