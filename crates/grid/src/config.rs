@@ -70,6 +70,8 @@ pub struct NodeOverrides {
     pub supervisord_socket: Option<PathBuf>,
     /// `--supervisord-configuration-path`: accepted as slapgrid does, which ignores it too (a warning names a different path).
     pub supervisord_configuration_path: Option<PathBuf>,
+    /// `--partition-timeout`, in seconds (0: none).
+    pub partition_timeout: Option<u64>,
 }
 
 /// Everything the node commands read from slapos.cfg.
@@ -208,7 +210,8 @@ impl NodeConfig {
         if key_file.is_some() != cert_file.is_some() {
             return Err(NodeConfigError::Inconsistent("key_file and cert_file go together: set both or neither".into()));
         }
-        let partition_timeout = match int("partition_timeout")?.or(int("partition-timeout")?) {
+        let file_timeout = int("partition_timeout")?.or(int("partition-timeout")?);
+        let partition_timeout = match o.partition_timeout.map(|t| t as i64).or(file_timeout) {
             Some(s) if s > 0 => Some(Duration::from_secs(s as u64)),
             _ => None,
         };

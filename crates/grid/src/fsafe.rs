@@ -273,6 +273,23 @@ impl Dir {
         Ok(buf)
     }
 
+    /// The first `max` bytes of the regular file `rel` (no link followed,
+    /// never blocking), hard links allowed: for reads whose content never
+    /// leaves the node and decides nothing dangerous (`node prune`'s
+    /// signatures, where a script hard-linked by buildout must count).
+    pub fn read_head_linked(&self, rel: &Path, max: u64) -> io::Result<Vec<u8>> {
+        let (dir, name) = self.parent(rel)?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+        let fd = rustix::fs::openat(&dir.fd, name, flags, Mode::empty()).map_err(|e| named(&self.display(rel), e))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| named(&self.display(rel), e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(refused(&self.display(rel), "not a regular file"));
+        }
+        let mut buf = Vec::new();
+        File::from(fd).take(max).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
     /// [`Dir::read`] as UTF-8 text.
     pub fn read_to_string(&self, rel: &Path, max: u64) -> io::Result<String> {
         String::from_utf8(self.read(rel, max)?).map_err(|_| refused(&self.display(rel), "not UTF-8 text"))

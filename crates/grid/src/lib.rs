@@ -32,6 +32,7 @@ pub mod process;
 pub mod procstat;
 pub mod progress;
 pub mod promise;
+pub mod prune;
 pub mod report;
 pub mod software;
 pub mod supervisor;

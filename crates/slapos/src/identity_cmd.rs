@@ -75,6 +75,9 @@ pub struct RegisterArgs {
 pub enum ConfigureCommand {
     /// Get a user certificate with a token and write slapos-client.cfg.
     Client(ConfigureClientArgs),
+    /// Configure a node and its own master on this machine (slapos.cfg,
+    /// slapos-proxy.cfg), from scratch to ready to use.
+    Local(crate::configure_local_cmd::ConfigureLocalArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -211,7 +214,10 @@ pub fn register(args: &RegisterArgs) -> anyhow::Result<u8> {
 /// `slapos configure client`: writes next to the client configuration
 /// (`--cfg`, default ~/.slapos/slapos-client.cfg).
 pub fn configure(cmd: &ConfigureCommand, global: &Global) -> anyhow::Result<u8> {
-    let ConfigureCommand::Client(args) = cmd;
+    let args = match cmd {
+        ConfigureCommand::Client(args) => args,
+        ConfigureCommand::Local(args) => return crate::configure_local_cmd::run(args, global),
+    };
     let cfg = global.cfg.clone().unwrap_or_else(|| match std::env::var_os("HOME") {
         Some(h) => PathBuf::from(h).join(".slapos/slapos-client.cfg"),
         None => PathBuf::from("slapos-client.cfg"),

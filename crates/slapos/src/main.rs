@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod output;
 mod cache_cmd;
 mod client_cmd;
+mod configure_local_cmd;
 mod console_cmd;
 mod format_cmd;
 mod identity_cmd;
@@ -102,7 +103,8 @@ pub enum Command {
     /// People of the master (administrator): tokens to get a certificate.
     #[command(subcommand)]
     User(identity_cmd::UserCommand),
-    /// Configure this machine: a client with a certificate from a token.
+    /// Configure this machine: a client with a certificate from a token, or
+    /// a local node with its own master.
     #[command(subcommand)]
     Configure(identity_cmd::ConfigureCommand),
     /// Print a shell completion script (`source <(slapos complete)` in bash).
@@ -159,6 +161,9 @@ pub enum NodeCommand {
     /// consumption reports `node report` sends, and CSV files. Run by cron
     /// every minute, as root.
     Collect(node_cmd::CollectArgs),
+    /// Remove the shared parts (shared_part_list) that no software and no
+    /// instance uses any more; --dry-run only logs them.
+    Prune(node_cmd::PruneArgs),
     /// Status of the node's programs (supervisorctl status).
     Status(node_cmd::CtlArgs),
     /// Start programs (supervisorctl start, e.g. `slappart0:*`).
@@ -186,8 +191,58 @@ pub enum NodeCommand {
     Register(identity_cmd::RegisterArgs),
 }
 
+/// The group SlapOS's `slapos --help` lists a command in.
+fn group_of(top: &str, sub: Option<&str>) -> &'static str {
+    match (top, sub) {
+        ("node", _) => "node commands",
+        ("cache" | "cachelookup", _) => "cachelookup commands",
+        ("proxy" | "complete" | "help", _) | ("configure", Some("local")) => "other commands",
+        _ => "client commands",
+    }
+}
+
+/// Every command, by group, as SlapOS's (cliff's) `slapos --help` lists
+/// them after the options: `node format`, `proxy start`…
+fn command_groups(cmd: &clap::Command) -> String {
+    let mut groups: std::collections::BTreeMap<&str, Vec<(String, String)>> = Default::default();
+    // the first clause, on one line
+    let about = |c: &clap::Command| {
+        let text = c.get_about().map(|a| a.to_string()).unwrap_or_default();
+        let end = text.find([';', '(', ':']).unwrap_or(text.len()).min(text.find(". ").unwrap_or(text.len()));
+        let mut short = text[..end].trim_end_matches(['.', ',', ' ']).to_string();
+        if short.chars().count() > 60 {
+            short = short.chars().take(59).collect::<String>().trim_end().to_string() + "…";
+        }
+        short
+    };
+    for top in cmd.get_subcommands() {
+        let subs: Vec<&clap::Command> = top.get_subcommands().filter(|c| c.get_name() != "help").collect();
+        if subs.is_empty() {
+            groups.entry(group_of(top.get_name(), None)).or_default().push((top.get_name().to_string(), about(top)));
+        }
+        for sub in subs {
+            let name = format!("{} {}", top.get_name(), sub.get_name());
+            groups.entry(group_of(top.get_name(), Some(sub.get_name()))).or_default().push((name, about(sub)));
+        }
+    }
+    groups.entry("other commands").or_default().push(("help".into(), "Print the help of a command".into()));
+    let mut out = String::new();
+    for (group, mut commands) in groups {
+        commands.sort();
+        out.push_str(&format!("{group}:\n"));
+        for (name, about) in commands {
+            out.push_str(&format!("  {name:<14} {about}\n"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let command = <Cli as clap::CommandFactory>::command();
+    let groups = command_groups(&command);
+    let parsed = command.after_help(groups).try_get_matches().and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let code = match e.kind() {
@@ -214,6 +269,7 @@ fn main() -> ExitCode {
             NodeCommand::Report(args) => node_cmd::report(args, &cli.global),
             NodeCommand::Promise(args) => node_cmd::promise(args, &cli.global),
             NodeCommand::Collect(args) => node_cmd::collect(args, &cli.global),
+            NodeCommand::Prune(args) => node_cmd::prune(args, &cli.global),
             NodeCommand::Status(args) => node_cmd::supervisorctl(Some("status"), args, &cli.global),
             NodeCommand::Start(args) => node_cmd::supervisorctl(Some("start"), args, &cli.global),
             NodeCommand::Stop(args) => node_cmd::supervisorctl(Some("stop"), args, &cli.global),

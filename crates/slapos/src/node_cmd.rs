@@ -110,6 +110,13 @@ pub struct GridArgs {
     /// partition at a time.
     #[arg(long = "buildout-debug")]
     pub buildout_debug: bool,
+    /// Overrides [slapos] partition_timeout: time allowed to one instance
+    /// buildout (node instance; default 3600) and to a partition's
+    /// pre-delete scripts (node report, prerm manager), in seconds. Taken by
+    /// node software and node promise too, as slapgrid does, where it
+    /// changes nothing.
+    #[arg(long = "partition-timeout", alias = "partition_timeout", value_name = "SECONDS")]
+    pub partition_timeout: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,10 +152,6 @@ pub struct InstanceArgs {
     /// Partitions processed at once (default: 2 per CPU, at most 8).
     #[arg(short = 'j', long, value_name = "N")]
     pub jobs: Option<usize>,
-    /// Time allowed to one instance buildout, in seconds (overrides
-    /// [slapos] partition_timeout; default 3600).
-    #[arg(long = "partition-timeout", value_name = "SECONDS")]
-    pub partition_timeout: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -209,6 +212,38 @@ pub fn collect(args: CollectArgs, global: &Global) -> anyhow::Result<u8> {
         out.dumped.len(),
         out.deleted_rows
     );
+    Ok(0)
+}
+
+/// `node prune`: SlapOS's options.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// Don't delete, just log.
+    #[arg(long = "dry-run", alias = "dry_run")]
+    pub dry_run: bool,
+    /// Additional software directory containing .installed.cfg to consider.
+    /// Shared parts used by software in these directories will not be
+    /// pruned. Can be specified multiple times.
+    #[arg(long = "additional-software-directory", value_name = "DIR")]
+    pub additional_software_directory: Vec<PathBuf>,
+}
+
+/// `slapos node prune` (see [`slapos_grid::prune`]).
+pub fn prune(args: PruneArgs, global: &Global) -> anyhow::Result<u8> {
+    let path = node_config_path(global.cfg.as_deref());
+    let config = Config::load(&path)?;
+    let cfg = slapos_grid::prune::PruneConfig::from_config(&config).map_err(|e| anyhow::anyhow!("{e} (in {})", path.display()))?;
+    if cfg.root_check && !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("This command must be run as root (or set root_check = False in {})", path.display());
+    }
+    let _lock = match PidLock::acquire(&cfg.pidfile_software) {
+        Ok(l) => l,
+        Err(node::NodeError::AlreadyRunning { pid, .. }) => anyhow::bail!("Cannot prune while software is running (pid {pid})"),
+        Err(e) => return Err(e.into()),
+    };
+    let parts = slapos_grid::prune::run(&cfg, &args.additional_software_directory, args.dry_run)?;
+    let verb = if args.dry_run { "would be removed (dry run)" } else { "removed" };
+    tracing::info!("{} unused shared part(s) {verb}.", parts.len());
     Ok(0)
 }
 
@@ -335,6 +370,7 @@ fn overrides(g: &GridArgs) -> NodeOverrides {
         maximal_delay: g.maximal_delay,
         supervisord_socket: g.supervisord_socket.clone(),
         supervisord_configuration_path: g.supervisord_configuration_path.clone(),
+        partition_timeout: g.partition_timeout,
     }
 }
 
@@ -409,10 +445,7 @@ pub fn software(args: SoftwareArgs, global: &Global) -> anyhow::Result<u8> {
 }
 
 pub fn instance(args: InstanceArgs, global: &Global) -> anyhow::Result<u8> {
-    let mut node = load(global, &args.grid)?;
-    if let Some(t) = args.partition_timeout {
-        node.cfg.partition_timeout = Some(Duration::from_secs(t));
-    }
+    let node = load(global, &args.grid)?;
     let _lock = match lock(args.grid.pidfile.as_deref().unwrap_or(&node.cfg.pidfile_instance)) {
         Ok(l) => l,
         Err(code) => return Ok(code),
@@ -482,6 +515,7 @@ fn load_plain(global: &Global) -> anyhow::Result<Node> {
             supervisord_configuration_path: None,
             pidfile: None,
             buildout_debug: false,
+            partition_timeout: None,
         },
     )
 }
@@ -569,6 +603,8 @@ mod tests {
                 "/run/sv.sock",
                 "--supervisord-configuration-path",
                 "/etc/sv.conf",
+                "--partition-timeout",
+                "42",
             ]);
             let n = NodeConfig::from_config(&file, &super::overrides(&g)).unwrap();
             assert_eq!(n.key_file, Some("/k.pem".into()), "{command}");
@@ -579,6 +615,7 @@ mod tests {
             assert_eq!(n.maximal_delay, 0, "the command line wins over the file's 600");
             assert_eq!(n.supervisord_socket, Some("/run/sv.sock".into()));
             assert_eq!(n.supervisord_configuration_path, Some("/etc/sv.conf".into()));
+            assert_eq!(n.partition_timeout, Some(std::time::Duration::from_secs(42)), "{command}");
         }
         // our spelling too
         let g = grid(&["instance", "--key-file", "/k", "--cert-file", "/c", "--maximal-delay", "5"]);
