@@ -221,3 +221,18 @@ fn chown_tree_keeps_links_and_their_targets() {
     assert_eq!(std::fs::symlink_metadata(t.join("a/to-outside")).unwrap().uid(), uid);
     assert_eq!((victim_owner(&p.victim), victim_owner(&p.victim_dir.join("a"))), before, "nothing outside changes owner");
 }
+
+#[test]
+fn read_head_linked_takes_hard_links_but_no_link_nor_fifo() {
+    let d = tempfile::tempdir().unwrap();
+    let t = d.path();
+    std::fs::write(t.join("script"), "abcdef").unwrap();
+    std::fs::hard_link(t.join("script"), t.join("linked")).unwrap();
+    std::os::unix::fs::symlink(t.join("script"), t.join("soft")).unwrap();
+    mkfifo(&t.join("fifo"));
+    let dir = Dir::open(t).unwrap();
+    assert_eq!(dir.read_head_linked(Path::new("linked"), 3).unwrap(), b"abc", "hard link read, bounded");
+    assert!(dir.read(Path::new("linked"), 100).is_err(), "the ordinary read still refuses it");
+    assert!(dir.read_head_linked(Path::new("soft"), 100).is_err());
+    assert!(dir.read_head_linked(Path::new("fifo"), 100).is_err());
+}
