@@ -389,3 +389,29 @@ fn needs_root_needs_venv_the_software_users_links_are_never_followed() {
     let out = n.run_all(&before, &[(&["node", "software", "--now", "--force"], 1)]);
     assert!(out[0].contains("extends-cache"), "{}", out[0]);
 }
+
+/// The managers (`prerm`, `portredir`) read what the tenant leaves:
+/// `.slapos-port-redirect` linked to a root-only file naming a privileged
+/// redirection, `etc/prerm` linked to a directory of scripts; neither is
+/// followed (no socat group, no script run) and the destruction goes on.
+#[test]
+#[ignore = "needs root and the venv"]
+fn needs_root_needs_venv_managers_never_follow_the_tenants_links() {
+    let n = Node::new("m");
+    let cfg = std::fs::read_to_string(&n.cfg).unwrap().replace("[slapos]\n", "[slapos]\nmanager_list = prerm, portredir\n");
+    std::fs::write(&n.cfg, cfg).unwrap();
+    let redirect = n.victim.join("redirect.json");
+    std::fs::write(&redirect, r#"[{"srcPort": 80, "destPort": 22, "destAddress": "127.0.0.1"}]"#).unwrap();
+    std::fs::set_permissions(&redirect, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = snapshot(&n.victim);
+    n.plant(".slapos-port-redirect", Some(&redirect));
+    n.plant("etc/prerm", Some(&n.victim.join("dir")));
+    let out = n.run_all(&before, &[(&["node", "instance", "--now", "--force"], 0)]);
+    assert!(out[0].contains(".slapos-port-redirect not read"), "{}", out[0]);
+    let socat = n.dir.path().join("srv/slapgrid/etc/supervisord.conf.d").join(format!("{ID}-socat.conf"));
+    assert!(!socat.exists(), "no redirection from a file the tenant cannot read");
+    n.ok(&["request", "hostile", &n.sr_url(), "--state", "destroyed"], 0);
+    let out = n.run_all(&before, &[(&["node", "instance", "--now"], 0), (&["node", "report", "--now"], 0)]);
+    assert!(!out[1].contains("Running pre-delete script"), "nothing listed through the link: {}", out[1]);
+    assert_eq!(std::fs::read_dir(n.pp()).unwrap().count(), 0, "destroyed all the same");
+}
