@@ -7,8 +7,9 @@
 //! ([`promise`]), reports usage and destroys partitions ([`report`]),
 //! samples usage into the node's history ([`collect`], from [`procstat`]
 //! and [`cgroup`]),
-//! bangs the master when a watched service fails ([`watchdog`]) and boots
-//! the node ([`boot`]). The decisions are pure ([`decision`],
+//! bangs the master when a watched service fails ([`watchdog`]), boots
+//! the node ([`boot`]), runs the managers of `manager_list` ([`manager`]:
+//! `prerm`, `portredir`) and prunes unused shared parts ([`prune`]). The decisions are pure ([`decision`],
 //! [`templates`], [`config`], [`names`]: the grammar of every outside
 //! name); the effects are thin ([`fsafe`], [`process`], [`supervisor`]).
 //! Runs return typed outcomes; exit codes are the program's.
