@@ -458,6 +458,11 @@ impl Supervisor {
         self.update()
     }
 
+    /// Whether a group has its file (`supervisord.conf.d/<group>.conf`).
+    pub fn has_group(&self, group: &str) -> bool {
+        self.conf_dir.join(format!("{group}.conf")).exists()
+    }
+
     /// Starts every program of a partition's group.
     pub fn start_group(&self, partition_id: &str) -> Result<(), SupervisorError> {
         match self.call("supervisor.startProcessGroup", &[XValue::Str(partition_id.into()), XValue::Bool(false)]) {

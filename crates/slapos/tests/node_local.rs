@@ -415,6 +415,14 @@ fn needs_venv_managers_redirect_ports_and_run_pre_delete_scripts() {
     assert!(text.contains(&format!("TCP4-LISTEN:{relay},bind=127.0.0.1,fork TCP4:{host}:{http_port}")), "{text}");
     let relayed = wait_answer(&format!("http://127.0.0.1:{relay}/"));
     assert_eq!(relayed.as_deref().map(str::trim), Some("Hello from SlapOS"), "the service answers through socat");
+    // portredir taken out of manager_list: its group goes on the next run; back in, it comes back
+    let with = std::fs::read_to_string(&c.cfg).unwrap();
+    std::fs::write(&c.cfg, with.replace("manager_list = prerm, portredir\n", "manager_list = prerm\n")).unwrap();
+    c.ok(&["node", "instance", "--now"], 0);
+    assert!(!conf.exists(), "the group of a manager no longer listed is removed");
+    std::fs::write(&c.cfg, with).unwrap();
+    c.ok(&["node", "instance", "--now"], 0);
+    assert!(conf.exists());
 
     // destruction: the pre-delete script runs as the partition's user, then the partition is emptied
     c.ok(&["request", "hello", &c.sr_url(), "--state", "destroyed"], 0);

@@ -190,13 +190,21 @@ impl Run<'_> {
     /// date, failed or not (slapgrid's `instanceTearDown`): `portredir`'s
     /// socat group from the partition's `.slapos-port-redirect`. A failure
     /// is logged; the partition's outcome stays what it was. (Stopped and
-    /// destroyed partitions lose the group with their others.)
+    /// destroyed partitions lose the group with their others, and so does
+    /// every partition when `portredir` leaves `manager_list`.)
     fn tear_down(&self, t: &Target) {
         use crate::manager::portredir;
+        let Ok(id) = PartitionId::parse(t.id) else { return };
         if !self.node.cfg.managers.portredir {
+            // the manager was taken out of manager_list: its group goes
+            let group = format!("{id}-{}", portredir::GROUP_SUFFIX);
+            if self.node.supervisor.has_group(&group) {
+                if let Err(e) = self.node.supervisor.install_group(&group, None) {
+                    tracing::warn!("{group}: {e}");
+                }
+            }
             return;
         }
-        let Ok(id) = PartitionId::parse(t.id) else { return };
         let plan = portredir::plan(&t.pd, portredir::partition_ipv6(t.p));
         let o = &t.owner;
         let po = ProgramOwner { uid: o.uid, gid: o.gid, user: o.name.clone(), home: o.home.clone() };
