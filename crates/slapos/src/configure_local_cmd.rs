@@ -12,7 +12,9 @@
 //! partitions' loopback `/24` is the free one local mode picks
 //! ([`slapos_format::local_range`]) rather than 10.0.0.0/16, and the
 //! master's default port 8080 is replaced by a free one when something
-//! already listens there. SlapOS then launches supervisord and formats; this
+//! already listens there; `shared_part_list` is set (for `node prune`) and
+//! no public binary cache is configured (SlapOS's example file names
+//! shacache.nxdcdn.com). SlapOS then launches supervisord and formats; this
 //! command prints those two commands instead (`slapos node supervisord`
 //! starts the master, `slapos node format` formats).
 
@@ -121,12 +123,11 @@ fn common(a: &ConfigureLocalArgs, s: &Site) -> String {
 fn node_text(a: &ConfigureLocalArgs, s: &Site) -> String {
     let b = a.slapos_buildout_directory.display();
     let mut text = format!(
-        "# Written by `slapos configure local`.\n{common}\n[slapformat]\ninterface_name = {iface}\nipv4_local_network = {net}\npartition_amount = {n}\ncomputer_xml = {b}/slapos.xml\nlog_file = {b}/log/slapos-node-format.log\n{tap}",
+        "# Written by `slapos configure local`.\n{common}\n[slapformat]\ninterface_name = {iface}\ncreate_tap = false\nipv4_local_network = {net}\npartition_amount = {n}\ncomputer_xml = {b}/slapos.xml\nlog_file = {b}/log/slapos-node-format.log\n",
         common = common(a, s),
         iface = a.interface_name,
         net = s.ipv4_local_network,
         n = a.partition_number,
-        tap = if s.local { "create_tap = false\n" } else { "" },
     );
     if a.enable_shacache_proxy {
         text.push_str(&format!(
@@ -207,7 +208,7 @@ pub fn run(a: &ConfigureLocalArgs, _global: &Global) -> anyhow::Result<u8> {
         conf_dir.clone(),
         b.join("log"),
         b.join("var/run"),
-        a.slapos_software_root.clone(),
+        a.slapos_software_root.join("shared"),
         a.slapos_instance_root.join("etc/supervisord.conf.d"),
     ])?;
     if a.enable_shacache_proxy {

@@ -232,6 +232,10 @@ fn configure_local_writes_a_configuration_the_master_and_format_run() {
     assert!(text(&show).contains("local_computer"), "{}", text(&show));
     let state = std::fs::read_to_string(home.join("opt/slapos/slapos.xml")).unwrap();
     assert!(state.contains(&net), "format took the configured range {net}");
+    // and node prune reads it (its shared parts' directory is made)
+    assert!(home.join("opt/slapgrid/shared").is_dir());
+    let o = as_user(&["node", "prune", "--cfg", cfg.to_str().unwrap(), "--dry-run"], home).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 #[test]
