@@ -263,7 +263,10 @@ pub fn apply(
     }
     let group = format!("{id}-{GROUP_SUFFIX}");
     if plan.redirects.is_empty() {
-        supervisor.install_group(&group, None)?;
+        // (supervisord is asked only when there is a group to remove)
+        if supervisor.has_group(&group) {
+            supervisor.install_group(&group, None)?;
+        }
         return Ok(());
     }
     let socat = find_socat().ok_or(PortredirError::NoSocat)?;
