@@ -423,6 +423,16 @@ fn needs_venv_managers_redirect_ports_and_run_pre_delete_scripts() {
     std::fs::write(&c.cfg, with).unwrap();
     c.ok(&["node", "instance", "--now"], 0);
     assert!(conf.exists());
+    // the partition takes its file away: the group goes; puts it back: it comes back
+    let file = pp.join(".slapos-port-redirect");
+    let kept = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    c.ok(&["node", "instance", "--now"], 0);
+    assert!(!conf.exists(), "no file, no redirection");
+    std::fs::write(&file, kept).unwrap();
+    chown_tree(&pp);
+    c.ok(&["node", "instance", "--now"], 0);
+    assert!(conf.exists());
 
     // destruction: the pre-delete script runs as the partition's user, then the partition is emptied
     c.ok(&["request", "hello", &c.sr_url(), "--state", "destroyed"], 0);
