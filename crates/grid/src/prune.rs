@@ -42,8 +42,9 @@ pub struct PruneConfig {
     pub instance_root: PathBuf,
     /// The last line of `shared_part_list`: where shared parts are made.
     pub shared_root: Option<PathBuf>,
-    /// `pidfile_software`: no prune while `node software` runs.
-    pub pidfile_software: PathBuf,
+    /// `pidfile_software`: no prune while `node software` runs (when
+    /// set, as SlapOS: no lock without it).
+    pub pidfile_software: Option<PathBuf>,
     /// `root_check` (default true).
     pub root_check: bool,
 }
@@ -87,7 +88,7 @@ impl PruneConfig {
             software_root: need("software_root")?,
             instance_root: need("instance_root")?,
             shared_root: get("shared_part_list").and_then(last_line),
-            pidfile_software: get("pidfile_software").or(get("pidfile")).unwrap_or("/opt/slapos/slapgrid-sr.pid").into(),
+            pidfile_software: get("pidfile_software").map(PathBuf::from),
             root_check,
         })
     }

@@ -236,10 +236,11 @@ pub fn prune(args: PruneArgs, global: &Global) -> anyhow::Result<u8> {
     if cfg.root_check && !nix::unistd::geteuid().is_root() {
         anyhow::bail!("This command must be run as root (or set root_check = False in {})", path.display());
     }
-    let _lock = match PidLock::acquire(&cfg.pidfile_software) {
-        Ok(l) => l,
-        Err(node::NodeError::AlreadyRunning { pid, .. }) => anyhow::bail!("Cannot prune while software is running (pid {pid})"),
-        Err(e) => return Err(e.into()),
+    let _lock = match cfg.pidfile_software.as_deref().map(PidLock::acquire) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(node::NodeError::AlreadyRunning { pid, .. })) => anyhow::bail!("Cannot prune while software is running (pid {pid})"),
+        Some(Err(e)) => return Err(e.into()),
     };
     let parts = slapos_grid::prune::run(&cfg, &args.additional_software_directory, args.dry_run)?;
     let verb = if args.dry_run { "would be removed (dry run)" } else { "removed" };

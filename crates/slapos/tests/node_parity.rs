@@ -279,6 +279,21 @@ fn node_prune_removes_unused_shared_parts_and_dry_run_only_logs() {
     )
     .unwrap();
     let cfg = cfg.display().to_string();
+    // while node software runs (its pid file names a live slapos): refused
+    let busy = Command::new(BIN)
+        .args(["node", "watchdog", "--master-url", "http://127.0.0.1:9", "--computer-id", "C", "--instance-root", "/nonexistent"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let busy = Killed(busy);
+    std::fs::write(root.join("sr.pid"), busy.0.id().to_string()).unwrap();
+    let o = run(&["node", "prune", "--cfg", &cfg]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("Cannot prune while software is running"), "{}", text(&o));
+    assert!(unused.exists());
+    drop(busy);
     let o = run(&["node", "prune", "--cfg", &cfg, "--dry-run"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains(&format!("Unused shared parts at {}", unused.display())), "{}", text(&o));

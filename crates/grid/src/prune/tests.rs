@@ -57,7 +57,7 @@ fn site() -> Site {
         software_root: root.join("software"),
         instance_root: root.join("instance"),
         shared_root: Some(shared),
-        pidfile_software: root.join("sr.pid"),
+        pidfile_software: Some(root.join("sr.pid")),
         root_check: false,
     };
     Site { _t: t, root, cfg }
