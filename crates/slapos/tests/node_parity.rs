@@ -312,3 +312,19 @@ fn node_prune_removes_unused_shared_parts_and_dry_run_only_logs() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("No shared_part_list options in slapos config"), "{}", text(&o));
 }
+
+/// docs/commands.md is what `scripts/slapos-commands.py` writes for this
+/// binary (run it again after changing the command line).
+#[test]
+#[ignore = "needs the venv"]
+fn needs_venv_the_command_table_is_up_to_date() {
+    let venv = test_support::python_venv();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let o = Command::new(venv.join("bin/python3")).arg(root.join("scripts/slapos-commands.py")).arg(BIN).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let committed = std::fs::read_to_string(root.join("docs/commands.md")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout) == committed,
+        "docs/commands.md is stale: run `$SLAPOS_VENV/bin/python3 scripts/slapos-commands.py target/debug/slapos > docs/commands.md`"
+    );
+}
