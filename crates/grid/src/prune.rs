@@ -30,7 +30,8 @@ use crate::fsafe::{Dir, Kind, LARGE};
 
 /// Deepest directory looked into below an instance root.
 const MAX_DEPTH: usize = 24;
-/// Most entries looked at below each instance root.
+/// Most entries looked at below the instance roots, in all (a nested
+/// `slapos.cfg` naming many roots costs from the same budget).
 const MAX_ENTRIES: usize = 2_000_000;
 
 /// What `node prune` reads from slapos.cfg.
@@ -102,6 +103,8 @@ fn last_line(list: &str) -> Option<PathBuf> {
 struct Search {
     wanted: BTreeSet<String>,
     found: BTreeMap<String, PathBuf>,
+    /// Entries the instance walk may still look at.
+    budget: usize,
 }
 
 impl Search {
@@ -187,8 +190,12 @@ impl Search {
         }
         let Ok(top) = Dir::open(instance_root) else { return Ok(()) };
         let mut found = Vec::new();
-        let mut budget = MAX_ENTRIES;
-        find_slapos_cfg(&top, 0, &mut budget, &mut found);
+        find_slapos_cfg(&top, 0, &mut self.budget, &mut found);
+        if self.budget == 0 {
+            // a part used by what was not looked at must not go
+            let why = std::io::Error::other(format!("more than {MAX_ENTRIES} entries below the instance roots"));
+            return Err(PruneError::Read { path: instance_root.to_path_buf(), source: why });
+        }
         for (dir, path) in found {
             let Ok(text) = dir.read_head_linked(Path::new("slapos.cfg"), crate::fsafe::SMALL) else { continue };
             let Ok(cfg) = Config::parse(&String::from_utf8_lossy(&text)) else {
@@ -219,7 +226,6 @@ fn find_slapos_cfg(dir: &Dir, depth: usize, budget: &mut usize, out: &mut Vec<(D
     let mut subdirs = Vec::new();
     for (name, kind) in entries {
         if *budget == 0 {
-            tracing::warn!("stopped looking for nested SlapOS below {}: too many entries", dir.path().display());
             return;
         }
         *budget -= 1;
@@ -274,7 +280,7 @@ fn prune_pass(
 ) -> Result<Vec<PathBuf>, PruneError> {
     let parts: Vec<PathBuf> = shared_parts(shared_root)?.into_iter().map(|(p, _)| p).filter(|p| !ignored.contains(p)).collect();
     let hash = |p: &Path| p.file_name().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut search = Search { wanted: parts.iter().map(|p| hash(p)).collect(), found: BTreeMap::new() };
+    let mut search = Search { wanted: parts.iter().map(|p| hash(p)).collect(), found: BTreeMap::new(), budget: MAX_ENTRIES };
     search.software_root(&cfg.software_root)?;
     search.shared_root(shared_root, ignored)?;
     for d in extra {
