@@ -15,7 +15,8 @@
 //!
 //! Root-safe: everything is read through [`Dir`] (no link followed below
 //! the configured roots, FIFOs never block, reads bounded), the walk of the
-//! instances is bounded in depth and entries, and a part is removed with
+//! instances is bounded in depth and entries (beyond, nothing is pruned:
+//! what was not searched may use any part), and a part is removed with
 //! [`Dir::remove_tree`], which never crosses a link. A link in `bin/`
 //! counts by its target's path (it is not followed). Software releases are
 //! not removed here, as in SlapOS: `node software` removes the ones the
@@ -193,7 +194,9 @@ impl Search {
         find_slapos_cfg(&top, 0, &mut self.budget, &mut found);
         if self.budget == 0 {
             // a part used by what was not looked at must not go
-            let why = std::io::Error::other(format!("more than {MAX_ENTRIES} entries below the instance roots"));
+            let why = std::io::Error::other(format!(
+                "too large to search for nested SlapOS (more than {MAX_ENTRIES} entries or {MAX_DEPTH} levels)"
+            ));
             return Err(PruneError::Read { path: instance_root.to_path_buf(), source: why });
         }
         for (dir, path) in found {
@@ -240,6 +243,10 @@ fn find_slapos_cfg(dir: &Dir, depth: usize, budget: &mut usize, out: &mut Vec<(D
         }
     }
     if depth >= MAX_DEPTH {
+        if !subdirs.is_empty() {
+            // deeper than searched: counts as too large (nothing pruned)
+            *budget = 0;
+        }
         return;
     }
     for name in subdirs {

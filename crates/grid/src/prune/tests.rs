@@ -137,3 +137,16 @@ fn configuration_as_slapos_reads_it() {
     let e = run(&none, &[], true).unwrap_err();
     assert_eq!(e.to_string(), "No shared_part_list options in slapos config");
 }
+
+#[test]
+fn instances_too_deep_to_search_prune_nothing() {
+    let s = site();
+    let mut deep = s.root.join("instance/slappart1");
+    for i in 0..30 {
+        deep = deep.join(format!("d{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let e = run(&s.cfg, &[], false).unwrap_err();
+    assert!(e.to_string().contains("too large to search"), "{e}");
+    assert!(s.root.join("shared/old").join(H_OLD).exists());
+}
