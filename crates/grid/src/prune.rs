@@ -30,10 +30,10 @@ use slapos_config::Config;
 use crate::fsafe::{Dir, Kind, LARGE};
 
 /// Deepest directory looked into below an instance root.
-const MAX_DEPTH: usize = 24;
+const MAX_DEPTH: usize = 64;
 /// Most entries looked at below the instance roots, in all (a nested
 /// `slapos.cfg` naming many roots costs from the same budget).
-const MAX_ENTRIES: usize = 2_000_000;
+const MAX_ENTRIES: usize = 10_000_000;
 
 /// What `node prune` reads from slapos.cfg.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -142,7 +142,7 @@ fn configuration_as_slapos_reads_it() {
 fn instances_too_deep_to_search_prune_nothing() {
     let s = site();
     let mut deep = s.root.join("instance/slappart1");
-    for i in 0..30 {
+    for i in 0..70 {
         deep = deep.join(format!("d{i}"));
     }
     std::fs::create_dir_all(&deep).unwrap();
