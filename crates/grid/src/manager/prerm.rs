@@ -178,6 +178,54 @@ mod tests {
         assert_eq!(plan(&Dir::open(&pp2).unwrap()), PrermPlan::default());
     }
 
+    /// slapgrid's `prerm` manager, given the same directory, starts the
+    /// same scripts (regular files and links to files; a link to a
+    /// directory, which slapgrid skips and ours would fail to run, is left
+    /// out of the comparison).
+    #[test]
+    #[ignore = "needs the venv"]
+    fn needs_venv_scripts_match_slapgrid_prerm() {
+        let venv = std::env::var("SLAPOS_VENV").unwrap_or_else(|_| "/var/cache/slapos-e2e/venv-1.26.1".into());
+        let python = Path::new(&venv).join("bin/python3");
+        assert!(python.is_file(), "needs the venv: {} is missing (set SLAPOS_VENV)", python.display());
+        let t = tempfile::tempdir().unwrap();
+        let pp = t.path().join("pp");
+        let d = pp.join(PRERM_DIR);
+        std::fs::create_dir_all(d.join("subdir")).unwrap();
+        for n in ["zz-last", "backup", "01-notify"] {
+            script(&d, n, "true");
+        }
+        std::os::unix::fs::symlink(d.join("backup"), d.join("linked")).unwrap();
+        nix::unistd::mkfifo(&d.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let py = r#"
+import json, sys, os, contextlib
+from slapos.manager.prerm import Manager
+class RPC:
+    started = []
+    def getProcessInfo(self, name): return {'start': 0}
+    def startProcess(self, name, wait): self.started.append(name)
+class P:
+    instance_path = sys.argv[1]
+    prerm_path = os.path.join(sys.argv[1], 'etc/prerm')
+    partition_id = 'slappart0'
+    def createRetentionLockDate(self): pass
+    def checkRetentionIsAuthorized(self): return True
+    def generateSupervisorConfiguration(self): pass
+    def addServicesToCustomGroup(self, suffix, names, path): pass
+    def writeSupervisorConfigurationFiles(self): pass
+    @contextlib.contextmanager
+    def getSupervisorRPC(self): yield RPC()
+Manager({}).report(P())
+print(json.dumps(sorted(n.split(':', 1)[1] for n in RPC.started)))
+"#;
+        let out = std::process::Command::new(&python).arg("-c").arg(py).arg(&pp).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let theirs: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        let ours: Vec<String> = plan(&Dir::open(&pp).unwrap()).scripts.iter().map(|s| s.to_string()).collect();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours, ["01-notify", "backup", "linked", "zz-last"], "in name order");
+    }
+
     #[test]
     fn hostile_names_and_kinds_are_skipped() {
         let t = tempfile::tempdir().unwrap();
