@@ -28,7 +28,7 @@ PASSTHROUGH = {'node status', 'node start', 'node stop', 'node restart',
 
 # (command, option) or (command, None) -> why ours differs or how it maps.
 NOTES = {
-    ('cachelookup binary-sr', None): 'ours: `slapos cache lookup binary-sr` (the binary-cache branch), `cachelookup` kept as its SlapOS spelling',
+    ('cachelookup binary-sr', None): 'ours: `slapos cache lookup binary-sr`, `cachelookup` kept as its SlapOS spelling',
     ('cachelookup pypi', None): 'see `cachelookup binary-sr`',
     ('cachelookup url', None): 'see `cachelookup binary-sr`',
     ('console', None): 'ours is a Rhai console, not a Python shell: scripts are Rhai',

@@ -34,7 +34,6 @@ fn replace_after(body: &str, key: &str, part: impl Fn(char) -> bool) -> String {
     out
 }
 
-
 /// Where we answer differently on purpose: malformed input is a 400 with a
 /// message (the Python proxy crashes with a 500);
 /// `updateComputerPartitionRelatedInstanceList` is recorded (the Python

@@ -52,9 +52,6 @@ const SLAPOS_1_26_1_COMMANDS: &[&str] = &[
     "supply",
 ];
 
-/// Commands another branch adds (the binary cache's `cachelookup`): may be
-/// missing here; remove once merged.
-const ELSEWHERE: &[&str] = &["cachelookup binary-sr", "cachelookup pypi", "cachelookup url"];
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap()
@@ -76,11 +73,11 @@ fn is_ours(name: &str) -> bool {
 }
 
 fn check_names(names: &[String]) {
-    let missing: Vec<&String> = names.iter().filter(|n| !is_ours(n) && !ELSEWHERE.contains(&n.as_str())).collect();
+    let missing: Vec<&String> = names.iter().filter(|n| !is_ours(n)).collect();
     assert!(missing.is_empty(), "SlapOS commands we lack: {missing:?}");
     // and the top-level help lists them all, grouped
     let help = text(&run(&["--help"]));
-    for n in names.iter().filter(|n| !ELSEWHERE.contains(&n.as_str()) || help.contains(n.as_str())) {
+    for n in &names {
         assert!(help.contains(&format!("\n  {n} ")) || help.contains(&format!("\n  {n}\n")), "`slapos --help` does not list {n}:\n{help}");
     }
     for group in ["client commands:", "node commands:", "other commands:"] {
