@@ -52,7 +52,6 @@ const SLAPOS_1_26_1_COMMANDS: &[&str] = &[
     "supply",
 ];
 
-
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap()
 }
