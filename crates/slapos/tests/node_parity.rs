@@ -76,7 +76,7 @@ fn check_names(names: &[String]) {
     assert!(missing.is_empty(), "SlapOS commands we lack: {missing:?}");
     // and the top-level help lists them all, grouped
     let help = text(&run(&["--help"]));
-    for n in &names {
+    for n in names {
         assert!(help.contains(&format!("\n  {n} ")) || help.contains(&format!("\n  {n}\n")), "`slapos --help` does not list {n}:\n{help}");
     }
     for group in ["client commands:", "node commands:", "other commands:"] {
