@@ -12,62 +12,16 @@
 //!
 //! RSS of PID (VmRSS) idle (before 1) and loaded (after 4).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use slap::client::{ClientConfig, InstanceRequest, SlapClient};
+
+mod common;
+use common::{percentile, report, rss_kb};
 use slap::marshal::Value;
 use slap::model::SoftwareState;
 
 const SR: &str = "http://example.com/software/bench/software.cfg";
-
-fn rss_kb(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn report(computer: &str, partitions: usize, base: usize) -> Value {
-    fn s(v: impl Into<String>) -> Value {
-        Value::Str(v.into())
-    }
-    let list = (0..partitions)
-        .map(|i| {
-            let n = base + i;
-            Value::Dict(BTreeMap::from([
-                ("reference".to_string(), s(format!("slappart{i}"))),
-                ("tap".to_string(), Value::Dict(BTreeMap::from([("name".to_string(), s(format!("slaptap{i}")))]))),
-                (
-                    "address_list".to_string(),
-                    Value::List(vec![
-                        Value::Dict(BTreeMap::from([
-                            ("addr".to_string(), s(format!("10.{}.{}.{}", n / 65536 % 256, n / 256 % 256, n % 256))),
-                            ("netmask".to_string(), s("255.255.255.255")),
-                        ])),
-                        Value::Dict(BTreeMap::from([
-                            ("addr".to_string(), s(format!("2001:db8::{:x}", n + 2))),
-                            ("netmask".to_string(), s("ffff:ffff:ffff:ffff::")),
-                        ])),
-                    ]),
-                ),
-            ]))
-        })
-        .collect();
-    Value::Dict(BTreeMap::from([
-        ("reference".to_string(), s(computer)),
-        ("address".to_string(), s("2001:db8::1")),
-        ("netmask".to_string(), s("ffff:ffff:ffff:ffff::")),
-        ("partition_list".to_string(), Value::List(list)),
-    ]))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn parallel<F: Fn(&SlapClient, usize) + Sync>(url: &str, seconds: f64, f: F) -> f64 {
     let count = std::sync::atomic::AtomicUsize::new(0);
