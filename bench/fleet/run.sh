@@ -16,15 +16,16 @@
 #
 # Usage: bash bench/fleet/run.sh [SECONDS] [IDLE_SECONDS]   (default 8, 20)
 # Env:   FLEET_COMPUTERS (1000), FLEET_PARTITIONS (100), FLEET_INSTANCES
-#        (instances per computer, 20), FLEET_PYTHON_COMPUTERS (100),
-#        BENCH_FLEET_PYTHON=0 skips the Python proxy
+#        (instances per computer, 2: at 100,000 partitions an allocation
+#        takes ~25 ms, see bench/README.md), FLEET_PYTHON_COMPUTERS (100),
+#        BENCH_FLEET_PYTHON=0 skips the Python proxy, BENCH_FLEET_OURS=0 ours
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SECS=${1:-8}
 IDLE=${2:-20}
 COMPUTERS=${FLEET_COMPUTERS:-1000}
 PARTITIONS=${FLEET_PARTITIONS:-100}
-INSTANCES=${FLEET_INSTANCES:-20}
+INSTANCES=${FLEET_INSTANCES:-2}
 PY_COMPUTERS=${FLEET_PYTHON_COMPUTERS:-100}
 VENV=${SLAPOS_VENV:-/var/cache/slapos-e2e/venv-1.26.1}
 [ -x "$VENV/bin/slapos" ] || VENV=$(bash "$ROOT/scripts/python-venv.sh")
@@ -33,7 +34,6 @@ cargo build --release --quiet -p slapos -p slapos-proxy --example fleet_load
 LOAD="$ROOT/target/release/examples/fleet_load"
 OURS="$ROOT/target/release/slapos"
 WORK=$(mktemp -d)
-PIDS=()
 PGDIR=""
 PGBIN=$(pg_config --bindir 2>/dev/null || true)
 [ -x "$PGBIN/initdb" ] || PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -42,7 +42,8 @@ PGBIN=$(pg_config --bindir 2>/dev/null || true)
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u nobody -- "$@"; else "$@"; fi; }
 
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # the masters and load generators, started in $(run …) subshells, are in $WORK/pids
+  for p in $(cat "$WORK/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   if [ -n "$PGDIR" ]; then
     as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$PGDIR"
@@ -50,6 +51,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 free_port() { "$VENV/bin/python3" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "no master on port $1" >&2; return 1; }
@@ -79,23 +81,29 @@ run() {
     printf '[slapos]\ncomputer_id = COMP-0\n[slapproxy]\nhost = 127.0.0.1\nport = %s\ndatabase_uri = %s\n' "$port" "$uri" >"$WORK/$name/slapos-$i.cfg"
     "$prog" proxy start --cfg "$WORK/$name/slapos-$i.cfg" >"$WORK/$name/log-$i" 2>&1 &
     pid=$!
-    PIDS+=("$pid") pids+=("$pid") urls+=("http://127.0.0.1:$port")
+    echo "$pid" >>"$WORK/pids"
+    pids+=("$pid") urls+=("http://127.0.0.1:$port")
     wait_port "$port"  # one after the other: the first one migrates the database
   done
   sleep 1
-  "$LOAD" "$(IFS=,; echo "${urls[*]}")" "$(IFS=,; echo "${pids[*]}")" "$dbpid" "$computers" "$PARTITIONS" "$INSTANCES" "$SECS" "$IDLE" "$COMPUTERS"
+  "$LOAD" "$(IFS=,; echo "${urls[*]}")" "$(IFS=,; echo "${pids[*]}")" "$dbpid" "$computers" "$PARTITIONS" "$INSTANCES" "$SECS" "$IDLE" "$COMPUTERS" &
+  echo $! >>"$WORK/pids"
+  wait $!
   for pid in "${pids[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
 }
 
 echo "fleet: $COMPUTERS computers x $PARTITIONS partitions, $INSTANCES instances per computer; ${SECS}s per loaded measure, ${IDLE}s idle windows" >&2
-SQLITE=$(run sqlite "$OURS" 1 "$WORK/sqlite.db" "$COMPUTERS" 0)
-pg_start
-PGPID=$(head -1 "$PGDIR/data/postmaster.pid")
-PG1=$(run pg1 "$OURS" 1 "$(pg_database fleet1)" "$COMPUTERS" "$PGPID")
-PG2=$(run pg2 "$OURS" 2 "$(pg_database fleet2)" "$COMPUTERS" "$PGPID")
-PY='{}'
+SQLITE='{}' PG1='{}' PG2='{}' PY='{}'
+if [ "${BENCH_FLEET_OURS:-1}" != 0 ]; then
+  SQLITE=$(run sqlite "$OURS" 1 "$WORK/sqlite.db" "$COMPUTERS" 0)
+  pg_start
+  PGPID=$(head -1 "$PGDIR/data/postmaster.pid")
+  PG1=$(run pg1 "$OURS" 1 "$(pg_database fleet1)" "$COMPUTERS" "$PGPID")
+  PG2=$(run pg2 "$OURS" 2 "$(pg_database fleet2)" "$COMPUTERS" "$PGPID")
+fi
 if [ "${BENCH_FLEET_PYTHON:-1}" != 0 ]; then
-  PY=$(run python "$VENV/bin/slapos" 1 "$WORK/python.db" "$PY_COMPUTERS" 0)
+  # its format reports one at a time: concurrent ones fail ("database is locked")
+  PY=$(FLEET_SETUP_CLIENTS=1 run python "$VENV/bin/slapos" 1 "$WORK/python.db" "$PY_COMPUTERS" 0)
 fi
 
 "$VENV/bin/python3" - "$SQLITE" "$PG1" "$PG2" "$PY" <<'PY'
@@ -125,5 +133,6 @@ print('| measure | ' + ' | '.join(names) + ' |')
 print('|---|' + '---|' * len(names))
 for label, f in rows:
     print('| %s | %s |' % (label, ' | '.join(f(c) for c in cols)))
+print('(setup: format reports from 8 clients, the Python proxy\'s from 1; then instance requests from 8 clients)')
 print('(idle fleet: %d computers polling every 60 s; CPU in %% of one core, all masters summed; db: PostgreSQL)' % cols[0]['idle_fleet'])
 PY

@@ -26,6 +26,10 @@
 //!    the masters' CPU time (`/proc/PID/stat`) over each window, as % of one
 //!    core, and the database's; also a window of nothing (baseline).
 //!
+//! `FLEET_SETUP_CLIENTS` (default [`CLIENTS`]) sets how many threads send
+//! the format reports of step 1 (the Python proxy answers concurrent ones
+//! "database is locked").
+//!
 //! Errors (transport errors, statuses other than 200/304, requests not
 //! allocated) are counted, never fatal.
 
@@ -152,15 +156,15 @@ impl Fleet {
         (all.len() as f64 / start.elapsed().as_secs_f64(), all)
     }
 
-    /// Runs `op(client, item)` over `0..n` from [`CLIENTS`] threads; seconds taken.
-    fn each<F: Fn(&mut Client, usize) + Sync>(&self, n: usize, op: F) -> f64 {
+    /// Runs `op(client, item)` over `0..n` from `threads` threads; seconds taken.
+    fn each<F: Fn(&mut Client, usize) + Sync>(&self, threads: usize, n: usize, op: F) -> f64 {
         let start = Instant::now();
         std::thread::scope(|scope| {
-            for id in 0..CLIENTS {
+            for id in 0..threads {
                 let op = &op;
                 scope.spawn(move || {
                     let mut c = self.client(id);
-                    (id..n).step_by(CLIENTS).for_each(|item| op(&mut c, item));
+                    (id..n).step_by(threads).for_each(|item| op(&mut c, item));
                 });
             }
         });
@@ -184,13 +188,14 @@ fn setup(fleet: &mut Fleet, partitions: usize, per_computer: usize) -> (f64, f64
     for url in &fleet.urls {
         let _ = agent().get(format!("{url}/")).call();
     }
-    let format_s = fleet.each(fleet.computers, |c, k| {
+    let threads = std::env::var("FLEET_SETUP_CLIENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(CLIENTS).max(1);
+    let format_s = fleet.each(threads, fleet.computers, |c, k| {
         let computer = format!("COMP-{k}");
         fleet.check("format report", c.slap.load_computer_configuration(&report(&computer, partitions, k * partitions)));
         fleet.check("supply", c.slap.supply(SR, &computer, SoftwareState::Available));
     });
     let allocated = Mutex::new(Vec::new());
-    let allocate_s = fleet.each(fleet.computers * per_computer, |c, n| {
+    let allocate_s = fleet.each(CLIENTS, fleet.computers * per_computer, |c, n| {
         let (k, title) = (n % fleet.computers, format!("inst-{n}"));
         match c.slap.request(&instance_request(k, &title)) {
             Ok(RequestResult::Ready(i)) => match i.partition_id {
