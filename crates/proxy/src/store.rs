@@ -723,6 +723,14 @@ pub const MIGRATIONS: &[Migration] = &[
      CREATE INDEX usage_hour_computer ON usage_hour (computer_reference, start);
      CREATE INDEX usage_hour_partition ON usage_hour (computer_reference, partition_reference, start);",
     ),
+    // 7: indexes a large site needs (bench/fleet, 100,000 partitions): a
+    // computer's partitions (full information, the free-partition lookup)
+    // and a partition reference's addresses on every computer (the request
+    // answer's `ip_list`, slap-protocol.md quirk 11.7) were full scans
+    Migration::Portable(
+        "CREATE INDEX partition_computer ON partition (computer_reference, slap_state);
+     CREATE INDEX partition_network_reference ON partition_network (partition_reference);",
+    ),
 ];
 
 /// The schema version this program writes.

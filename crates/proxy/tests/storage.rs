@@ -57,3 +57,28 @@ fn read_only_opening_refuses_a_missing_file() {
     let e = SqliteStore::open_read_only(std::path::Path::new("/nonexistent/proxy.db")).err().unwrap();
     assert!(e.to_string().contains("/nonexistent/proxy.db"), "{e}");
 }
+
+/// What a large site asks most is answered through an index, not a scan of
+/// every partition (bench/fleet: 100,000 partitions made each allocation
+/// 25–40 ms before these indexes).
+#[test]
+fn a_computers_partitions_and_a_references_addresses_are_found_through_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let db = rusqlite::Connection::open(&path).unwrap();
+    for sql in [
+        "SELECT * FROM partition WHERE slap_state = 'free' AND computer_reference = 'C'",
+        "SELECT * FROM partition WHERE computer_reference = 'C' ORDER BY rowid",
+        "SELECT * FROM partition_network WHERE partition_reference = 'slappart0'",
+    ] {
+        let plan: Vec<String> = db
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(plan.iter().any(|d| d.starts_with("SEARCH") && d.contains("INDEX")), "{sql}: {plan:?}");
+    }
+}
